@@ -1,0 +1,186 @@
+//! Ethernet frame parsing, generic over where the bytes come from: a slice on the host, the skb
+//! (through `bpf_skb_load_bytes`) in the kernel. Every read is bounds-checked by the source, so a
+//! truncated or malformed frame yields `None` (the guard passes it untouched).
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// At most this many in-packet tags are skipped (802.1ad outer + 802.1Q inner).
+const MAX_TAGS: usize = 2;
+
+/// A source of frame bytes.
+pub trait FrameBytes {
+    /// Length of the whole frame.
+    fn len(&self) -> usize;
+    /// `N` bytes at `offset`, or `None` past the end.
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+}
+
+impl FrameBytes for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let end = offset.checked_add(N)?;
+        self.get(offset..end)?.try_into().ok()
+    }
+}
+
+/// A packet's source address, network byte order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+/// What the decision needs to know about a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub src_mac: [u8; 6],
+    /// The outermost VLAN id: the skb's accelerated tag if any, else the first in-packet tag.
+    pub vlan: Option<u16>,
+    /// Whether a tag sits in the packet bytes (as opposed to only in `skb->vlan_tci`).
+    pub tag_in_packet: bool,
+    pub src: Source,
+    /// Bytes from the network header to the end of the frame.
+    pub l3_len: u32,
+}
+
+/// Parses Ethernet, up to two 802.1Q/802.1ad tags, and the IPv4 or IPv6 source address.
+/// `skb_vlan` is the id of a tag the kernel holds outside the packet bytes (`skb->vlan_tci`).
+#[inline(always)]
+pub fn parse<B: FrameBytes + ?Sized>(bytes: &B, skb_vlan: Option<u16>) -> Option<Frame> {
+    let src_mac: [u8; 6] = bytes.read(6)?;
+    let mut ethertype = u16::from_be_bytes(bytes.read(12)?);
+    let mut offset = ETH_HLEN;
+    let mut in_packet_vlan = None;
+    for _ in 0..MAX_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let tci = u16::from_be_bytes(bytes.read(offset)?);
+        if in_packet_vlan.is_none() {
+            in_packet_vlan = Some(tci & 0x0fff);
+        }
+        ethertype = u16::from_be_bytes(bytes.read(offset + 2)?);
+        offset += 4;
+    }
+    let src = match ethertype {
+        ETH_P_IP => {
+            let [version_ihl] = bytes.read::<1>(offset)?;
+            if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
+                return None;
+            }
+            Source::V4(bytes.read(offset + 12)?)
+        }
+        ETH_P_IPV6 => {
+            let [version] = bytes.read::<1>(offset)?;
+            if version >> 4 != 6 {
+                return None;
+            }
+            Source::V6(bytes.read(offset + 8)?)
+        }
+        _ => return None,
+    };
+    Some(Frame {
+        src_mac,
+        vlan: skb_vlan.or(in_packet_vlan),
+        tag_in_packet: in_packet_vlan.is_some(),
+        src,
+        l3_len: (bytes.len() - offset) as u32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SRC_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+
+    fn eth(ethertype: u16) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1];
+        f.extend_from_slice(&SRC_MAC);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    fn ipv4(src: [u8; 4]) -> Vec<u8> {
+        let mut h = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0];
+        h.extend_from_slice(&src);
+        h.extend_from_slice(&[203, 0, 113, 10]);
+        h.extend_from_slice(&[0; 8]);
+        h
+    }
+
+    fn ipv6(src: [u8; 16]) -> Vec<u8> {
+        let mut h = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
+        h.extend_from_slice(&src);
+        h.extend_from_slice(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        h.extend_from_slice(&[0; 8]);
+        h
+    }
+
+    #[test]
+    fn untagged_ipv4() {
+        let mut f = eth(ETH_P_IP);
+        f.extend(ipv4([192, 168, 0, 100]));
+        let p = parse(f.as_slice(), None).unwrap();
+        assert_eq!(p.src, Source::V4([192, 168, 0, 100]));
+        assert_eq!(p.src_mac, SRC_MAC);
+        assert_eq!(p.vlan, None);
+        assert!(!p.tag_in_packet);
+        assert_eq!(p.l3_len, 28);
+    }
+
+    #[test]
+    fn tagged_ipv6_in_packet() {
+        let mut f = eth(ETH_P_8021Q);
+        f.extend_from_slice(&[0x20, 102]); // PCP 1, VID 102
+        f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+        let src = [0x20, 1, 0xd, 0xb8, 0, 0xb, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        f.extend(ipv6(src));
+        let p = parse(f.as_slice(), None).unwrap();
+        assert_eq!(p.src, Source::V6(src));
+        assert_eq!(p.vlan, Some(102));
+        assert!(p.tag_in_packet);
+        assert_eq!(p.l3_len, 48);
+    }
+
+    #[test]
+    fn qinq_reports_the_outer_tag() {
+        let mut f = eth(ETH_P_8021AD);
+        f.extend_from_slice(&[0, 7]);
+        f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+        f.extend_from_slice(&[0, 101]);
+        f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+        f.extend(ipv4([192, 168, 0, 7]));
+        assert_eq!(parse(f.as_slice(), None).unwrap().vlan, Some(7));
+    }
+
+    #[test]
+    fn skb_tag_wins_over_in_packet_tag() {
+        let mut f = eth(ETH_P_IP);
+        f.extend(ipv4([192, 168, 0, 100]));
+        let p = parse(f.as_slice(), Some(101)).unwrap();
+        assert_eq!(p.vlan, Some(101));
+        assert!(!p.tag_in_packet);
+    }
+
+    #[test]
+    fn truncated_and_foreign_frames_are_not_parsed() {
+        let mut f = eth(ETH_P_IP);
+        f.extend(ipv4([192, 168, 0, 100]));
+        for cut in 0..ETH_HLEN + 16 {
+            assert_eq!(parse(&f[..cut], None), None, "cut at {cut}");
+        }
+        let mut arp = eth(0x0806);
+        arp.extend_from_slice(&[0; 28]);
+        assert_eq!(parse(arp.as_slice(), None), None);
+        let mut bad_version = eth(ETH_P_IP);
+        bad_version.extend(ipv6([0; 16]));
+        assert_eq!(parse(bad_version.as_slice(), None), None);
+    }
+}

@@ -1,0 +1,12 @@
+//! What the TC egress guard and user space share: the pinned maps' layouts, the frame parser and
+//! the packet decision. Everything here is `no_std` and free of I/O so the exact code the kernel
+//! runs is unit-tested (and fuzzed) on the host.
+#![cfg_attr(not(test), no_std)]
+
+pub mod decision;
+pub mod frame;
+pub mod maps;
+
+pub use decision::{decide, Packet, Verdict};
+pub use frame::{parse, Frame, FrameBytes, Source};
+pub use maps::{Counters, Egress, SrcV4, SrcV6, UplinkKey};

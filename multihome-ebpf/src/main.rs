@@ -1,0 +1,2 @@
+// Placeholder until the TC program lands.
+fn main() {}

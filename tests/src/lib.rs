@@ -1,0 +1,1 @@
+//! Shared test machinery: network namespaces and the processes started in them.
