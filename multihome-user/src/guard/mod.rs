@@ -1,1 +1,226 @@
-//! (in progress)
+//! The eBPF guard's loader: loads the embedded TC program, keeps its maps pinned across restarts,
+//! attaches it to the egress of devices, and lets a later, different process (`status`,
+//! `cleanup`, a daemon restarted after a crash) find and remove all of it from the pins alone.
+//! The pin directory's layout is described in [`pins`].
+
+mod attach;
+mod maps;
+mod pins;
+
+use std::{
+    collections::BTreeSet,
+    io,
+    ops::{Deref, DerefMut},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    include_bytes_aligned,
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+    Ebpf, EbpfLoader,
+};
+
+pub use maps::PinnedMaps;
+pub use pins::{attachments, DEFAULT_PIN_DIR};
+
+/// The program's name in the object and in the kernel (which keeps 15 characters).
+pub const PROGRAM_NAME: &str = "multihome_guard";
+
+/// The TC program, built for the BPF target by build.rs.
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multihome"));
+
+/// How to hook the egress of a device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX where the kernel has it (6.6+), else clsact.
+    #[default]
+    Auto,
+    /// A TCX link (pinned, so it survives the process).
+    Tcx,
+    /// A cls_bpf filter in direct-action mode on the clsact qdisc.
+    Clsact,
+}
+
+/// How a device is actually hooked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AttachKind {
+    Tcx,
+    Clsact,
+}
+
+/// The loaded guard. It is also its maps: `put_entry`, `entries`, `counters`, ... (see
+/// [`PinnedMaps`]) work on it directly.
+pub struct Guard {
+    ebpf: Ebpf,
+    maps: PinnedMaps,
+    pin_dir: PathBuf,
+    mode: AttachMode,
+    /// Devices this instance attached itself (as opposed to adopted ones): attaching again is a
+    /// no-op, as the kernel refuses the same program twice on one TCX hook.
+    mine: BTreeSet<u32>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Guard {
+    /// Loads the program with its maps pinned under `pin_dir`, reusing pinned maps that fit the
+    /// program (a restarted daemon keeps its entries and counters) and replacing those that do
+    /// not. Attachments left by an earlier run stay in place and are listed by [`Self::attached`]
+    /// until they are attached again (replaced by this program) or detached.
+    pub fn load(pin_dir: &Path, mode: AttachMode) -> Result<Guard> {
+        pins::prepare(pin_dir)?;
+        for shape in &maps::SHAPES {
+            let path = pin_dir.join(shape.name);
+            if path.exists() && !shape.fits(&path) {
+                log::warn!(
+                    "replacing the pinned map {}: its layout does not fit this version",
+                    path.display()
+                );
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove the stale pin {}", path.display()))?;
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = maps::SHAPES
+            .iter()
+            .map(|shape| (shape.name, pin_dir.join(shape.name)))
+            .collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        // The program logs at debug level only; keep it silent unless we would print it.
+        let level = log::max_level() as u8;
+        loader.override_global("AYA_LOG_LEVEL", &level, false);
+        let mut ebpf = loader.load(OBJECT).map_err(|e| {
+            anyhow!(
+                "cannot load the eBPF guard: {e}; {}",
+                privilege_hint("run with --no-ebpf to use the rules only")
+            )
+        })?;
+        program(&mut ebpf)?
+            .load()
+            .map_err(|e| anyhow!("the kernel refused the eBPF guard: {e}; run with --no-ebpf"))?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                log::debug!("the guard's log is not readable: {e}");
+                None
+            }
+        };
+        Ok(Guard {
+            maps: PinnedMaps::open(pin_dir)?,
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+            mode,
+            mine: BTreeSet::new(),
+            logger,
+        })
+    }
+
+    /// Hooks the egress of `ifindex` (in the calling thread's network namespace), replacing an
+    /// attachment of an earlier run. Returns how it is hooked.
+    pub fn attach(&mut self, ifindex: u32) -> Result<AttachKind> {
+        if self.mine.contains(&ifindex) {
+            if let Some(kind) = self.attach_mode_of(ifindex) {
+                return Ok(kind);
+            }
+        }
+        let kind = attach::attach(program(&mut self.ebpf)?, &self.pin_dir, ifindex, self.mode)?;
+        self.mine.insert(ifindex);
+        Ok(kind)
+    }
+
+    /// Unhooks `ifindex`, whoever hooked it; a device that is not hooked, or gone, is fine.
+    pub fn detach(&mut self, ifindex: u32) -> Result<()> {
+        self.mine.remove(&ifindex);
+        attach::detach(&self.pin_dir, ifindex)
+    }
+
+    /// Every hooked device, including those adopted from an earlier run.
+    pub fn attached(&self) -> Result<BTreeSet<u32>> {
+        Ok(attachments(&self.pin_dir)?.into_keys().collect())
+    }
+
+    /// How `ifindex` is hooked, if it is.
+    pub fn attach_mode_of(&self, ifindex: u32) -> Option<AttachKind> {
+        attachments(&self.pin_dir).ok()?.get(&ifindex).copied()
+    }
+
+    /// Runs the program once on `frame` under BPF_PROG_TEST_RUN, with `ctx` as the `__sk_buff`
+    /// (ifindex, gso fields; see the kernel's test_run for what may be set), and returns the
+    /// program's return code. For tests and `check`.
+    pub fn test_run(&mut self, frame: &[u8], ctx: &[u8]) -> Result<i32> {
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.ctx_in = Some(ctx);
+        let result = program(&mut self.ebpf)?
+            .test_run(opts)
+            .context("BPF_PROG_TEST_RUN failed")?;
+        Ok(result.return_value as i32)
+    }
+
+    /// Writes the program's pending log records (debug level) to the `log` crate.
+    pub fn flush_log(&mut self) {
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
+        }
+    }
+}
+
+impl Deref for Guard {
+    type Target = PinnedMaps;
+    fn deref(&self) -> &PinnedMaps {
+        &self.maps
+    }
+}
+
+impl DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut PinnedMaps {
+        &mut self.maps
+    }
+}
+
+/// Detaches every attachment recorded under `pin_dir` (in the calling thread's network
+/// namespace) and removes all pins and the directory: what `multihome cleanup` does.
+pub fn remove_all(pin_dir: &Path) -> Result<()> {
+    for ifindex in attachments(pin_dir)?.into_keys() {
+        attach::detach(pin_dir, ifindex)?;
+    }
+    for shape in &maps::SHAPES {
+        let path = pin_dir.join(shape.name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", path.display()))
+            }
+            _ => {}
+        }
+    }
+    match std::fs::remove_dir(pin_dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).with_context(|| {
+            format!(
+                "cannot remove {} (something else is pinned there?)",
+                pin_dir.display()
+            )
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or_else(|| anyhow!("the embedded object has no program {PROGRAM_NAME}"))?
+        .try_into()
+        .context("the embedded guard is not a TC classifier")
+}
+
+/// What to tell the operator after a failure: the capabilities when we lack them, else `otherwise`.
+fn privilege_hint(otherwise: &str) -> String {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        "multihome needs CAP_BPF and CAP_NET_ADMIN (and CAP_SYS_ADMIN to mount bpffs): run it as \
+         root or grant them"
+            .to_owned()
+    } else {
+        otherwise.to_owned()
+    }
+}

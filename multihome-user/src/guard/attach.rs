@@ -1,0 +1,129 @@
+//! Attaching the loaded program to a device's egress, and detaching whatever an earlier process
+//! left, using only the pin directory (see `pins`) as the record.
+
+use std::{ffi::CStr, io, path::Path};
+
+use anyhow::{anyhow, Context, Result};
+use aya::programs::{
+    links::{FdLink, LinkOrder},
+    tc::{self, NlOptions, TcAttachOptions, TcAttachType, TcError},
+    SchedClassifier,
+};
+
+use super::{pins::attachment_pin, privilege_hint, AttachKind, AttachMode, PROGRAM_NAME};
+
+/// Attaches `program` to the egress of `ifindex`, replacing an attachment an earlier run left
+/// there. A TCX link is made before the old one goes, so the device is never unguarded; clsact
+/// filters are found by name, so the old one goes first.
+pub(super) fn attach(
+    program: &mut SchedClassifier,
+    pin_dir: &Path,
+    ifindex: u32,
+    mode: AttachMode,
+) -> Result<AttachKind> {
+    let name = ifname(ifindex)?;
+    match mode {
+        AttachMode::Tcx => attach_tcx(program, pin_dir, ifindex, &name),
+        AttachMode::Clsact => attach_clsact(program, pin_dir, ifindex, &name),
+        AttachMode::Auto => attach_tcx(program, pin_dir, ifindex, &name).or_else(|tcx| {
+            log::debug!("TCX attach to {name} failed ({tcx:#}); trying clsact");
+            attach_clsact(program, pin_dir, ifindex, &name)
+                .map_err(|clsact| anyhow!("{clsact:#} (TCX attach failed too: {tcx:#})"))
+        }),
+    }
+    .map_err(|e| {
+        anyhow!(
+            "cannot attach the guard to {name} (ifindex {ifindex}): {e:#}; {}",
+            privilege_hint("check that the kernel has TCX (6.6+) or the clsact qdisc")
+        )
+    })
+}
+
+fn attach_tcx(
+    program: &mut SchedClassifier,
+    pin_dir: &Path,
+    ifindex: u32,
+    name: &str,
+) -> Result<AttachKind> {
+    let id = program.attach_with_options(
+        name,
+        TcAttachType::Egress,
+        TcAttachOptions::TcxOrder(LinkOrder::default()),
+    )?;
+    let link: FdLink = program.take_link(id)?.try_into()?;
+    detach(pin_dir, ifindex)?;
+    // Dropping the returned `PinnedLink` closes our fd; the pin keeps the link alive.
+    link.pin(attachment_pin(pin_dir, AttachKind::Tcx, ifindex))?;
+    Ok(AttachKind::Tcx)
+}
+
+fn attach_clsact(
+    program: &mut SchedClassifier,
+    pin_dir: &Path,
+    ifindex: u32,
+    name: &str,
+) -> Result<AttachKind> {
+    detach(pin_dir, ifindex)?;
+    match tc::qdisc_add_clsact(name) {
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        other => other.context("cannot add the clsact qdisc")?,
+    }
+    let id = program.attach_with_options(
+        name,
+        TcAttachType::Egress,
+        TcAttachOptions::Netlink(NlOptions::default()),
+    )?;
+    // The filter must outlive this process: dropping aya's netlink link would delete it, and it
+    // holds no file descriptor, so forgetting it leaks nothing.
+    std::mem::forget(program.take_link(id)?);
+    let pin = attachment_pin(pin_dir, AttachKind::Clsact, ifindex);
+    program.pin(&pin)?;
+    Ok(AttachKind::Clsact)
+}
+
+/// Removes the guard from the egress of `ifindex`, whichever way it was attached and by whichever
+/// process; nothing attached is not an error, nor is a device that is gone.
+pub(super) fn detach(pin_dir: &Path, ifindex: u32) -> Result<()> {
+    let clsact = attachment_pin(pin_dir, AttachKind::Clsact, ifindex);
+    if clsact.exists() {
+        if let Ok(name) = ifname(ifindex) {
+            match tc::qdisc_detach_program(&name, TcAttachType::Egress, PROGRAM_NAME) {
+                Ok(()) => {}
+                Err(TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(anyhow!(
+                        "cannot remove the guard's clsact filter from {name}: {e}; {}",
+                        privilege_hint("run `tc filter del dev {name} egress` by hand")
+                    ))
+                }
+            }
+        }
+        remove_pin(&clsact)?;
+    }
+    remove_pin(&attachment_pin(pin_dir, AttachKind::Tcx, ifindex))
+}
+
+fn remove_pin(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove the pin {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The name of `ifindex` in this thread's network namespace.
+fn ifname(ifindex: u32) -> Result<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has the IF_NAMESIZE bytes if_indextoname requires.
+    let ret = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if ret.is_null() {
+        return Err(anyhow!(
+            "no network device with ifindex {ifindex} in this network namespace"
+        ));
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned())
+}
