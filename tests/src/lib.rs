@@ -1,1 +1,2 @@
 //! Shared test machinery: network namespaces and the processes started in them.
+pub mod netns;
