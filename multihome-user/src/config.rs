@@ -74,6 +74,15 @@ impl FromStr for GatewaySpec {
     }
 }
 
+/// Validates a routing protocol number for multihome's objects (also used by `status`,
+/// `cleanup` and `check`, which take `--protocol` too).
+pub fn protocol(value: u32) -> Result<u8, ConfigError> {
+    u8::try_from(value)
+        .ok()
+        .filter(|p| (MIN_PROTOCOL..=MAX_PROTOCOL).contains(&u32::from(*p)))
+        .ok_or(ConfigError::Protocol(value))
+}
+
 /// Parses `MULTIHOME_UPLINKS`: `UPLINK` items separated by whitespace and/or commas (systemd
 /// `EnvironmentFile=` users write either). An empty string is an empty list.
 pub fn parse_uplink_list(s: &str) -> Result<Vec<UplinkSpec>, ConfigError> {
@@ -153,10 +162,7 @@ impl Config {
         if priority == 0 || priority.saturating_add(1) >= MAIN_RULE_PRIORITY {
             return Err(ConfigError::Priority(priority));
         }
-        let protocol = u8::try_from(protocol)
-            .ok()
-            .filter(|p| (MIN_PROTOCOL..=MAX_PROTOCOL).contains(&u32::from(*p)))
-            .ok_or(ConfigError::Protocol(protocol))?;
+        let protocol = self::protocol(protocol)?;
 
         let mut built: Vec<UplinkConfig> = Vec::with_capacity(uplinks.len());
         let mut tables: BTreeMap<u32, String> = BTreeMap::new();

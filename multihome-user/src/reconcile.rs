@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::diff::diff;
 use crate::guard::Guard;
 use crate::netlink::Netlink;
-use crate::plan::{self, describe};
+use crate::plan::{self, Assignments};
 use crate::state::{Op, State};
 use crate::view::KernelView;
 
@@ -16,7 +16,7 @@ pub struct Reconciler {
     pub guard: Option<Guard>,
     pub view: KernelView,
     /// The bindings last logged, so that only changes are logged.
-    assignments: describe::Assignments,
+    assignments: Assignments,
 }
 
 /// How a pass went.
@@ -34,7 +34,7 @@ impl Reconciler {
             netlink,
             guard,
             view,
-            assignments: describe::Assignments::new(),
+            assignments: Assignments::new(),
         }
     }
 
@@ -56,8 +56,8 @@ impl Reconciler {
     pub async fn reconcile(&mut self) -> Outcome {
         let desired = plan::plan(&self.config, &self.view);
         let outcome = self.converge(&desired).await;
-        let assignments = describe::assignments(&self.config, &self.view);
-        for line in describe::describe(&self.assignments, &assignments) {
+        let assignments = plan::assignments(&self.config, &self.view);
+        for line in plan::describe(&self.assignments, &assignments) {
             log::info!("{line}");
         }
         self.assignments = assignments;
