@@ -76,11 +76,24 @@ impl Netns {
 
     /// Starts a long-running process inside, stopped when the returned guard drops.
     pub fn spawn(&self, argv: &[&str]) -> Result<Process> {
+        self.spawn_with(argv, |_| ())
+    }
+
+    /// Like `spawn`, with standard output and error appended to `log`.
+    pub fn spawn_logged(&self, argv: &[&str], log: &std::path::Path) -> Result<Process> {
+        let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let err = out.try_clone()?;
+        self.spawn_with(argv, |cmd| {
+            cmd.stdout(out).stderr(err);
+        })
+    }
+
+    fn spawn_with(&self, argv: &[&str], setup: impl FnOnce(&mut Command)) -> Result<Process> {
         let (program, args) = argv.split_first().context("empty command")?;
-        let child = self
-            .command(program)
-            .args(args)
-            .stdin(Stdio::null())
+        let mut cmd = self.command(program);
+        cmd.args(args).stdin(Stdio::null());
+        setup(&mut cmd);
+        let child = cmd
             .spawn()
             .with_context(|| format!("starting {argv:?} in {}", self.name))?;
         let process = Process { child };
