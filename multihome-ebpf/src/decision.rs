@@ -134,9 +134,24 @@ mod tests {
     #[test]
     fn table() {
         let cases: &[(&str, Packet, Option<Egress>, Verdict)] = &[
-            ("no entry passes", packet(WAN1, None, MAC2), None, Verdict::Pass),
-            ("right device", packet(WAN2, None, MAC2), Some(plain_uplink()), Verdict::Pass),
-            ("wrong uplink", packet(WAN1, None, MAC2), Some(plain_uplink()), REDIRECT),
+            (
+                "no entry passes",
+                packet(WAN1, None, MAC2),
+                None,
+                Verdict::Pass,
+            ),
+            (
+                "right device",
+                packet(WAN2, None, MAC2),
+                Some(plain_uplink()),
+                Verdict::Pass,
+            ),
+            (
+                "wrong uplink",
+                packet(WAN1, None, MAC2),
+                Some(plain_uplink()),
+                REDIRECT,
+            ),
             (
                 "parent, right tag",
                 packet(ETH0, Some(102), MAC_ETH0),

@@ -1,1 +1,118 @@
-//! (in progress)
+//! `diff`: the ops that turn what multihome owns into what it wants, in a safe order.
+//!
+//! Additions first (guard, entries, table routes, rules), removals after in reverse (rules,
+//! routes, entries, guard): a rule never points at an empty table, the guard covers every
+//! window, and a renumbered address keeps working until its replacement is in place. Only
+//! objects in `owned` can be deleted, so nothing foreign is ever touched.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::state::{Op, State};
+use crate::view::{Family, Route};
+
+#[cfg(test)]
+pub mod sim;
+#[cfg(test)]
+mod tests;
+
+pub fn diff(desired: &State, owned: &State) -> Vec<Op> {
+    let mut ops = Vec::new();
+    ops.extend(desired.guarded.difference(&owned.guarded).map(|&i| Op::Attach(i)));
+    ops.extend(
+        desired
+            .entries
+            .iter()
+            .filter(|(addr, entry)| owned.entries.get(addr) != Some(entry))
+            .map(|(&addr, &entry)| Op::PutEntry(addr, entry)),
+    );
+    ops.extend(route_replacements(desired, owned).map(Op::ReplaceRoute));
+    ops.extend(desired.rules.difference(&owned.rules).cloned().map(Op::AddRule));
+    ops.extend(owned.rules.difference(&desired.rules).cloned().map(Op::DelRule));
+    ops.extend(stale_routes(desired, owned).map(Op::DelRoute));
+    ops.extend(
+        owned
+            .entries
+            .keys()
+            .filter(|addr| !desired.entries.contains_key(addr))
+            .map(|&addr| Op::DelEntry(addr)),
+    );
+    ops.extend(owned.guarded.difference(&desired.guarded).map(|&i| Op::Detach(i)));
+    ops
+}
+
+/// A route's identity for multihome: at most one desired route per key.
+type RouteKey = (u32, Family, IpAddr, u8);
+
+fn route_key(route: &Route) -> RouteKey {
+    (route.table, route.family(), route.dst, route.dst_len)
+}
+
+/// Desired routes missing or different in `owned`, prefix routes before default routes: the
+/// kernel checks a gateway against the routes it already has.
+fn route_replacements<'a>(desired: &'a State, owned: &'a State) -> impl Iterator<Item = Route> + 'a {
+    let mut routes: Vec<Route> = desired
+        .routes
+        .iter()
+        .filter(|r| !owned.routes.contains(r))
+        .copied()
+        .collect();
+    routes.sort_by_key(|r| (r.is_default(), *r));
+    routes.into_iter()
+}
+
+/// Owned routes that are not desired and that no replacement overwrites: a replace overwrites
+/// the route with the same key *and metric* (as the kernel matches them); a same-key route with
+/// another metric is stale. Default routes go before the prefix routes their gateway needs.
+fn stale_routes<'a>(desired: &'a State, owned: &'a State) -> impl Iterator<Item = Route> + 'a {
+    let replaced: BTreeMap<RouteKey, u32> = desired
+        .routes
+        .iter()
+        .map(|r| (route_key(r), r.metric))
+        .collect();
+    let mut routes: Vec<Route> = owned
+        .routes
+        .iter()
+        .filter(|r| {
+            !desired.routes.contains(r) && replaced.get(&route_key(r)) != Some(&r.metric)
+        })
+        .copied()
+        .collect();
+    routes.sort_by_key(|r| (!r.is_default(), *r));
+    routes.into_iter()
+}
+
+/// One line an operator reads in the log, e.g. `add route 192.168.0.0/24 dev if5 table 1002 ...`.
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Attach(ifindex) => write!(f, "attach guard to if{ifindex}"),
+            Op::PutEntry(addr, e) => {
+                write!(f, "guard {addr}/{} -> if{}", e.prefix_len, e.uplink_ifindex)?;
+                if e.lower_ifindex != 0 {
+                    write!(f, " (parent if{}", e.lower_ifindex)?;
+                    if e.vlan_id != 0 {
+                        write!(f, ", vlan {}", e.vlan_id)?;
+                    }
+                    if e.match_mac != 0 {
+                        write!(f, ", by MAC {}", mac(&e.mac))?;
+                    }
+                    f.write_str(")")?;
+                }
+                write!(f, " mtu {}", e.mtu)
+            }
+            Op::ReplaceRoute(route) => write!(f, "set route {route}"),
+            Op::AddRule(rule) => write!(f, "add {rule}"),
+            Op::DelRule(rule) => write!(f, "delete {rule}"),
+            Op::DelRoute(route) => write!(f, "delete route {route}"),
+            Op::DelEntry(addr) => write!(f, "unguard {addr}"),
+            Op::Detach(ifindex) => write!(f, "detach guard from if{ifindex}"),
+        }
+    }
+}
+
+fn mac(bytes: &[u8; 6]) -> String {
+    let parts: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    parts.join(":")
+}

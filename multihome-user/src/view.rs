@@ -2,10 +2,17 @@
 //! plain types free of netlink. `observe` fills it from dumps and events; `plan` reads it.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
+
+use crate::state::Op;
 
 /// Routing protocol numbers the kernel gives special meaning to (rtnetlink.h).
 pub const RTPROT_KERNEL: u8 = 2;
+
+/// Route scopes (rtnetlink.h): multihome's routes use these two.
+pub const RT_SCOPE_UNIVERSE: u8 = 0;
+pub const RT_SCOPE_LINK: u8 = 253;
 
 /// Well-known table ids a configuration may not use.
 pub const RT_TABLE_UNSPEC: u32 = 0;
@@ -122,6 +129,183 @@ pub struct KernelView {
 impl KernelView {
     pub fn link_by_name(&self, name: &str) -> Option<&Link> {
         self.links.values().find(|l| l.name == name)
+    }
+
+    /// Keeps the view current from one kernel event. Objects are matched by the identity the
+    /// kernel gives them: a link by ifindex, an address by (ifindex, address, prefix length), a
+    /// route by (table, family, destination, prefix length, metric), a rule by all its fields.
+    pub fn apply(&mut self, event: Event) -> Effect {
+        match event {
+            Event::NewLink(link) => self.new_link(link),
+            Event::DelLink(ifindex) => Effect {
+                changed: self.remove_link(ifindex),
+                // The kernel drops the device's IPv4 routes without a word.
+                redump_routes: true,
+            },
+            Event::NewAddress(address) => Effect::changed(upsert(
+                &mut self.addresses,
+                address,
+                address_key,
+            )),
+            Event::DelAddress(address) => Effect {
+                changed: remove(&mut self.addresses, &address, address_key),
+                // Routes using it as source, and the prefix route of the last address of a
+                // subnet, go silently.
+                redump_routes: address.addr.is_ipv4(),
+            },
+            Event::NewRoute(route) => Effect::changed(upsert(&mut self.routes, route, route_key)),
+            Event::DelRoute(route) => Effect::changed(remove(&mut self.routes, &route, route_key)),
+            Event::NewRule(rule) => Effect::changed(upsert(&mut self.rules, rule, Rule::clone)),
+            Event::DelRule(rule) => Effect::changed(remove(&mut self.rules, &rule, Rule::clone)),
+        }
+    }
+
+    /// Updates the view as if the kernel had echoed an op just applied, so that a reconcile
+    /// running before the echo arrives does not apply it again. Only routes and rules live in
+    /// the view; the guard's entries and attachments are the guard's own state.
+    pub fn record(&mut self, op: &Op) {
+        let event = match op {
+            Op::ReplaceRoute(route) => Event::NewRoute(*route),
+            Op::DelRoute(route) => Event::DelRoute(*route),
+            Op::AddRule(rule) => Event::NewRule(rule.clone()),
+            Op::DelRule(rule) => Event::DelRule(rule.clone()),
+            Op::Attach(_) | Op::PutEntry(..) | Op::DelEntry(_) | Op::Detach(_) => return,
+        };
+        self.apply(event);
+    }
+
+    fn new_link(&mut self, link: Link) -> Effect {
+        // Names are unique in a namespace: another ifindex with this name is a device whose
+        // deletion we missed (lost events), gone with its routes.
+        let stale: Vec<u32> = self
+            .links
+            .values()
+            .filter(|l| l.name == link.name && l.ifindex != link.ifindex)
+            .map(|l| l.ifindex)
+            .collect();
+        let replaced_stale = !stale.is_empty();
+        for ifindex in stale {
+            self.remove_link(ifindex);
+        }
+        let went_down = self.links.get(&link.ifindex).is_some_and(|old| old.up) && !link.up;
+        let old = self.links.insert(link.ifindex, link.clone());
+        Effect {
+            changed: replaced_stale || old.as_ref() != Some(&link),
+            redump_routes: replaced_stale || went_down,
+        }
+    }
+
+    /// Forgets a device and what the kernel deletes with it: its addresses and the routes
+    /// through it. Rules name devices, not ifindexes, and outlive them.
+    fn remove_link(&mut self, ifindex: u32) -> bool {
+        let had_link = self.links.remove(&ifindex).is_some();
+        let addresses = self.addresses.len();
+        self.addresses.retain(|a| a.ifindex != ifindex);
+        let routes = self.routes.len();
+        self.routes.retain(|r| r.oif != Some(ifindex));
+        had_link || addresses != self.addresses.len() || routes != self.routes.len()
+    }
+}
+
+/// What an event means to the daemon beyond the view itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Effect {
+    /// The view changed: plan and diff again.
+    pub changed: bool,
+    /// The kernel may have removed IPv4 routes without announcing it (a device deleted or
+    /// down, an IPv4 address removed): dump the routes again before trusting the view.
+    pub redump_routes: bool,
+}
+
+impl Effect {
+    fn changed(changed: bool) -> Effect {
+        Effect {
+            changed,
+            redump_routes: false,
+        }
+    }
+}
+
+fn address_key(a: &Address) -> (u32, IpAddr, u8) {
+    (a.ifindex, a.addr, a.prefix_len)
+}
+
+fn route_key(r: &Route) -> (u32, Family, IpAddr, u8, u32) {
+    (r.table, r.family(), r.dst, r.dst_len, r.metric)
+}
+
+/// Inserts or replaces the item with `item`'s identity; whether anything changed.
+fn upsert<T: PartialEq, K: PartialEq>(items: &mut Vec<T>, item: T, key: impl Fn(&T) -> K) -> bool {
+    let k = key(&item);
+    match items.iter_mut().find(|i| key(i) == k) {
+        Some(existing) if *existing == item => false,
+        Some(existing) => {
+            *existing = item;
+            true
+        }
+        None => {
+            items.push(item);
+            true
+        }
+    }
+}
+
+/// Removes every item with `item`'s identity; whether there was one.
+fn remove<T, K: PartialEq>(items: &mut Vec<T>, item: &T, key: impl Fn(&T) -> K) -> bool {
+    let k = key(item);
+    let before = items.len();
+    items.retain(|i| key(i) != k);
+    before != items.len()
+}
+
+/// `ip route` style, with `ifN` for a device (names live in the view, not in the route).
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_default() {
+            f.write_str("default")?;
+        } else {
+            write!(f, "{}/{}", self.dst, self.dst_len)?;
+        }
+        if let Some(gateway) = self.gateway {
+            write!(f, " via {gateway}")?;
+        }
+        if let Some(oif) = self.oif {
+            write!(f, " dev if{oif}")?;
+        }
+        write!(f, " table {} proto {}", self.table, self.protocol)?;
+        if self.scope == RT_SCOPE_LINK {
+            f.write_str(" scope link")?;
+        }
+        if let Some(prefsrc) = self.prefsrc {
+            write!(f, " src {prefsrc}")?;
+        }
+        write!(f, " metric {}", self.metric)
+    }
+}
+
+/// `ip rule` style, prefixed by the family (`from all` alone does not tell it).
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let family = match self.family {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        };
+        write!(f, "{family} rule {}: from ", self.priority)?;
+        match self.src {
+            Some((addr, len)) => write!(f, "{addr}/{len}")?,
+            None => f.write_str("all")?,
+        }
+        if let Some(oif) = &self.oif {
+            write!(f, " oif {oif}")?;
+        }
+        if self.other_selectors {
+            f.write_str(" (and other selectors)")?;
+        }
+        match self.table {
+            Some(table) => write!(f, " lookup {table}")?,
+            None => f.write_str(" (not a lookup)")?,
+        }
+        write!(f, " proto {}", self.protocol)
     }
 }
 

@@ -1,0 +1,51 @@
+//! `multihome cleanup`: removes every object carrying multihome's protocol, the guard's
+//! attachments and its pins, and says what it removed. Running it twice removes nothing twice.
+
+use std::process::ExitCode;
+
+use crate::cli::Owned;
+use crate::diff::diff;
+use crate::netlink::Netlink;
+use crate::privileges::{self, CAP_NET_ADMIN};
+use crate::state::State;
+use crate::{guard, plan, Fatal};
+
+pub fn main(args: Owned) -> Result<ExitCode, Fatal> {
+    let protocol = crate::config::protocol(args.protocol).map_err(Fatal::usage)?;
+    if let Some(cap) = privileges::missing(privileges::effective(), &[CAP_NET_ADMIN]).first() {
+        return Err(Fatal::usage(format!(
+            "missing capability {} ({}): run as root",
+            cap.name, cap.why
+        )));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Fatal::failure(format!("starting the runtime: {err}")))?;
+    let mut removed = runtime.block_on(remove_routing(protocol))?;
+    removed.extend(
+        guard::remove_all(&args.pin_dir).map_err(|err| Fatal::failure(format!("{err:#}")))?,
+    );
+    if removed.is_empty() {
+        println!("nothing to remove: no routes or rules with protocol {protocol}, no guard pinned at {}", args.pin_dir.display());
+    }
+    for line in removed {
+        println!("removed {line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes owned rules, then owned routes (the order `diff` gives removals).
+async fn remove_routing(protocol: u8) -> Result<Vec<String>, Fatal> {
+    let netlink = Netlink::connect().map_err(anyhow::Error::from)?;
+    let view = netlink.dump().await.map_err(anyhow::Error::from)?;
+    let mut removed = Vec::new();
+    for op in diff(&State::default(), &plan::owned(&view, protocol)) {
+        netlink
+            .apply(&op)
+            .await
+            .map_err(|err| Fatal::failure(format!("{op}: {err}")))?;
+        removed.push(op.to_string());
+    }
+    Ok(removed)
+}

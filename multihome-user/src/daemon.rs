@@ -1,0 +1,203 @@
+//! `multihome run`: the event loop. Everything it does is driven by the kernel's own
+//! notifications and signals; the only timer is the retry pause after a failed operation.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::{AttachChoice, RunArgs};
+use crate::config::{self, Config, GatewaySpec, Params};
+use crate::guard::{AttachMode, Guard};
+use crate::netlink::{Events, Netlink, Notice, DEFAULT_RECEIVE_BUFFER};
+use crate::notify::notify;
+use crate::plan;
+use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN};
+use crate::reconcile::Reconciler;
+use crate::Fatal;
+
+/// Pauses between attempts after an operation failed (doubling up to the last).
+const RETRY_PAUSES: [Duration; 4] = [
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+];
+
+pub fn main(args: RunArgs) -> Result<ExitCode, Fatal> {
+    let config = config_from(&args)?;
+    let mut needed = vec![CAP_NET_ADMIN];
+    if config.ebpf {
+        needed.push(CAP_BPF);
+    }
+    if let Some(cap) = privileges::missing(privileges::effective(), &needed).first() {
+        return Err(Fatal::usage(format!(
+            "missing capability {} ({}): run as root or grant it (AmbientCapabilities= in the unit)",
+            cap.name, cap.why
+        )));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Fatal::failure(format!("starting the runtime: {err}")))?;
+    runtime.block_on(run(config, &args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration from the command line, or from $MULTIHOME_UPLINKS without uplinks there.
+fn config_from(args: &RunArgs) -> Result<Config, Fatal> {
+    let uplinks = if args.uplinks.is_empty() {
+        let list = std::env::var("MULTIHOME_UPLINKS").unwrap_or_default();
+        config::parse_uplink_list(&list).map_err(Fatal::usage)?
+    } else {
+        args.uplinks
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()
+            .map_err(Fatal::usage)?
+    };
+    Config::new(Params {
+        uplinks,
+        gateways: args
+            .gateways
+            .iter()
+            .map(|s| s.parse::<GatewaySpec>())
+            .collect::<Result<_, _>>()
+            .map_err(Fatal::usage)?,
+        table_base: args.table_base,
+        priority: args.priority,
+        protocol: args.owned.protocol,
+        rules: !args.no_rules,
+        ebpf: !args.no_ebpf,
+    })
+    .map_err(Fatal::usage)
+}
+
+async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
+    // Subscribe before the dump, so that nothing that changes in between is missed.
+    let mut events = Events::subscribe(Some(DEFAULT_RECEIVE_BUFFER)).map_err(anyhow::Error::from)?;
+    let netlink = Netlink::connect().map_err(anyhow::Error::from)?;
+    let view = netlink.dump().await.map_err(anyhow::Error::from)?;
+    if let Some((table, route)) = plan::foreign_routes_in_tables(&config, &view).first() {
+        return Err(Fatal::usage(format!(
+            "table {table} already holds a route multihome does not own ({}/{} protocol {}): \
+             give the uplink another table (IFNAME=TABLE) or --table-base",
+            route.dst, route.dst_len, route.protocol
+        )));
+    }
+    let guard = if config.ebpf {
+        load_guard(args)?
+    } else {
+        log::info!("rules only (--no-ebpf): the eBPF guard is not loaded");
+        None
+    };
+    let mut sigterm = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
+    let mut reconciler = Reconciler::new(config, netlink, guard, view);
+    let mut failures = reconciler.reconcile().await.failed;
+    notify("READY=1");
+    log::info!("running: {}", uplink_names(&reconciler.config));
+    let mut attempt = 0;
+    loop {
+        let pause = (failures > 0).then(|| RETRY_PAUSES[attempt.min(RETRY_PAUSES.len() - 1)]);
+        let mut resync = Resync::default();
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sleep_or_never(pause) => { resync.all = true; attempt += 1; }
+            notice = events.next() => {
+                let mut notice = Some(notice);
+                // Take every notice already queued, so that a burst makes one pass.
+                while let Some(next) = notice {
+                    absorb(&mut reconciler, next, &mut resync)?;
+                    notice = events.next().now_or_never();
+                }
+            }
+        }
+        let netlink = &reconciler.netlink;
+        if resync.all {
+            reconciler.view = netlink.dump().await.map_err(anyhow::Error::from)?;
+        } else if resync.routes {
+            reconciler.view.routes = netlink.dump_routes().await.map_err(anyhow::Error::from)?;
+        }
+        failures = reconciler.reconcile().await.failed;
+        if failures == 0 {
+            attempt = 0;
+        }
+    }
+    notify("STOPPING=1");
+    if args.keep_on_exit {
+        log::info!("stopping, leaving rules, routes and the guard in place (--keep-on-exit)");
+    } else {
+        log::info!("stopping, removing what multihome installed");
+        reconciler.teardown().await;
+        if let Some(guard) = reconciler.guard.take() {
+            guard.remove_all().map_err(|err| Fatal::failure(format!("{err:#}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads the guard, or explains once why it cannot and carries on with rules only.
+fn load_guard(args: &RunArgs) -> Result<Option<Guard>, Fatal> {
+    let mode = match args.attach {
+        AttachChoice::Auto => AttachMode::Auto,
+        AttachChoice::Tcx => AttachMode::Tcx,
+        AttachChoice::Clsact => AttachMode::Clsact,
+    };
+    match Guard::load(&args.owned.pin_dir, mode) {
+        Ok(guard) => Ok(Some(guard)),
+        Err(err) if args.no_rules => Err(Fatal::failure(format!(
+            "the eBPF guard cannot load ({err:#}) and --no-rules leaves nothing else to do"
+        ))),
+        Err(err) => {
+            log::warn!("the eBPF guard cannot load, running rules only: {err:#}");
+            Ok(None)
+        }
+    }
+}
+
+/// What must be dumped again before the view can be trusted.
+#[derive(Debug, Default)]
+struct Resync {
+    /// Notifications were lost, or an operation failed.
+    all: bool,
+    /// The kernel may have removed IPv4 routes without a word.
+    routes: bool,
+}
+
+/// Folds one notice into the view.
+fn absorb(
+    reconciler: &mut Reconciler,
+    notice: Result<Notice, crate::netlink::Error>,
+    resync: &mut Resync,
+) -> Result<(), Fatal> {
+    match notice {
+        Ok(Notice::Event(event)) => {
+            resync.routes |= reconciler.view.apply(event).redump_routes;
+        }
+        Ok(Notice::SyncLost) => {
+            log::warn!("netlink notifications were lost, dumping the kernel's state again");
+            resync.all = true;
+        }
+        Err(err) => return Err(Fatal::failure(format!("netlink subscription failed: {err}"))),
+    }
+    Ok(())
+}
+
+async fn sleep_or_never(pause: Option<Duration>) {
+    match pause {
+        Some(pause) => tokio::time::sleep(pause).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn uplink_names(config: &Config) -> String {
+    config
+        .uplinks
+        .iter()
+        .map(|u| format!("{} (table {})", u.name, u.table))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

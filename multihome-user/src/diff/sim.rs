@@ -1,0 +1,278 @@
+//! A simulated kernel for tests: applies ops as the kernel and the guard would, refusing what
+//! the kernel refuses (a route through a missing or down device, a duplicate rule, deleting what
+//! is not there) and what multihome must never do (touch a foreign object, leave a rule pointing
+//! at an empty table). Scenario tests and the model-based tests drive it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use multihome_ebpf::Egress;
+
+use crate::config::Config;
+use crate::diff::diff;
+use crate::plan::{owned, plan};
+use crate::state::{Op, State};
+use crate::view::{Event, KernelView, Route, Rule};
+
+#[derive(Clone, Debug, Default)]
+pub struct Sim {
+    pub view: KernelView,
+    pub protocol: u8,
+    pub entries: BTreeMap<IpAddr, Egress>,
+    pub guarded: BTreeSet<u32>,
+}
+
+impl Sim {
+    pub fn new(view: KernelView, protocol: u8) -> Sim {
+        Sim {
+            view,
+            protocol,
+            ..Sim::default()
+        }
+    }
+
+    /// What multihome owns, as the daemon would assemble it.
+    pub fn owned(&self) -> State {
+        State {
+            entries: self.entries.clone(),
+            guarded: self.guarded.clone(),
+            ..owned(&self.view, self.protocol)
+        }
+    }
+
+    /// A kernel event: the view follows, and a deleted device takes its guard attachment along.
+    pub fn event(&mut self, event: Event) {
+        if let Event::DelLink(ifindex) = event {
+            self.guarded.remove(&ifindex);
+        }
+        self.view.apply(event);
+    }
+
+    pub fn apply(&mut self, op: &Op) -> Result<(), String> {
+        let broken_before = self.rules_without_routes();
+        match op {
+            Op::Attach(ifindex) => {
+                if !self.view.links.contains_key(ifindex) {
+                    return Err(format!("{op}: no such device"));
+                }
+                if !self.guarded.insert(*ifindex) {
+                    return Err(format!("{op}: already attached"));
+                }
+            }
+            Op::Detach(ifindex) => {
+                if !self.guarded.remove(ifindex) {
+                    return Err(format!("{op}: not attached"));
+                }
+            }
+            Op::PutEntry(addr, entry) => {
+                self.entries.insert(*addr, *entry);
+            }
+            Op::DelEntry(addr) => {
+                if self.entries.remove(addr).is_none() {
+                    return Err(format!("{op}: no such entry"));
+                }
+            }
+            Op::ReplaceRoute(route) => self.check_replace(route)?,
+            Op::DelRoute(route) => self.check_delete_route(route)?,
+            Op::AddRule(rule) => {
+                self.check_ours(rule.protocol, op)?;
+                if self.view.rules.contains(rule) {
+                    return Err(format!("{op}: File exists"));
+                }
+            }
+            Op::DelRule(rule) => {
+                self.check_ours(rule.protocol, op)?;
+                if !self.view.rules.contains(rule) {
+                    return Err(format!("{op}: No such file or directory"));
+                }
+            }
+        }
+        self.view.record(op);
+        let broken = self.rules_without_routes();
+        if let Some(rule) = broken.difference(&broken_before).next() {
+            return Err(format!("{op}: left {rule} pointing at an empty table"));
+        }
+        Ok(())
+    }
+
+    /// One reconcile: plan, diff, apply every op. Panics on an op the kernel would refuse.
+    pub fn reconcile(&mut self, config: &Config) -> Vec<Op> {
+        let ops = diff(&plan(config, &self.view), &self.owned());
+        for op in &ops {
+            self.apply(op).unwrap_or_else(|e| panic!("{e}\nops: {ops:#?}"));
+        }
+        ops
+    }
+
+    fn check_ours(&self, protocol: u8, op: &Op) -> Result<(), String> {
+        if protocol == self.protocol {
+            Ok(())
+        } else {
+            Err(format!("{op}: not ours"))
+        }
+    }
+
+    fn check_replace(&self, route: &Route) -> Result<(), String> {
+        let op = Op::ReplaceRoute(*route);
+        self.check_ours(route.protocol, &op)?;
+        match route.oif.and_then(|oif| self.view.links.get(&oif)) {
+            None => return Err(format!("{op}: No such device")),
+            Some(link) if !link.up => return Err(format!("{op}: Network is down")),
+            Some(_) => {}
+        }
+        if self.view.routes.iter().any(|r| same_slot(r, route) && r.protocol != self.protocol) {
+            return Err(format!("{op}: would replace a foreign route"));
+        }
+        Ok(())
+    }
+
+    fn check_delete_route(&self, route: &Route) -> Result<(), String> {
+        let op = Op::DelRoute(*route);
+        self.check_ours(route.protocol, &op)?;
+        if !self.view.routes.iter().any(|r| same_slot(r, route) && r.protocol == self.protocol) {
+            return Err(format!("{op}: No such process"));
+        }
+        Ok(())
+    }
+
+    /// Our rules whose table holds no route of their family.
+    fn rules_without_routes(&self) -> BTreeSet<Rule> {
+        self.view
+            .rules
+            .iter()
+            .filter(|rule| rule.protocol == self.protocol)
+            .filter(|rule| {
+                !self
+                    .view
+                    .routes
+                    .iter()
+                    .any(|r| Some(r.table) == rule.table && r.family() == rule.family)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// The kernel's identity of a route in a table (what NLM_F_REPLACE overwrites).
+fn same_slot(a: &Route, b: &Route) -> bool {
+    (a.table, a.family(), a.dst, a.dst_len, a.metric) == (b.table, b.family(), b.dst, b.dst_len, b.metric)
+}
+
+/// Fixtures: the seed's topology. `eth0` is the trunk with a static address in the same subnet,
+/// `vlan101`/`vlan102` its VLAN children with identical DHCP leases' subnet and gateway.
+pub mod fixtures {
+    use std::net::IpAddr;
+
+    use crate::config::{Config, Params};
+    use crate::view::{Address, AddressFlags, KernelView, Link, LinkKind, Route, RT_TABLE_MAIN};
+
+    pub const LO: u32 = 1;
+    pub const ETH0: u32 = 2;
+    pub const WAN1: u32 = 11;
+    pub const WAN2: u32 = 12;
+    pub const RTPROT_KERNEL: u8 = 2;
+    pub const RTPROT_STATIC: u8 = 4;
+    pub const RTPROT_RA: u8 = 9;
+    pub const RTPROT_DHCP: u8 = 16;
+
+    pub fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|_| panic!("bad address {s}"))
+    }
+
+    pub fn link(ifindex: u32, name: &str, kind: LinkKind, lower: Option<u32>) -> Link {
+        Link {
+            ifindex,
+            name: name.into(),
+            up: true,
+            mtu: 1500,
+            mac: [2, 0, 0, 0, 0, ifindex as u8],
+            lower,
+            kind,
+        }
+    }
+
+    /// `"192.168.0.100/24"` on `ifindex`, usable.
+    pub fn address(ifindex: u32, cidr: &str) -> Address {
+        let (addr, len) = cidr.split_once('/').expect("address/len");
+        Address {
+            ifindex,
+            addr: ip(addr),
+            prefix_len: len.parse().expect("prefix length"),
+            flags: AddressFlags::default(),
+        }
+    }
+
+    /// A default route in `main` as a DHCP client or router advertisement installs it.
+    pub fn client_default(oif: u32, gateway: &str, metric: u32) -> Route {
+        let gateway = ip(gateway);
+        let (dst, protocol) = match gateway {
+            IpAddr::V4(_) => (ip("0.0.0.0"), RTPROT_DHCP),
+            IpAddr::V6(_) => (ip("::"), RTPROT_RA),
+        };
+        Route {
+            table: RT_TABLE_MAIN,
+            protocol,
+            dst,
+            dst_len: 0,
+            gateway: Some(gateway),
+            oif: Some(oif),
+            prefsrc: None,
+            metric,
+            scope: 0,
+        }
+    }
+
+    /// The kernel's own prefix route in `main` for an address.
+    pub fn kernel_prefix(oif: u32, cidr: &str, src: &str) -> Route {
+        let (dst, len) = cidr.split_once('/').expect("prefix/len");
+        Route {
+            table: RT_TABLE_MAIN,
+            protocol: RTPROT_KERNEL,
+            dst: ip(dst),
+            dst_len: len.parse().expect("prefix length"),
+            gateway: None,
+            oif: Some(oif),
+            prefsrc: Some(ip(src)),
+            metric: 0,
+            scope: 253,
+        }
+    }
+
+    /// The seed: eth0 192.168.0.210/24 (static), vlan101 192.168.0.100/24 and vlan102
+    /// 192.168.0.101/24 by DHCP, both via 192.168.0.1 (metrics 1024 and 1025) in main.
+    pub fn seed() -> KernelView {
+        let mut view = KernelView::default();
+        for l in [
+            link(LO, "lo", LinkKind::Other, None),
+            link(ETH0, "eth0", LinkKind::Other, None),
+            link(WAN1, "vlan101", LinkKind::Vlan(101), Some(ETH0)),
+            link(WAN2, "vlan102", LinkKind::Vlan(102), Some(ETH0)),
+        ] {
+            view.links.insert(l.ifindex, l);
+        }
+        view.addresses = vec![
+            address(LO, "127.0.0.1/8"),
+            address(ETH0, "192.168.0.210/24"),
+            address(WAN1, "192.168.0.100/24"),
+            address(WAN2, "192.168.0.101/24"),
+        ];
+        view.routes = vec![
+            kernel_prefix(ETH0, "192.168.0.0/24", "192.168.0.210"),
+            kernel_prefix(WAN1, "192.168.0.0/24", "192.168.0.100"),
+            kernel_prefix(WAN2, "192.168.0.0/24", "192.168.0.101"),
+            client_default(WAN1, "192.168.0.1", 1024),
+            client_default(WAN2, "192.168.0.1", 1025),
+        ];
+        view
+    }
+
+    /// `multihome run UPLINK...` with default flags.
+    pub fn config(uplinks: &[&str]) -> Config {
+        config_with(uplinks, Params::default())
+    }
+
+    pub fn config_with(uplinks: &[&str], params: Params) -> Config {
+        let uplinks = uplinks.iter().map(|s| s.parse().expect("uplink")).collect();
+        Config::new(Params { uplinks, ..params }).expect("valid config")
+    }
+}

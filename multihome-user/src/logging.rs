@@ -1,0 +1,27 @@
+//! Logging set-up: levels from `--log-level` or `RUST_LOG`; under journald (JOURNAL_STREAM set)
+//! no timestamps of our own, since the journal stamps every line itself.
+
+use std::io::Write;
+
+pub fn init(level: log::LevelFilter) {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level);
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        // journald understands the kernel's <N> priority prefixes.
+        builder.format(|out, record| {
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(out, "<{priority}>{}", record.args())
+        });
+    } else {
+        builder.format_target(false);
+    }
+    builder.init();
+}

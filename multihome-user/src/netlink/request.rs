@@ -1,0 +1,225 @@
+//! Requests on the request socket: dumps and the route/rule operations of `state::Op`.
+
+use futures::StreamExt;
+use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::route::RouteMessage;
+use netlink_packet_route::rule::RuleMessage;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR,
+    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use rtnetlink::Handle;
+
+use super::{convert, Error, Request};
+use crate::state::Op;
+use crate::view::{KernelView, Route};
+
+/// How often a dump is retried when the kernel flags it inconsistent (NLM_F_DUMP_INTR).
+const DUMP_ATTEMPTS: usize = 5;
+
+/// A request connection to rtnetlink.
+#[derive(Clone, Debug)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a request socket in the calling thread's network namespace and spawns its
+    /// connection task on the current tokio runtime.
+    pub fn connect() -> Result<Netlink, Error> {
+        let (mut conn, handle, _) = rtnetlink::new_connection()?;
+        // Acks and Done are forwarded so that a reply stream ending without them can only mean
+        // the connection died, which `exchange` reports instead of mistaking it for success.
+        conn.set_forward_ack(true);
+        conn.set_forward_done(true);
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Everything multihome looks at: links, IPv4/IPv6 addresses, unicast routes of all tables
+    /// and IPv4/IPv6 rules.
+    pub async fn dump(&self) -> Result<KernelView, Error> {
+        let mut view = KernelView::default();
+        for msg in self
+            .dump_of(
+                "links",
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            )
+            .await?
+        {
+            if let RouteNetlinkMessage::NewLink(m) = msg {
+                if let Some(link) = convert::link(&m) {
+                    view.links.insert(link.ifindex, link);
+                }
+            }
+        }
+        for msg in self
+            .dump_of(
+                "addresses",
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            )
+            .await?
+        {
+            if let RouteNetlinkMessage::NewAddress(m) = msg {
+                view.addresses.extend(convert::address(&m));
+            }
+        }
+        view.routes = self.dump_routes().await?;
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut req = RuleMessage::default();
+            req.header.family = family;
+            for msg in self
+                .dump_of("rules", RouteNetlinkMessage::GetRule(req))
+                .await?
+            {
+                if let RouteNetlinkMessage::NewRule(m) = msg {
+                    view.rules.extend(convert::rule(&m));
+                }
+            }
+        }
+        Ok(view)
+    }
+
+    /// The unicast routes of all tables, IPv4 and IPv6. The kernel does not announce the IPv4
+    /// routes it flushes when a device goes down or an address goes away, so after such events
+    /// the routes must be dumped again rather than tracked from notifications.
+    pub async fn dump_routes(&self) -> Result<Vec<Route>, Error> {
+        let mut routes = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut req = RouteMessage::default();
+            req.header.address_family = family;
+            for msg in self
+                .dump_of("routes", RouteNetlinkMessage::GetRoute(req))
+                .await?
+            {
+                if let RouteNetlinkMessage::NewRoute(m) = msg {
+                    routes.extend(convert::route(&m));
+                }
+            }
+        }
+        Ok(routes)
+    }
+
+    /// Applies one route or rule operation; the others (Attach, Detach, PutEntry, DelEntry) are
+    /// the guard's and give `Error::NotNetlink`, so the daemon can hand every `Op` here first.
+    ///
+    /// Idempotent: ReplaceRoute creates or replaces (NLM_F_CREATE|NLM_F_REPLACE: same table,
+    /// destination and metric); AddRule of a rule that exists (EEXIST: checked with NLM_F_EXCL,
+    /// without which the kernel adds a duplicate) and deletes of what is gone (ENOENT, ESRCH)
+    /// succeed. Deletes name every field, so only that route or rule goes.
+    pub async fn apply(&self, op: &Op) -> Result<(), Error> {
+        let inexact = || Error::Inexact(op.clone());
+        let (msg, flags, absent_ok) = match op {
+            Op::ReplaceRoute(r) => (
+                RouteNetlinkMessage::NewRoute(convert::route_message(r)),
+                NLM_F_CREATE | NLM_F_REPLACE,
+                false,
+            ),
+            Op::DelRoute(r) => (
+                RouteNetlinkMessage::DelRoute(convert::route_message(r)),
+                0,
+                true,
+            ),
+            Op::AddRule(r) if r.table.is_some() => (
+                RouteNetlinkMessage::NewRule(convert::rule_message(r).ok_or_else(inexact)?),
+                NLM_F_CREATE | NLM_F_EXCL,
+                false,
+            ),
+            Op::AddRule(_) => return Err(inexact()),
+            Op::DelRule(r) => (
+                RouteNetlinkMessage::DelRule(convert::rule_message(r).ok_or_else(inexact)?),
+                0,
+                true,
+            ),
+            Op::Attach(_) | Op::Detach(_) | Op::PutEntry(..) | Op::DelEntry(_) => {
+                return Err(Error::NotNetlink(op.clone()))
+            }
+        };
+        let request = Request::Apply(op.clone());
+        match self.exchange(&request, msg, NLM_F_ACK | flags).await {
+            Err(Error::Kernel { errno, .. }) if already_done(errno, absent_ok) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// A dump, retried while the kernel flags it interrupted by concurrent changes.
+    async fn dump_of(
+        &self,
+        what: &'static str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, Error> {
+        let request = Request::Dump(what);
+        for _ in 0..DUMP_ATTEMPTS {
+            match self.exchange(&request, msg.clone(), NLM_F_DUMP).await {
+                Err(Error::Interrupted(..)) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Interrupted(request, DUMP_ATTEMPTS))
+    }
+
+    /// Sends one request and collects its reply up to the final Ack (NLMSG_ERROR 0) or Done.
+    async fn exchange(
+        &self,
+        request: &Request,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, Error> {
+        let mut msg = NetlinkMessage::from(msg);
+        msg.header.flags = NLM_F_REQUEST | flags;
+        let mut replies = self
+            .handle
+            .clone()
+            .request(msg)
+            .map_err(|_| Error::Closed(request.clone()))?;
+        let mut inner = Vec::new();
+        let mut interrupted = false;
+        while let Some(reply) = replies.next().await {
+            interrupted |= reply.header.flags & NLM_F_DUMP_INTR != 0;
+            match reply.payload {
+                NetlinkPayload::InnerMessage(m) => inner.push(m),
+                NetlinkPayload::Error(e) => match e.code {
+                    None => return Ok(inner),
+                    Some(code) => {
+                        return Err(Error::Kernel {
+                            request: request.clone(),
+                            errno: -code.get(),
+                        })
+                    }
+                },
+                NetlinkPayload::Done(_) if interrupted => {
+                    return Err(Error::Interrupted(request.clone(), 1))
+                }
+                NetlinkPayload::Done(_) => return Ok(inner),
+                _ => {}
+            }
+        }
+        Err(Error::Closed(request.clone()))
+    }
+}
+
+/// Whether a refusal means the operation's effect is already in place.
+fn already_done(errno: i32, deleting: bool) -> bool {
+    if deleting {
+        errno == libc::ENOENT || errno == libc::ESRCH
+    } else {
+        errno == libc::EEXIST
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::already_done;
+
+    #[test]
+    fn only_the_matching_refusals_count_as_done() {
+        assert!(already_done(libc::EEXIST, false));
+        assert!(!already_done(libc::ENOENT, false));
+        assert!(already_done(libc::ENOENT, true));
+        assert!(already_done(libc::ESRCH, true));
+        assert!(!already_done(libc::EEXIST, true));
+        assert!(!already_done(libc::EPERM, true));
+    }
+}

@@ -1,0 +1,413 @@
+//! Table-driven tests of `plan`: each case is a configuration, a kernel view and the routes,
+//! rules, entries and guarded devices expected, written as the operator reads them.
+
+use super::*;
+use crate::config::Params;
+use crate::diff::sim::fixtures::*;
+use crate::state::Op;
+use crate::view::{AddressFlags, LinkKind};
+
+struct Expect {
+    routes: &'static [&'static str],
+    rules: &'static [&'static str],
+    entries: &'static [&'static str],
+    guarded: &'static [u32],
+}
+
+const SEED_ROUTES: &[&str] = &[
+    "default via 192.168.0.1 dev if11 table 1001 proto 77 metric 0",
+    "192.168.0.0/24 dev if11 table 1001 proto 77 scope link src 192.168.0.100 metric 0",
+    "default via 192.168.0.1 dev if12 table 1002 proto 77 metric 0",
+    "192.168.0.0/24 dev if12 table 1002 proto 77 scope link src 192.168.0.101 metric 0",
+];
+const SEED_RULES: &[&str] = &[
+    "ipv4 rule 1000: from 192.168.0.100/32 lookup 1001 proto 77",
+    "ipv4 rule 1000: from 192.168.0.101/32 lookup 1002 proto 77",
+    "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
+    "ipv4 rule 1001: from all oif vlan102 lookup 1002 proto 77",
+];
+const SEED_ENTRIES: &[&str] = &[
+    "guard 192.168.0.100/24 -> if11 (parent if2, vlan 101) mtu 1500",
+    "guard 192.168.0.101/24 -> if12 (parent if2, vlan 102) mtu 1500",
+];
+
+fn sorted(items: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut items: Vec<String> = items.into_iter().collect();
+    items.sort();
+    items
+}
+
+fn expected(items: &[&str]) -> Vec<String> {
+    sorted(items.iter().map(|s| s.to_string()))
+}
+
+fn check(what: &str, state: &State, want: &Expect) {
+    assert_eq!(
+        sorted(state.routes.iter().map(Route::to_string)),
+        expected(want.routes),
+        "{what}: routes"
+    );
+    assert_eq!(
+        sorted(state.rules.iter().map(Rule::to_string)),
+        expected(want.rules),
+        "{what}: rules"
+    );
+    assert_eq!(
+        sorted(state.entries.iter().map(|(a, e)| Op::PutEntry(*a, *e).to_string())),
+        expected(want.entries),
+        "{what}: entries"
+    );
+    assert_eq!(
+        state.guarded.iter().copied().collect::<Vec<_>>(),
+        want.guarded,
+        "{what}: guarded"
+    );
+}
+
+fn flags(tentative: bool, dad_failed: bool, deprecated: bool) -> AddressFlags {
+    AddressFlags {
+        tentative,
+        dad_failed,
+        deprecated,
+    }
+}
+
+fn set_up(view: &mut KernelView, ifindex: u32, up: bool) {
+    view.links.get_mut(&ifindex).expect("link").up = up;
+}
+
+#[test]
+fn plans() {
+    type Case = (&'static str, Config, fn(&mut KernelView), Expect);
+    let both = config(&["vlan101", "vlan102"]);
+    let cases: Vec<Case> = vec![
+        (
+            "seed: overlapping subnets, identical gateways, one table each",
+            both.clone(),
+            |_| {},
+            Expect {
+                routes: SEED_ROUTES,
+                rules: SEED_RULES,
+                entries: SEED_ENTRIES,
+                guarded: &[ETH0, WAN1, WAN2],
+            },
+        ),
+        (
+            "uplink missing: waited for, contributes nothing",
+            config(&["vlan101", "vlan103"]),
+            |_| {},
+            Expect {
+                routes: &SEED_ROUTES[..2],
+                rules: &[
+                    "ipv4 rule 1000: from 192.168.0.100/32 lookup 1001 proto 77",
+                    "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
+                ],
+                entries: &SEED_ENTRIES[..1],
+                guarded: &[ETH0, WAN1],
+            },
+        ),
+        (
+            "link down: no routes or rules, entries and guard kept",
+            both.clone(),
+            |v| set_up(v, WAN2, false),
+            Expect {
+                routes: &SEED_ROUTES[..2],
+                rules: &[
+                    "ipv4 rule 1000: from 192.168.0.100/32 lookup 1001 proto 77",
+                    "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
+                ],
+                entries: SEED_ENTRIES,
+                guarded: &[ETH0, WAN1, WAN2],
+            },
+        ),
+        (
+            "uplink without usable address: guarded, but no table or rules",
+            both.clone(),
+            |v| v.addresses.retain(|a| a.ifindex != WAN2),
+            Expect {
+                routes: &SEED_ROUTES[..2],
+                rules: &[
+                    "ipv4 rule 1000: from 192.168.0.100/32 lookup 1001 proto 77",
+                    "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
+                ],
+                entries: &SEED_ENTRIES[..1],
+                guarded: &[ETH0, WAN1, WAN2],
+            },
+        ),
+        (
+            "same address on two uplinks: the first configured wins",
+            config(&["vlan102", "vlan101"]),
+            |v| v.addresses.push(address(WAN1, "192.168.0.101/24")),
+            Expect {
+                routes: &[
+                    "default via 192.168.0.1 dev if11 table 1002 proto 77 metric 0",
+                    "192.168.0.0/24 dev if11 table 1002 proto 77 scope link src 192.168.0.100 metric 0",
+                    "default via 192.168.0.1 dev if12 table 1001 proto 77 metric 0",
+                    "192.168.0.0/24 dev if12 table 1001 proto 77 scope link src 192.168.0.101 metric 0",
+                ],
+                rules: &[
+                    "ipv4 rule 1000: from 192.168.0.100/32 lookup 1002 proto 77",
+                    "ipv4 rule 1000: from 192.168.0.101/32 lookup 1001 proto 77",
+                    "ipv4 rule 1001: from all oif vlan101 lookup 1002 proto 77",
+                    "ipv4 rule 1001: from all oif vlan102 lookup 1001 proto 77",
+                ],
+                entries: SEED_ENTRIES,
+                guarded: &[ETH0, WAN1, WAN2],
+            },
+        ),
+        (
+            "second address on one uplink: one prefix route from the lowest, a rule each",
+            config(&["vlan101"]),
+            |v| {
+                v.addresses.push(address(WAN1, "192.168.0.150/24"));
+                v.addresses.push(address(WAN1, "192.168.0.50/24"));
+            },
+            Expect {
+                routes: &[
+                    "default via 192.168.0.1 dev if11 table 1001 proto 77 metric 0",
+                    "192.168.0.0/24 dev if11 table 1001 proto 77 scope link src 192.168.0.50 metric 0",
+                ],
+                rules: &[
+                    "ipv4 rule 1000: from 192.168.0.100/32 lookup 1001 proto 77",
+                    "ipv4 rule 1000: from 192.168.0.150/32 lookup 1001 proto 77",
+                    "ipv4 rule 1000: from 192.168.0.50/32 lookup 1001 proto 77",
+                    "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
+                ],
+                entries: &[
+                    "guard 192.168.0.100/24 -> if11 (parent if2, vlan 101) mtu 1500",
+                    "guard 192.168.0.150/24 -> if11 (parent if2, vlan 101) mtu 1500",
+                    "guard 192.168.0.50/24 -> if11 (parent if2, vlan 101) mtu 1500",
+                ],
+                guarded: &[ETH0, WAN1],
+            },
+        ),
+        (
+            "second address in another subnet: a prefix route each",
+            config(&["vlan101"]),
+            |v| v.addresses.push(address(WAN1, "10.1.2.3/16")),
+            Expect {
+                routes: &[
+                    "default via 192.168.0.1 dev if11 table 1001 proto 77 metric 0",
+                    "192.168.0.0/24 dev if11 table 1001 proto 77 scope link src 192.168.0.100 metric 0",
+                    "10.1.0.0/16 dev if11 table 1001 proto 77 scope link src 10.1.2.3 metric 0",
+                ],
+                rules: &[
+                    "ipv4 rule 1000: from 10.1.2.3/32 lookup 1001 proto 77",
+                    "ipv4 rule 1000: from 192.168.0.100/32 lookup 1001 proto 77",
+                    "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
+                ],
+                entries: &[
+                    "guard 10.1.2.3/16 -> if11 (parent if2, vlan 101) mtu 1500",
+                    "guard 192.168.0.100/24 -> if11 (parent if2, vlan 101) mtu 1500",
+                ],
+                guarded: &[ETH0, WAN1],
+            },
+        ),
+        (
+            "unusable addresses: tentative, dad failed, link-local, loopback; deprecated kept",
+            config(&["vlan101"]),
+            |v| {
+                v.addresses.retain(|a| a.ifindex != WAN1);
+                let mut add = |cidr: &str, f: AddressFlags| {
+                    v.addresses.push(Address { flags: f, ..address(WAN1, cidr) })
+                };
+                add("192.168.0.100/24", flags(false, false, true));
+                add("2001:db8:1::1/64", flags(true, false, false));
+                add("2001:db8:1::2/64", flags(false, true, false));
+                add("169.254.7.7/16", flags(false, false, false));
+                add("fe80::1234/64", flags(false, false, false));
+                add("127.0.0.2/8", flags(false, false, false));
+                add("::1/128", flags(false, false, false));
+            },
+            Expect {
+                routes: &SEED_ROUTES[..2],
+                rules: &[
+                    "ipv4 rule 1000: from 192.168.0.100/32 lookup 1001 proto 77",
+                    "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
+                ],
+                entries: &SEED_ENTRIES[..1],
+                guarded: &[ETH0, WAN1],
+            },
+        ),
+        (
+            "IPv6: metric 1024, scope universe, link-local gateway from the RA",
+            config(&["vlan101"]),
+            |v| {
+                v.addresses.push(address(WAN1, "2001:db8:1::100/64"));
+                v.addresses.push(address(WAN1, "fe80::2:0:0:0:b/64"));
+                v.routes.push(client_default(WAN1, "fe80::1", 1024));
+            },
+            Expect {
+                routes: &[
+                    "default via 192.168.0.1 dev if11 table 1001 proto 77 metric 0",
+                    "192.168.0.0/24 dev if11 table 1001 proto 77 scope link src 192.168.0.100 metric 0",
+                    "default via fe80::1 dev if11 table 1001 proto 77 metric 1024",
+                    "2001:db8:1::/64 dev if11 table 1001 proto 77 src 2001:db8:1::100 metric 1024",
+                ],
+                rules: &[
+                    "ipv4 rule 1000: from 192.168.0.100/32 lookup 1001 proto 77",
+                    "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
+                    "ipv6 rule 1000: from 2001:db8:1::100/128 lookup 1001 proto 77",
+                    "ipv6 rule 1001: from all oif vlan101 lookup 1001 proto 77",
+                ],
+                entries: &[
+                    "guard 192.168.0.100/24 -> if11 (parent if2, vlan 101) mtu 1500",
+                    "guard 2001:db8:1::100/64 -> if11 (parent if2, vlan 101) mtu 1500",
+                ],
+                guarded: &[ETH0, WAN1],
+            },
+        ),
+        (
+            "an RA default but no IPv6 address: no IPv6 table or rules",
+            config(&["vlan101"]),
+            |v| v.routes.push(client_default(WAN1, "fe80::1", 1024)),
+            Expect {
+                routes: &SEED_ROUTES[..2],
+                rules: &[
+                    "ipv4 rule 1000: from 192.168.0.100/32 lookup 1001 proto 77",
+                    "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
+                ],
+                entries: &SEED_ENTRIES[..1],
+                guarded: &[ETH0, WAN1],
+            },
+        ),
+        (
+            "no gateway known: the on-link route and the rules only",
+            config(&["vlan101"]),
+            |v| v.routes.retain(|r| !r.is_default()),
+            Expect {
+                routes: &SEED_ROUTES[1..2],
+                rules: &[
+                    "ipv4 rule 1000: from 192.168.0.100/32 lookup 1001 proto 77",
+                    "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
+                ],
+                entries: &SEED_ENTRIES[..1],
+                guarded: &[ETH0, WAN1],
+            },
+        ),
+        (
+            "configured gateway overrides the discovered one",
+            config_with(
+                &["vlan101"],
+                Params {
+                    gateways: vec!["vlan101=192.168.0.254".parse().unwrap()],
+                    ..Params::default()
+                },
+            ),
+            |_| {},
+            Expect {
+                routes: &[
+                    "default via 192.168.0.254 dev if11 table 1001 proto 77 metric 0",
+                    "192.168.0.0/24 dev if11 table 1001 proto 77 scope link src 192.168.0.100 metric 0",
+                ],
+                rules: &[
+                    "ipv4 rule 1000: from 192.168.0.100/32 lookup 1001 proto 77",
+                    "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
+                ],
+                entries: &SEED_ENTRIES[..1],
+                guarded: &[ETH0, WAN1],
+            },
+        ),
+        (
+            "gateway: lowest metric among foreign defaults through the uplink",
+            config(&["vlan101", "vlan102"]),
+            |v| {
+                // Ours (a table or the protocol) and other devices' never count.
+                v.routes.push(Route { table: 1001, ..client_default(WAN1, "192.168.0.9", 1) });
+                v.routes.push(Route { protocol: 77, table: 50, ..client_default(WAN1, "192.168.0.8", 1) });
+                v.routes.push(client_default(WAN2, "192.168.0.7", 1));
+                v.routes.push(Route { table: 100, ..client_default(WAN1, "192.168.0.6", 1023) });
+                v.routes.push(client_default(WAN1, "192.168.0.5", 2000));
+            },
+            Expect {
+                routes: &[
+                    "default via 192.168.0.6 dev if11 table 1001 proto 77 metric 0",
+                    "192.168.0.0/24 dev if11 table 1001 proto 77 scope link src 192.168.0.100 metric 0",
+                    "default via 192.168.0.7 dev if12 table 1002 proto 77 metric 0",
+                    "192.168.0.0/24 dev if12 table 1002 proto 77 scope link src 192.168.0.101 metric 0",
+                ],
+                rules: SEED_RULES,
+                entries: SEED_ENTRIES,
+                guarded: &[ETH0, WAN1, WAN2],
+            },
+        ),
+        (
+            "--no-rules: guard only",
+            config_with(&["vlan101", "vlan102"], Params { rules: false, ..Params::default() }),
+            |_| {},
+            Expect {
+                routes: &[],
+                rules: &[],
+                entries: SEED_ENTRIES,
+                guarded: &[ETH0, WAN1, WAN2],
+            },
+        ),
+        (
+            "--no-ebpf: rules only",
+            config_with(&["vlan101", "vlan102"], Params { ebpf: false, ..Params::default() }),
+            |_| {},
+            Expect {
+                routes: SEED_ROUTES,
+                rules: SEED_RULES,
+                entries: &[],
+                guarded: &[],
+            },
+        ),
+        (
+            "macvlan child: recognised by MAC on its parent",
+            config(&["mv0"]),
+            |v| {
+                v.links.insert(20, link(20, "mv0", LinkKind::Macvlan, Some(ETH0)));
+                v.addresses.push(address(20, "198.51.100.7/24"));
+            },
+            Expect {
+                routes: &["198.51.100.0/24 dev if20 table 1001 proto 77 scope link src 198.51.100.7 metric 0"],
+                rules: &[
+                    "ipv4 rule 1000: from 198.51.100.7/32 lookup 1001 proto 77",
+                    "ipv4 rule 1001: from all oif mv0 lookup 1001 proto 77",
+                ],
+                entries: &["guard 198.51.100.7/24 -> if20 (parent if2, by MAC 02:00:00:00:00:14) mtu 1500"],
+                guarded: &[ETH0, 20],
+            },
+        ),
+        (
+            "parent outside the namespace or itself: no lower, no VLAN id",
+            config(&["vlan101", "vlan102"]),
+            |v| {
+                v.links.get_mut(&WAN1).unwrap().lower = Some(99);
+                v.links.get_mut(&WAN2).unwrap().lower = Some(WAN2);
+            },
+            Expect {
+                routes: SEED_ROUTES,
+                rules: SEED_RULES,
+                entries: &[
+                    "guard 192.168.0.100/24 -> if11 mtu 1500",
+                    "guard 192.168.0.101/24 -> if12 mtu 1500",
+                ],
+                guarded: &[WAN1, WAN2],
+            },
+        ),
+        (
+            "custom priority and protocol",
+            config_with(&["vlan101"], Params { priority: 200, protocol: 99, ..Params::default() }),
+            |_| {},
+            Expect {
+                routes: &[
+                    "default via 192.168.0.1 dev if11 table 1001 proto 99 metric 0",
+                    "192.168.0.0/24 dev if11 table 1001 proto 99 scope link src 192.168.0.100 metric 0",
+                ],
+                rules: &[
+                    "ipv4 rule 200: from 192.168.0.100/32 lookup 1001 proto 99",
+                    "ipv4 rule 201: from all oif vlan101 lookup 1001 proto 99",
+                ],
+                entries: &SEED_ENTRIES[..1],
+                guarded: &[ETH0, WAN1],
+            },
+        ),
+    ];
+    for (what, config, edit, want) in cases {
+        let mut view = seed();
+        edit(&mut view);
+        check(what, &plan(&config, &view), &want);
+    }
+}

@@ -1,0 +1,74 @@
+//! Which capabilities the process has, so a missing one is named before anything is touched.
+
+use std::fs;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capability {
+    pub name: &'static str,
+    bit: u32,
+    /// Why multihome needs it, for the error message.
+    pub why: &'static str,
+}
+
+pub const CAP_NET_ADMIN: Capability = Capability {
+    name: "CAP_NET_ADMIN",
+    bit: 12,
+    why: "to change routes and rules and attach the guard",
+};
+pub const CAP_SYS_ADMIN: Capability = Capability {
+    name: "CAP_SYS_ADMIN",
+    bit: 21,
+    why: "to mount bpffs when it is not mounted",
+};
+pub const CAP_BPF: Capability = Capability {
+    name: "CAP_BPF",
+    bit: 39,
+    why: "to load the guard and use its maps",
+};
+
+/// The effective capability set of this process.
+pub fn effective() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| parse_cap_eff(&status))
+        .unwrap_or(0)
+}
+
+fn parse_cap_eff(status: &str) -> Option<u64> {
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The capabilities in `needed` that `effective` lacks.
+pub fn missing(effective: u64, needed: &[Capability]) -> Vec<Capability> {
+    needed
+        .iter()
+        .copied()
+        .filter(|cap| effective & (1 << cap.bit) == 0)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_effective_set() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t0000000000001000\n";
+        assert_eq!(parse_cap_eff(status), Some(1 << 12));
+        assert_eq!(parse_cap_eff("Name: x\n"), None);
+    }
+
+    #[test]
+    fn names_what_is_missing() {
+        let only_net_admin = 1 << 12;
+        assert_eq!(
+            missing(only_net_admin, &[CAP_NET_ADMIN, CAP_BPF]),
+            vec![CAP_BPF]
+        );
+        assert!(missing(u64::MAX, &[CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN]).is_empty());
+    }
+}

@@ -1,0 +1,106 @@
+//! One reconcile pass: plan from the view, diff against what is owned, apply in order. The
+//! decisions are `plan` and `diff`'s; this module only carries them out and says what changed.
+
+use crate::config::Config;
+use crate::diff::diff;
+use crate::guard::Guard;
+use crate::netlink::Netlink;
+use crate::plan::{self, Assignments};
+use crate::state::{Op, State};
+use crate::view::KernelView;
+
+pub struct Reconciler {
+    pub config: Config,
+    pub netlink: Netlink,
+    /// `None` in rules-only mode, asked for or forced (the guard could not load).
+    pub guard: Option<Guard>,
+    pub view: KernelView,
+    /// The bindings last logged, so that only changes are logged.
+    assignments: Assignments,
+}
+
+/// How a pass went.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub applied: usize,
+    /// Operations that failed; the daemon dumps and tries again after a pause.
+    pub failed: usize,
+}
+
+impl Reconciler {
+    pub fn new(config: Config, netlink: Netlink, guard: Option<Guard>, view: KernelView) -> Self {
+        Reconciler {
+            config,
+            netlink,
+            guard,
+            view,
+            assignments: Assignments::new(),
+        }
+    }
+
+    /// What multihome owns now: its routes and rules from the view, its entries and
+    /// attachments from the guard.
+    pub fn owned(&self) -> State {
+        let mut owned = plan::owned(&self.view, self.config.protocol);
+        if let Some(guard) = &self.guard {
+            match guard.entries() {
+                Ok(entries) => owned.entries = entries,
+                Err(err) => log::warn!("reading the guard's map: {err:#}"),
+            }
+            owned.guarded = guard.attached();
+        }
+        owned
+    }
+
+    /// Brings the kernel to the plan.
+    pub async fn reconcile(&mut self) -> Outcome {
+        let desired = plan::plan(&self.config, &self.view);
+        let outcome = self.converge(&desired).await;
+        let assignments = plan::assignments(&self.config, &self.view);
+        for line in plan::describe(&self.assignments, &assignments) {
+            log::info!("{line}");
+        }
+        self.assignments = assignments;
+        outcome
+    }
+
+    /// Removes everything owned (shutdown without --keep-on-exit).
+    pub async fn teardown(&mut self) -> Outcome {
+        let outcome = self.converge(&State::default()).await;
+        for (addr, assignment) in std::mem::take(&mut self.assignments) {
+            log::info!("{}: {addr} released", assignment.uplink);
+        }
+        outcome
+    }
+
+    async fn converge(&mut self, desired: &State) -> Outcome {
+        let mut outcome = Outcome::default();
+        for op in diff(desired, &self.owned()) {
+            match self.apply(&op).await {
+                Ok(()) => {
+                    log::debug!("{op}");
+                    self.view.record(&op);
+                    outcome.applied += 1;
+                }
+                Err(err) => {
+                    log::warn!("{op}: {err:#}");
+                    outcome.failed += 1;
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn apply(&mut self, op: &Op) -> anyhow::Result<()> {
+        match (op, self.guard.as_mut()) {
+            (Op::ReplaceRoute(_) | Op::DelRoute(_) | Op::AddRule(_) | Op::DelRule(_), _) => {
+                Ok(self.netlink.apply(op).await?)
+            }
+            (Op::Attach(ifindex), Some(guard)) => guard.attach(*ifindex),
+            (Op::Detach(ifindex), Some(guard)) => guard.detach(*ifindex),
+            (Op::PutEntry(addr, egress), Some(guard)) => guard.put_entry(*addr, egress),
+            (Op::DelEntry(addr), Some(guard)) => guard.remove_entry(*addr),
+            (_, None) => anyhow::bail!("the guard is not loaded"),
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! What `multihome status` reports, computed purely from the configuration, the kernel's view,
+//! what multihome owns and the guard's pins. Health is "what the plan wants is there".
+//!
+//! The JSON form (`status --json`) is this module's `Report` serialised; its schema is
+//! documented in the README and versioned by `Report::version`.
+
+use std::collections::BTreeMap;
+
+use multihome_ebpf::Counters;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::plan;
+use crate::state::State;
+use crate::view::{KernelView, LinkKind};
+
+/// Bumped on any incompatible change of the JSON form.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Report {
+    pub version: u32,
+    pub protocol: u8,
+    /// Whether the guard's maps are pinned (it is loaded, or was left by `--keep-on-exit`).
+    pub guard_pinned: bool,
+    pub uplinks: Vec<UplinkReport>,
+    /// True when every uplink is healthy: `status` exits 0 only then.
+    pub healthy: bool,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct UplinkReport {
+    pub name: String,
+    /// "up", "down" or "absent".
+    pub state: &'static str,
+    pub ifindex: Option<u32>,
+    pub table: u32,
+    pub lower: Option<Lower>,
+    /// Usable addresses with their prefix length, e.g. "192.168.0.100/24".
+    pub addresses: Vec<String>,
+    pub gateways: Vec<String>,
+    pub rules: Presence,
+    pub routes: Presence,
+    pub entries: Presence,
+    /// Each guarded device of this uplink and how the guard is attached there ("tcx",
+    /// "clsact"), or null where it is missing.
+    pub attachments: Vec<Attachment>,
+    pub counters: CounterReport,
+    /// One line: "ok" or what is wrong.
+    pub health: String,
+    pub ok: bool,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Lower {
+    pub name: String,
+    pub ifindex: u32,
+    pub vlan: Option<u16>,
+}
+
+/// How many of the wanted objects are there, and which are not.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Presence {
+    pub wanted: usize,
+    pub present: usize,
+    pub missing: Vec<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Attachment {
+    pub device: String,
+    pub ifindex: u32,
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct CounterReport {
+    pub passed: u64,
+    pub redirected: u64,
+    pub redirect_failed: u64,
+    pub bytes_redirected: u64,
+    pub dropped_too_big: u64,
+}
+
+impl From<Counters> for CounterReport {
+    fn from(c: Counters) -> Self {
+        CounterReport {
+            passed: c.passed,
+            redirected: c.redirected,
+            redirect_failed: c.redirect_failed,
+            bytes_redirected: c.bytes_redirected,
+            dropped_too_big: c.dropped_too_big,
+        }
+    }
+}
+
+/// Everything `report` reads.
+pub struct Inputs<'a> {
+    pub config: &'a Config,
+    pub view: &'a KernelView,
+    /// Owned routes and rules, entries from the pinned map, guarded devices from the pins.
+    pub owned: &'a State,
+    /// Attach mode by ifindex, from the pins.
+    pub attach_modes: &'a BTreeMap<u32, String>,
+    pub counters: &'a BTreeMap<u32, Counters>,
+    pub guard_pinned: bool,
+}
+
+pub fn report(inputs: &Inputs) -> Report {
+    let desired = plan::plan(inputs.config, inputs.view);
+    let uplinks: Vec<UplinkReport> = inputs
+        .config
+        .uplinks
+        .iter()
+        .map(|uplink| uplink_report(inputs, &desired, &uplink.name, uplink.table))
+        .collect();
+    Report {
+        version: SCHEMA_VERSION,
+        protocol: inputs.config.protocol,
+        guard_pinned: inputs.guard_pinned,
+        healthy: uplinks.iter().all(|u| u.ok),
+        uplinks,
+    }
+}
+
+fn uplink_report(inputs: &Inputs, desired: &State, name: &str, table: u32) -> UplinkReport {
+    let view = inputs.view;
+    let Some(link) = view.link_by_name(name) else {
+        return UplinkReport {
+            name: name.to_owned(),
+            state: "absent",
+            ifindex: None,
+            table,
+            lower: None,
+            addresses: Vec::new(),
+            gateways: Vec::new(),
+            rules: Presence::default(),
+            routes: Presence::default(),
+            entries: Presence::default(),
+            attachments: Vec::new(),
+            counters: CounterReport::default(),
+            health: "absent: waiting for the device to appear".to_owned(),
+            ok: false,
+        };
+    };
+    let ifindex = link.ifindex;
+    let assignments = plan::assignments(inputs.config, view);
+    let mine: Vec<_> = assignments.iter().filter(|(_, a)| a.uplink == name).collect();
+    let prefix_of = |addr| {
+        view.addresses
+            .iter()
+            .find(|a| a.ifindex == ifindex && a.addr == addr)
+            .map_or(0, |a| a.prefix_len)
+    };
+    let addresses = mine
+        .iter()
+        .map(|(addr, _)| format!("{addr}/{}", prefix_of(**addr)))
+        .collect();
+    let mut gateways: Vec<String> = mine
+        .iter()
+        .filter_map(|(_, a)| a.gateway.map(|g| g.to_string()))
+        .collect();
+    gateways.dedup();
+    let owned = inputs.owned;
+    let rules = presence(
+        desired.rules.iter().filter(|r| r.table == Some(table)),
+        |r| owned.rules.contains(r),
+        |r| match (&r.src, &r.oif) {
+            (Some((addr, len)), _) => format!("from {addr}/{len} lookup {table}"),
+            (None, Some(oif)) => format!("oif {oif} lookup {table}"),
+            _ => format!("lookup {table}"),
+        },
+    );
+    let routes = presence(
+        desired.routes.iter().filter(|r| r.oif == Some(ifindex)),
+        |r| owned.routes.contains(r),
+        |r| format!("{}/{} table {}", r.dst, r.dst_len, r.table),
+    );
+    let entries = presence(
+        desired
+            .entries
+            .iter()
+            .filter(|(_, e)| e.uplink_ifindex == ifindex),
+        |(addr, e)| owned.entries.get(addr) == Some(e),
+        |(addr, _)| format!("map entry {addr}"),
+    );
+    let lower = link.lower.and_then(|i| view.links.get(&i)).map(|l| Lower {
+        name: l.name.clone(),
+        ifindex: l.ifindex,
+        vlan: match link.kind {
+            LinkKind::Vlan(id) => Some(id),
+            _ => None,
+        },
+    });
+    let guarded = std::iter::once(link).chain(lower.as_ref().and_then(|l| view.links.get(&l.ifindex)));
+    let attachments: Vec<Attachment> = guarded
+        .filter(|l| desired.guarded.contains(&l.ifindex))
+        .map(|l| Attachment {
+            device: l.name.clone(),
+            ifindex: l.ifindex,
+            mode: inputs.attach_modes.get(&l.ifindex).cloned(),
+        })
+        .collect();
+    let state = if link.up { "up" } else { "down" };
+    let mut problems = Vec::new();
+    if !link.up {
+        problems.push("down".to_owned());
+    }
+    if mine.is_empty() {
+        problems.push("no usable address (waiting for DHCP?)".to_owned());
+    }
+    for (what, p) in [("rules", &rules), ("routes", &routes), ("map entries", &entries)] {
+        if !p.missing.is_empty() {
+            problems.push(format!("{} of {} {what} missing", p.missing.len(), p.wanted));
+        }
+    }
+    let unattached: Vec<&str> = attachments
+        .iter()
+        .filter(|a| a.mode.is_none())
+        .map(|a| a.device.as_str())
+        .collect();
+    if !unattached.is_empty() {
+        problems.push(format!("guard not attached to {}", unattached.join(", ")));
+    }
+    UplinkReport {
+        name: name.to_owned(),
+        state,
+        ifindex: Some(ifindex),
+        table,
+        lower,
+        addresses,
+        gateways,
+        rules,
+        routes,
+        entries,
+        attachments,
+        counters: inputs
+            .counters
+            .get(&ifindex)
+            .copied()
+            .unwrap_or_default()
+            .into(),
+        ok: problems.is_empty(),
+        health: if problems.is_empty() {
+            "ok".to_owned()
+        } else {
+            problems.join("; ")
+        },
+    }
+}
+
+fn presence<T>(
+    wanted: impl Iterator<Item = T>,
+    is_present: impl Fn(&T) -> bool,
+    describe: impl Fn(&T) -> String,
+) -> Presence {
+    let mut p = Presence::default();
+    for item in wanted {
+        p.wanted += 1;
+        if is_present(&item) {
+            p.present += 1;
+        } else {
+            p.missing.push(describe(&item));
+        }
+    }
+    p
+}

@@ -1,0 +1,270 @@
+//! Network namespaces for tests: uniquely named, removed (with every process inside) on drop,
+//! and swept at the next start when a killed run left them behind.
+//!
+//! Processes run inside through `nsenter --net=`, never `ip netns exec`: the latter remounts
+//! `/sys`, which hides bpffs from the process.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context, Result};
+
+/// Every namespace the tests make starts with this, followed by the creating process's pid.
+const PREFIX: &str = "mht";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Fails the test loudly when it cannot do what it needs: these tiers need root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN): run `sudo cargo xtask test`"
+    );
+}
+
+/// A network namespace created by the test, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `mht<pid>x<n><tag>` with loopback up. `tag` (a few letters) makes names readable.
+    pub fn new(tag: &str) -> Result<Netns> {
+        sweep_leftovers();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{PREFIX}{}x{n}{tag}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Netns { name };
+        ns.run(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// A command that will run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs `argv` inside and returns its standard output; a non-zero exit is an error that
+    /// carries the command and its standard error.
+    pub fn run(&self, argv: &[&str]) -> Result<String> {
+        let (program, args) = argv.split_first().context("empty command")?;
+        run(self.command(program).args(args))
+    }
+
+    /// Runs a shell script inside.
+    pub fn sh(&self, script: &str) -> Result<String> {
+        self.run(&["sh", "-c", script])
+    }
+
+    /// Starts a long-running process inside, stopped when the returned guard drops.
+    pub fn spawn(&self, argv: &[&str]) -> Result<Process> {
+        self.spawn_with(argv, |_| ())
+    }
+
+    /// Like `spawn`, with standard output and error appended to `log`.
+    pub fn spawn_logged(&self, argv: &[&str], log: &std::path::Path) -> Result<Process> {
+        let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let err = out.try_clone()?;
+        self.spawn_with(argv, |cmd| {
+            cmd.stdout(out).stderr(err);
+        })
+    }
+
+    fn spawn_with(&self, argv: &[&str], setup: impl FnOnce(&mut Command)) -> Result<Process> {
+        let (program, args) = argv.split_first().context("empty command")?;
+        let mut cmd = self.command(program);
+        cmd.args(args).stdin(Stdio::null());
+        setup(&mut cmd);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {argv:?} in {}", self.name))?;
+        let process = Process { child };
+        self.wait_inside(process.pid())?;
+        Ok(process)
+    }
+
+    /// Waits until `pid` has entered this namespace (nsenter forks nothing, but it has to get
+    /// there first), so that removing the namespace is sure to find and stop it.
+    fn wait_inside(&self, pid: u32) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let want = fs::metadata(self.path())?.ino();
+        for _ in 0..500 {
+            match fs::metadata(format!("/proc/{pid}/ns/net")) {
+                Ok(meta) if meta.ino() == want => return Ok(()),
+                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+                Err(_) => bail!("process {pid} exited before entering {}", self.name),
+            }
+        }
+        bail!("process {pid} did not enter {} within a second", self.name)
+    }
+
+    /// Runs `f` on a thread whose network namespace is this one: sockets it opens (netlink,
+    /// the guard's TCX attachments, test traffic) live here.
+    pub fn enter<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> T {
+        let file = fs::File::open(self.path()).expect("opening the namespace file");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns on a namespace fd only changes this thread's namespace.
+                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// Whether an interface of this name exists here.
+    pub fn has_link(&self, ifname: &str) -> bool {
+        self.run(&["ip", "link", "show", "dev", ifname]).is_ok()
+    }
+
+    /// The ifindex of an interface here (from `ip -o link`: `/sys` shows the caller's namespace).
+    pub fn ifindex(&self, ifname: &str) -> Result<u32> {
+        let out = self.run(&["ip", "-o", "link", "show", "dev", ifname])?;
+        out.split(':')
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("no ifindex in {out:?}"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        remove(&self.name);
+    }
+}
+
+/// A veth pair from `a` (named `a_name`) to `b` (named `b_name`), both up.
+pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
+    a.run(&[
+        "ip",
+        "link",
+        "add",
+        a_name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_name,
+        "netns",
+        b.name(),
+    ])?;
+    a.run(&["ip", "link", "set", a_name, "up"])?;
+    b.run(&["ip", "link", "set", b_name, "up"])?;
+    Ok(())
+}
+
+/// A process started in a namespace, killed and reaped on drop.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running (false once it exited).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `signal` and waits for the exit.
+    pub fn stop(mut self, signal: i32) -> Result<std::process::ExitStatus> {
+        // SAFETY: kill on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!(
+            "{cmd:?} failed ({status}): {}",
+            String::from_utf8_lossy(&stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
+}
+
+/// Kills what runs in a namespace and deletes it.
+fn remove(name: &str) {
+    if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", name])) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: plain kill(2); the pid is a process inside the namespace being removed.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    // SIGKILL is delivered asynchronously: wait (bounded) until nothing runs inside, so that
+    // the namespace and its devices are really gone when this returns.
+    for _ in 0..200 {
+        match run(Command::new("ip").args(["netns", "pids", name])) {
+            Ok(pids) if !pids.trim().is_empty() => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            _ => break,
+        }
+    }
+    let _ = run(Command::new("ip").args(["netns", "del", name]));
+}
+
+/// Deletes namespaces of this prefix whose creating process is gone (a killed earlier run).
+fn sweep_leftovers() {
+    let Ok(dir) = fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('x').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            remove(&name);
+        }
+    }
+}
