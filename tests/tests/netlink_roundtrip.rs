@@ -458,6 +458,50 @@ fn kernel_normalises_ipv6_scope_and_metric() {
     assert!(dumped.contains(&kept), "{kept:?} not in {dumped:#?}");
 }
 
+/// Encodings the main round trip does not reach: a table id that fits the header byte, and an
+/// IPv4 route via an IPv6 next hop (RTA_VIA).
+#[test]
+fn small_tables_and_ipv6_next_hops_round_trip() {
+    let ns = uplink_ns("nlenc");
+    let up0 = ns.ifindex("up0").unwrap();
+    let (routes, rules) = desired(up0);
+    let small = Route {
+        table: 200,
+        ..routes[0]
+    };
+    let via_v6 = Route {
+        dst: ip("198.51.100.0"),
+        dst_len: 24,
+        gateway: Some(ip("fe80::1")),
+        ..routes[0]
+    };
+    let rule = Rule {
+        table: Some(200),
+        ..rules[0].clone()
+    };
+    let view = block_in(&ns, || async {
+        let nl = Netlink::connect().unwrap();
+        apply_all(
+            &nl,
+            [
+                Op::ReplaceRoute(small),
+                Op::ReplaceRoute(via_v6),
+                Op::AddRule(rule.clone()),
+            ],
+        )
+        .await;
+        nl.dump().await.unwrap()
+    });
+    assert!(view.routes.contains(&small), "{:#?}", view.routes);
+    assert!(view.routes.contains(&via_v6), "{:#?}", view.routes);
+    assert!(view.rules.contains(&rule), "{:#?}", view.rules);
+    let shown = ns.run(&["ip", "route", "show", "table", "1001"]).unwrap();
+    assert!(
+        shown.contains("198.51.100.0/24 via inet6 fe80::1 dev up0"),
+        "{shown}"
+    );
+}
+
 /// The next event `want` accepts, skipping others; panics after a few seconds.
 async fn expect(events: &mut Events, what: &str, want: impl Fn(&Event) -> bool) -> Event {
     let mut seen = Vec::new();
