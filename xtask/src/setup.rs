@@ -22,7 +22,7 @@ pub fn run() -> Result<()> {
     if needs_apt && !(debian && root) {
         report(&plan.checks, None);
         let why = if debian { "not root" } else { "not Debian" };
-        println!("setup: cannot install here ({why}); install with:");
+        println!("setup: cannot install here ({why}); install with (Debian package names):");
         for cmd in &plan.commands {
             println!("    {cmd}");
         }
