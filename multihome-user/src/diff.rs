@@ -90,6 +90,9 @@ impl fmt::Display for Op {
             Op::Attach(ifindex) => write!(f, "attach guard to if{ifindex}"),
             Op::PutEntry(addr, e) => {
                 write!(f, "guard {addr}/{} -> if{}", e.prefix_len, e.uplink_ifindex)?;
+                if let Some(gateway) = gateway(addr, &e.gateway) {
+                    write!(f, " via {gateway}")?;
+                }
                 if e.lower_ifindex != 0 {
                     write!(f, " (parent if{}", e.lower_ifindex)?;
                     if e.vlan_id != 0 {
@@ -110,6 +113,17 @@ impl fmt::Display for Op {
             Op::Detach(ifindex) => write!(f, "detach guard from if{ifindex}"),
         }
     }
+}
+
+/// The entry's gateway in the family of its address; `None` when unknown (all zero).
+fn gateway(addr: &IpAddr, bytes: &[u8; 16]) -> Option<IpAddr> {
+    if bytes.iter().all(|&b| b == 0) {
+        return None;
+    }
+    Some(match addr {
+        IpAddr::V4(_) => IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]]),
+        IpAddr::V6(_) => IpAddr::from(*bytes),
+    })
 }
 
 fn mac(bytes: &[u8; 6]) -> String {

@@ -40,10 +40,22 @@ impl Sim {
         }
     }
 
-    /// A kernel event: the view follows, and a deleted device takes its guard attachment along.
+    /// A kernel event, with what the kernel does silently alongside it (the view is as the
+    /// daemon has it after the re-dump the event's `Effect` asks for): a deleted device takes
+    /// its guard attachment along, a device going down loses its routes, an IPv4 address gone
+    /// takes the routes using it as source.
     pub fn event(&mut self, event: Event) {
-        if let Event::DelLink(ifindex) = event {
-            self.guarded.remove(&ifindex);
+        match &event {
+            Event::DelLink(ifindex) => {
+                self.guarded.remove(ifindex);
+            }
+            Event::NewLink(link) if !link.up => {
+                self.view.routes.retain(|r| r.oif != Some(link.ifindex));
+            }
+            Event::DelAddress(address) if address.addr.is_ipv4() => {
+                self.view.routes.retain(|r| r.prefsrc != Some(address.addr));
+            }
+            _ => {}
         }
         self.view.apply(event);
     }

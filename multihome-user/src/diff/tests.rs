@@ -1,0 +1,382 @@
+//! Table-driven tests of `diff`: on hand-made states for the order and identity rules, and
+//! scenarios on the simulated kernel for what an operator lives through (renumbering, gateway
+//! change, link flap, re-created device, leftovers, foreign objects).
+
+use super::sim::fixtures::*;
+use super::sim::Sim;
+use super::*;
+use crate::config::Config;
+use crate::plan::plan;
+use crate::view::{Address, AddressFlags, Event, KernelView, Link, Rule, RT_TABLE_MAIN};
+use multihome_ebpf::Egress;
+
+const PROTO: u8 = 77;
+
+/// Where each kind of op must come in a diff.
+fn rank(op: &Op) -> u8 {
+    match op {
+        Op::Attach(_) => 0,
+        Op::PutEntry(..) => 1,
+        Op::ReplaceRoute(_) => 2,
+        Op::AddRule(_) => 3,
+        Op::DelRule(_) => 4,
+        Op::DelRoute(_) => 5,
+        Op::DelEntry(_) => 6,
+        Op::Detach(_) => 7,
+    }
+}
+
+fn strings(ops: &[Op]) -> Vec<String> {
+    ops.iter().map(Op::to_string).collect()
+}
+
+fn route(table: u32, cidr: &str, gateway: Option<&str>, metric: u32) -> Route {
+    let (dst, len) = cidr.split_once('/').unwrap();
+    Route {
+        table,
+        protocol: PROTO,
+        dst: ip(dst),
+        dst_len: len.parse().unwrap(),
+        gateway: gateway.map(ip),
+        oif: Some(WAN1),
+        prefsrc: None,
+        metric,
+        scope: 0,
+    }
+}
+
+fn rule(src: &str, table: u32) -> Rule {
+    Rule {
+        family: Family::V4,
+        priority: 1000,
+        protocol: PROTO,
+        src: Some((ip(src), 32)),
+        oif: None,
+        table: Some(table),
+        other_selectors: false,
+    }
+}
+
+fn entry(uplink_ifindex: u32) -> Egress {
+    Egress {
+        uplink_ifindex,
+        lower_ifindex: 0,
+        mtu: 1500,
+        vlan_id: 0,
+        match_mac: 0,
+        prefix_len: 24,
+        mac: [0; 6],
+        _pad: [0; 2],
+        gateway: [0; 16],
+    }
+}
+
+fn state(routes: &[Route], rules: &[Rule], entries: &[(&str, Egress)], guarded: &[u32]) -> State {
+    State {
+        routes: routes.iter().copied().collect(),
+        rules: rules.iter().cloned().collect(),
+        entries: entries.iter().map(|(a, e)| (ip(a), *e)).collect(),
+        guarded: guarded.iter().copied().collect(),
+    }
+}
+
+#[test]
+fn diffs_of_states() {
+    let default_1 = route(1001, "0.0.0.0/0", Some("192.168.0.1"), 0);
+    let default_254 = route(1001, "0.0.0.0/0", Some("192.168.0.254"), 0);
+    let prefix = route(1001, "192.168.0.0/24", None, 0);
+    let other_prefix = route(1001, "10.0.0.0/8", None, 0);
+    let stale_metric = route(1001, "0.0.0.0/0", Some("192.168.0.1"), 5);
+    let a = rule("192.168.0.100", 1001);
+    let b = rule("192.168.0.101", 1001);
+    let cases: Vec<(&str, State, State, Vec<Op>)> = vec![
+        ("nothing at all", State::default(), State::default(), vec![]),
+        (
+            "equal states",
+            state(&[default_1, prefix], &[a.clone()], &[("192.168.0.100", entry(11))], &[11]),
+            state(&[default_1, prefix], &[a.clone()], &[("192.168.0.100", entry(11))], &[11]),
+            vec![],
+        ),
+        (
+            "every kind, additions then removals in reverse",
+            state(&[prefix], &[a.clone()], &[("192.168.0.100", entry(11))], &[11]),
+            state(&[other_prefix], &[b.clone()], &[("192.168.0.101", entry(12))], &[12]),
+            vec![
+                Op::Attach(11),
+                Op::PutEntry(ip("192.168.0.100"), entry(11)),
+                Op::ReplaceRoute(prefix),
+                Op::AddRule(a.clone()),
+                Op::DelRule(b.clone()),
+                Op::DelRoute(other_prefix),
+                Op::DelEntry(ip("192.168.0.101")),
+                Op::Detach(12),
+            ],
+        ),
+        (
+            "a changed gateway is a replace, not a delete",
+            state(&[default_254], &[], &[], &[]),
+            state(&[default_1], &[], &[], &[]),
+            vec![Op::ReplaceRoute(default_254)],
+        ),
+        (
+            "a same-key route with another metric is stale",
+            state(&[default_1], &[], &[], &[]),
+            state(&[stale_metric], &[], &[], &[]),
+            vec![Op::ReplaceRoute(default_1), Op::DelRoute(stale_metric)],
+        ),
+        (
+            "a changed entry is put again",
+            state(&[], &[], &[("192.168.0.100", entry(12))], &[]),
+            state(&[], &[], &[("192.168.0.100", entry(11))], &[]),
+            vec![Op::PutEntry(ip("192.168.0.100"), entry(12))],
+        ),
+        (
+            "prefix routes before the default; default deleted before prefixes",
+            state(&[default_1, other_prefix], &[], &[], &[]),
+            state(&[route(1002, "0.0.0.0/0", Some("192.168.0.1"), 0), route(1002, "10.0.0.0/8", None, 0)], &[], &[], &[]),
+            vec![
+                Op::ReplaceRoute(other_prefix),
+                Op::ReplaceRoute(default_1),
+                Op::DelRoute(route(1002, "0.0.0.0/0", Some("192.168.0.1"), 0)),
+                Op::DelRoute(route(1002, "10.0.0.0/8", None, 0)),
+            ],
+        ),
+    ];
+    for (what, desired, owned, want) in cases {
+        let ops = diff(&desired, &owned);
+        assert_eq!(ops, want, "{what}");
+        let deleted_ok = ops.iter().all(|op| match op {
+            Op::DelRoute(r) => owned.routes.contains(r),
+            Op::DelRule(r) => owned.rules.contains(r),
+            Op::DelEntry(a) => owned.entries.contains_key(a),
+            Op::Detach(i) => owned.guarded.contains(i),
+            _ => true,
+        });
+        assert!(deleted_ok, "{what}: deletes only what is owned");
+    }
+}
+
+fn down(link: &Link) -> Event {
+    Event::NewLink(Link { up: false, ..link.clone() })
+}
+
+struct Step {
+    events: Vec<Event>,
+    want: &'static [&'static str],
+}
+
+/// Brings the seed up under `config`, then plays each step's events and reconciles once,
+/// checking the ops, their order, and that a second reconcile has nothing left to do.
+fn play(what: &str, config: &Config, start: KernelView, steps: Vec<Step>) {
+    let mut sim = Sim::new(start, config.protocol);
+    sim.reconcile(config);
+    assert_eq!(sim.reconcile(config), vec![], "{what}: converged at start");
+    for (n, step) in steps.into_iter().enumerate() {
+        for event in step.events {
+            sim.event(event);
+        }
+        let ops = sim.reconcile(config);
+        assert_eq!(strings(&ops), step.want, "{what}, step {n}");
+        assert!(ops.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])), "{what}, step {n}: order");
+        assert_eq!(sim.reconcile(config), vec![], "{what}, step {n}: second reconcile");
+        assert_eq!(plan(config, &sim.view).routes, crate::plan::owned(&sim.view, config.protocol).routes, "{what}, step {n}");
+    }
+}
+
+#[test]
+fn scenarios() {
+    let seed = seed();
+    let wan2 = seed.links[&WAN2].clone();
+    let both = config(&["vlan101", "vlan102"]);
+    let cases: Vec<(&str, Config, Vec<Step>)> = vec![
+        (
+            "gateway change",
+            both.clone(),
+            vec![Step {
+                events: vec![Event::NewRoute(client_default(WAN2, "192.168.0.254", 1025))],
+                want: &[
+                    "guard 192.168.0.101/24 -> if12 via 192.168.0.254 (parent if2, vlan 102) mtu 1500",
+                    "set route default via 192.168.0.254 dev if12 table 1002 proto 77 metric 0",
+                ],
+            }],
+        ),
+        (
+            "renumbering in the same subnet: the new address before the old goes",
+            both.clone(),
+            vec![Step {
+                events: vec![
+                    Event::NewAddress(address(WAN2, "192.168.0.120/24")),
+                    Event::DelAddress(address(WAN2, "192.168.0.101/24")),
+                ],
+                want: &[
+                    "guard 192.168.0.120/24 -> if12 via 192.168.0.1 (parent if2, vlan 102) mtu 1500",
+                    "set route 192.168.0.0/24 dev if12 table 1002 proto 77 scope link src 192.168.0.120 metric 0",
+                    "add ipv4 rule 1000: from 192.168.0.120/32 lookup 1002 proto 77",
+                    "delete ipv4 rule 1000: from 192.168.0.101/32 lookup 1002 proto 77",
+                    "unguard 192.168.0.101",
+                ],
+            }],
+        ),
+        (
+            "renumbering into another subnet with another gateway, in two steps",
+            both.clone(),
+            vec![
+                Step {
+                    events: vec![
+                        Event::NewAddress(address(WAN2, "10.0.0.5/8")),
+                        Event::NewRoute(client_default(WAN2, "10.0.0.1", 1025)),
+                    ],
+                    want: &[
+                        "guard 10.0.0.5/8 -> if12 via 10.0.0.1 (parent if2, vlan 102) mtu 1500",
+                        "guard 192.168.0.101/24 -> if12 via 10.0.0.1 (parent if2, vlan 102) mtu 1500",
+                        "set route 10.0.0.0/8 dev if12 table 1002 proto 77 scope link src 10.0.0.5 metric 0",
+                        "set route default via 10.0.0.1 dev if12 table 1002 proto 77 metric 0",
+                        "add ipv4 rule 1000: from 10.0.0.5/32 lookup 1002 proto 77",
+                    ],
+                },
+                Step {
+                    events: vec![Event::DelAddress(address(WAN2, "192.168.0.101/24"))],
+                    want: &[
+                        "delete ipv4 rule 1000: from 192.168.0.101/32 lookup 1002 proto 77",
+                        "unguard 192.168.0.101",
+                    ],
+                },
+            ],
+        ),
+        (
+            "second address on one uplink",
+            both.clone(),
+            vec![Step {
+                events: vec![Event::NewAddress(address(WAN1, "192.168.0.150/24"))],
+                want: &[
+                    "guard 192.168.0.150/24 -> if11 via 192.168.0.1 (parent if2, vlan 101) mtu 1500",
+                    "add ipv4 rule 1000: from 192.168.0.150/32 lookup 1001 proto 77",
+                ],
+            }],
+        ),
+        (
+            "IPv6 address arrives tentative, then passes DAD",
+            both.clone(),
+            vec![
+                Step {
+                    events: vec![
+                        Event::NewAddress(Address {
+                            flags: AddressFlags { tentative: true, ..Default::default() },
+                            ..address(WAN1, "2001:db8:1::100/64")
+                        }),
+                        Event::NewRoute(client_default(WAN1, "fe80::1", 1024)),
+                    ],
+                    want: &[],
+                },
+                Step {
+                    events: vec![Event::NewAddress(address(WAN1, "2001:db8:1::100/64"))],
+                    want: &[
+                        "guard 2001:db8:1::100/64 -> if11 via fe80::1 (parent if2, vlan 101) mtu 1500",
+                        "set route 2001:db8:1::/64 dev if11 table 1001 proto 77 src 2001:db8:1::100 metric 1024",
+                        "set route default via fe80::1 dev if11 table 1001 proto 77 metric 1024",
+                        "add ipv6 rule 1000: from 2001:db8:1::100/128 lookup 1001 proto 77",
+                        "add ipv6 rule 1001: from all oif vlan101 lookup 1001 proto 77",
+                    ],
+                },
+            ],
+        ),
+        (
+            "link down then up",
+            both.clone(),
+            vec![
+                Step {
+                    events: vec![down(&wan2)],
+                    // The kernel flushed the DHCP default too: the entry forgets the gateway.
+                    want: &[
+                        "guard 192.168.0.101/24 -> if12 (parent if2, vlan 102) mtu 1500",
+                        "delete ipv4 rule 1000: from 192.168.0.101/32 lookup 1002 proto 77",
+                        "delete ipv4 rule 1001: from all oif vlan102 lookup 1002 proto 77",
+                    ],
+                },
+                Step {
+                    events: vec![
+                        Event::NewLink(wan2.clone()),
+                        Event::NewRoute(client_default(WAN2, "192.168.0.1", 1025)),
+                    ],
+                    want: &[
+                        "guard 192.168.0.101/24 -> if12 via 192.168.0.1 (parent if2, vlan 102) mtu 1500",
+                        "set route 192.168.0.0/24 dev if12 table 1002 proto 77 scope link src 192.168.0.101 metric 0",
+                        "set route default via 192.168.0.1 dev if12 table 1002 proto 77 metric 0",
+                        "add ipv4 rule 1000: from 192.168.0.101/32 lookup 1002 proto 77",
+                        "add ipv4 rule 1001: from all oif vlan102 lookup 1002 proto 77",
+                    ],
+                },
+            ],
+        ),
+        (
+            "uplink vanishes, then comes back with a new ifindex",
+            both.clone(),
+            vec![
+                Step {
+                    events: vec![Event::DelLink(WAN2)],
+                    want: &[
+                        "delete ipv4 rule 1000: from 192.168.0.101/32 lookup 1002 proto 77",
+                        "delete ipv4 rule 1001: from all oif vlan102 lookup 1002 proto 77",
+                        "unguard 192.168.0.101",
+                    ],
+                },
+                Step {
+                    events: vec![
+                        Event::NewLink(Link { ifindex: 13, ..wan2.clone() }),
+                        Event::NewAddress(address(13, "192.168.0.101/24")),
+                        Event::NewRoute(client_default(13, "192.168.0.1", 1025)),
+                    ],
+                    want: &[
+                        "attach guard to if13",
+                        "guard 192.168.0.101/24 -> if13 via 192.168.0.1 (parent if2, vlan 102) mtu 1500",
+                        "set route 192.168.0.0/24 dev if13 table 1002 proto 77 scope link src 192.168.0.101 metric 0",
+                        "set route default via 192.168.0.1 dev if13 table 1002 proto 77 metric 0",
+                        "add ipv4 rule 1000: from 192.168.0.101/32 lookup 1002 proto 77",
+                        "add ipv4 rule 1001: from all oif vlan102 lookup 1002 proto 77",
+                    ],
+                },
+            ],
+        ),
+        (
+            "re-created between two reconciles: rules name the device and stay",
+            both.clone(),
+            vec![Step {
+                events: vec![
+                    Event::DelLink(WAN2),
+                    Event::NewLink(Link { ifindex: 13, ..wan2.clone() }),
+                    Event::NewAddress(address(13, "192.168.0.101/24")),
+                    Event::NewRoute(client_default(13, "192.168.0.1", 1025)),
+                ],
+                want: &[
+                    "attach guard to if13",
+                    "guard 192.168.0.101/24 -> if13 via 192.168.0.1 (parent if2, vlan 102) mtu 1500",
+                    "set route 192.168.0.0/24 dev if13 table 1002 proto 77 scope link src 192.168.0.101 metric 0",
+                    "set route default via 192.168.0.1 dev if13 table 1002 proto 77 metric 0",
+                ],
+            }],
+        ),
+        (
+            "foreign rules and routes come and go: never an op",
+            both.clone(),
+            vec![Step {
+                events: vec![
+                    Event::NewRule(Rule { protocol: RTPROT_STATIC, priority: 900, ..rule("192.168.0.100", RT_TABLE_MAIN) }),
+                    Event::NewRoute(Route { protocol: RTPROT_STATIC, table: 50, ..route(50, "203.0.113.0/24", Some("192.168.0.1"), 0) }),
+                    Event::DelRoute(kernel_prefix(ETH0, "192.168.0.0/24", "192.168.0.210")),
+                ],
+                want: &[],
+            }],
+        ),
+        (
+            "an admin flushes our rules: repaired",
+            both.clone(),
+            vec![Step {
+                events: vec![Event::DelRule(Rule { src: None, oif: Some("vlan101".into()), priority: 1001, ..rule("0.0.0.0", 1001) })],
+                want: &["add ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77"],
+            }],
+        ),
+    ];
+    for (what, config, steps) in cases {
+        play(what, &config, seed.clone(), steps);
+    }
+}

@@ -244,15 +244,9 @@ pub fn rule(msg: &RuleMessage) -> Option<Rule> {
             RuleAttribute::FwMark(v) | RuleAttribute::FwMask(v) => *v != 0,
             RuleAttribute::TunId(v) => *v != 0,
             RuleAttribute::L3MDev(v) => *v,
-            RuleAttribute::Realm(_)
-            | RuleAttribute::Destination(_)
-            | RuleAttribute::Iifname(_)
-            | RuleAttribute::Goto(_)
-            | RuleAttribute::UidRange(_)
-            | RuleAttribute::IpProtocol(_)
-            | RuleAttribute::SourcePortRange(_)
-            | RuleAttribute::DestinationPortRange(_) => true,
-            // Selectors newer than netlink-packet-route (dscp, flowlabel, port masks, ...).
+            // Everything else selects or acts on its own: dst, iif, goto, realm, uid range, ip
+            // proto, port ranges, and attributes newer than netlink-packet-route (dscp,
+            // flowlabel, port masks, ...) that arrive as `Other`.
             _ => true,
         };
         r.other_selectors |= other;

@@ -27,8 +27,8 @@ const SEED_RULES: &[&str] = &[
     "ipv4 rule 1001: from all oif vlan102 lookup 1002 proto 77",
 ];
 const SEED_ENTRIES: &[&str] = &[
-    "guard 192.168.0.100/24 -> if11 (parent if2, vlan 101) mtu 1500",
-    "guard 192.168.0.101/24 -> if12 (parent if2, vlan 102) mtu 1500",
+    "guard 192.168.0.100/24 -> if11 via 192.168.0.1 (parent if2, vlan 101) mtu 1500",
+    "guard 192.168.0.101/24 -> if12 via 192.168.0.1 (parent if2, vlan 102) mtu 1500",
 ];
 
 fn sorted(items: impl IntoIterator<Item = String>) -> Vec<String> {
@@ -174,9 +174,9 @@ fn plans() {
                     "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
                 ],
                 entries: &[
-                    "guard 192.168.0.100/24 -> if11 (parent if2, vlan 101) mtu 1500",
-                    "guard 192.168.0.150/24 -> if11 (parent if2, vlan 101) mtu 1500",
-                    "guard 192.168.0.50/24 -> if11 (parent if2, vlan 101) mtu 1500",
+                    "guard 192.168.0.100/24 -> if11 via 192.168.0.1 (parent if2, vlan 101) mtu 1500",
+                    "guard 192.168.0.150/24 -> if11 via 192.168.0.1 (parent if2, vlan 101) mtu 1500",
+                    "guard 192.168.0.50/24 -> if11 via 192.168.0.1 (parent if2, vlan 101) mtu 1500",
                 ],
                 guarded: &[ETH0, WAN1],
             },
@@ -197,8 +197,8 @@ fn plans() {
                     "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
                 ],
                 entries: &[
-                    "guard 10.1.2.3/16 -> if11 (parent if2, vlan 101) mtu 1500",
-                    "guard 192.168.0.100/24 -> if11 (parent if2, vlan 101) mtu 1500",
+                    "guard 10.1.2.3/16 -> if11 via 192.168.0.1 (parent if2, vlan 101) mtu 1500",
+                    "guard 192.168.0.100/24 -> if11 via 192.168.0.1 (parent if2, vlan 101) mtu 1500",
                 ],
                 guarded: &[ETH0, WAN1],
             },
@@ -251,8 +251,8 @@ fn plans() {
                     "ipv6 rule 1001: from all oif vlan101 lookup 1001 proto 77",
                 ],
                 entries: &[
-                    "guard 192.168.0.100/24 -> if11 (parent if2, vlan 101) mtu 1500",
-                    "guard 2001:db8:1::100/64 -> if11 (parent if2, vlan 101) mtu 1500",
+                    "guard 192.168.0.100/24 -> if11 via 192.168.0.1 (parent if2, vlan 101) mtu 1500",
+                    "guard 2001:db8:1::100/64 -> if11 via fe80::1 (parent if2, vlan 101) mtu 1500",
                 ],
                 guarded: &[ETH0, WAN1],
             },
@@ -281,7 +281,7 @@ fn plans() {
                     "ipv4 rule 1000: from 192.168.0.100/32 lookup 1001 proto 77",
                     "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
                 ],
-                entries: &SEED_ENTRIES[..1],
+                entries: &["guard 192.168.0.100/24 -> if11 (parent if2, vlan 101) mtu 1500"],
                 guarded: &[ETH0, WAN1],
             },
         ),
@@ -304,7 +304,7 @@ fn plans() {
                     "ipv4 rule 1000: from 192.168.0.100/32 lookup 1001 proto 77",
                     "ipv4 rule 1001: from all oif vlan101 lookup 1001 proto 77",
                 ],
-                entries: &SEED_ENTRIES[..1],
+                entries: &["guard 192.168.0.100/24 -> if11 via 192.168.0.254 (parent if2, vlan 101) mtu 1500"],
                 guarded: &[ETH0, WAN1],
             },
         ),
@@ -327,7 +327,10 @@ fn plans() {
                     "192.168.0.0/24 dev if12 table 1002 proto 77 scope link src 192.168.0.101 metric 0",
                 ],
                 rules: SEED_RULES,
-                entries: SEED_ENTRIES,
+                entries: &[
+                    "guard 192.168.0.100/24 -> if11 via 192.168.0.6 (parent if2, vlan 101) mtu 1500",
+                    "guard 192.168.0.101/24 -> if12 via 192.168.0.7 (parent if2, vlan 102) mtu 1500",
+                ],
                 guarded: &[ETH0, WAN1, WAN2],
             },
         ),
@@ -381,8 +384,8 @@ fn plans() {
                 routes: SEED_ROUTES,
                 rules: SEED_RULES,
                 entries: &[
-                    "guard 192.168.0.100/24 -> if11 mtu 1500",
-                    "guard 192.168.0.101/24 -> if12 mtu 1500",
+                    "guard 192.168.0.100/24 -> if11 via 192.168.0.1 mtu 1500",
+                    "guard 192.168.0.101/24 -> if12 via 192.168.0.1 mtu 1500",
                 ],
                 guarded: &[WAN1, WAN2],
             },
@@ -410,4 +413,150 @@ fn plans() {
         edit(&mut view);
         check(what, &plan(&config, &view), &want);
     }
+}
+
+#[test]
+fn entry_fields() {
+    let mut view = seed();
+    view.addresses.push(address(WAN1, "2001:db8:1::100/64"));
+    view.routes.push(client_default(WAN1, "fe80::1", 1024));
+    view.addresses.push(address(WAN2, "2001:db8:2::100/64"));
+    let state = plan(&config(&["vlan101", "vlan102"]), &view);
+    let mut v4_gateway = [0u8; 16];
+    v4_gateway[..4].copy_from_slice(&[192, 168, 0, 1]);
+    let vlan101 = Egress {
+        uplink_ifindex: WAN1,
+        lower_ifindex: ETH0,
+        mtu: 1500,
+        vlan_id: 101,
+        match_mac: 0,
+        prefix_len: 24,
+        mac: [2, 0, 0, 0, 0, WAN1 as u8],
+        _pad: [0; 2],
+        gateway: v4_gateway,
+    };
+    let cases: &[(&str, Egress)] = &[
+        ("192.168.0.100", vlan101),
+        (
+            "2001:db8:1::100",
+            Egress {
+                prefix_len: 64,
+                gateway: "fe80::1".parse::<Ipv6Addr>().unwrap().octets(),
+                ..vlan101
+            },
+        ),
+        (
+            // No IPv6 gateway known for vlan102: all zero.
+            "2001:db8:2::100",
+            Egress {
+                uplink_ifindex: WAN2,
+                vlan_id: 102,
+                prefix_len: 64,
+                mac: [2, 0, 0, 0, 0, WAN2 as u8],
+                gateway: [0; 16],
+                ..vlan101
+            },
+        ),
+    ];
+    for (addr, want) in cases {
+        assert_eq!(state.entries.get(&ip(addr)), Some(want), "{addr}");
+    }
+    assert_eq!(state.entries.len(), 4);
+}
+
+#[test]
+fn owned_is_what_carries_our_protocol() {
+    let config = config(&["vlan101", "vlan102"]);
+    let mut view = seed();
+    let ours = plan(&config, &view);
+    view.routes.extend(ours.routes.iter().copied());
+    view.rules.extend(ours.rules.iter().cloned());
+    // A leftover of ours elsewhere is still ours; a foreign rule pointing at our table is not.
+    let leftover = Route { table: 77, ..*ours.routes.first().unwrap() };
+    view.routes.push(leftover);
+    let foreign_rule = Rule { protocol: RTPROT_STATIC, priority: 5, ..ours.rules.first().unwrap().clone() };
+    view.rules.push(foreign_rule);
+    let owned = owned(&view, config.protocol);
+    let mut want_routes = ours.routes.clone();
+    want_routes.insert(leftover);
+    assert_eq!(owned.routes, want_routes);
+    assert_eq!(owned.rules, ours.rules);
+    assert!(owned.entries.is_empty() && owned.guarded.is_empty());
+}
+
+#[test]
+fn foreign_routes_in_our_tables() {
+    let config = config(&["vlan101", "vlan102=7"]);
+    let ours = plan(&config, &seed());
+    let foreign_1001 = Route { table: 1001, ..client_default(WAN1, "192.168.0.1", 0) };
+    let foreign_7 = Route { table: 7, protocol: RTPROT_STATIC, ..kernel_prefix(ETH0, "203.0.113.0/24", "192.168.0.210") };
+    let elsewhere = Route { table: 1002, ..foreign_1001 };
+    let cases: Vec<(&str, Vec<Route>, Vec<(u32, Route)>)> = vec![
+        ("a fresh host", seed().routes, vec![]),
+        ("our own routes", ours.routes.iter().copied().collect(), vec![]),
+        ("not one of our tables", vec![elsewhere], vec![]),
+        ("foreign routes, sorted by table", vec![foreign_1001, foreign_7], vec![(7, foreign_7), (1001, foreign_1001)]),
+    ];
+    for (what, routes, want) in cases {
+        let view = KernelView { routes, ..seed() };
+        assert_eq!(foreign_routes_in_tables(&config, &view), want, "{what}");
+    }
+}
+
+#[test]
+fn describes_changes() {
+    let config = config(&["vlan101", "vlan102"]);
+    let before = assignments(&config, &seed());
+    type Case = (&'static str, fn(&mut KernelView), &'static [&'static str]);
+    let cases: &[Case] = &[
+        ("nothing changed", |_| {}, &[]),
+        (
+            "gateway change",
+            |v| v.routes.push(client_default(WAN2, "192.168.0.254", 1)),
+            &["vlan102: 192.168.0.101 -> table 1002 via 192.168.0.254"],
+        ),
+        (
+            "renumbering",
+            |v| v.addresses[3] = address(WAN2, "192.168.0.120/24"),
+            &[
+                "vlan102: 192.168.0.101 released",
+                "vlan102: 192.168.0.120 -> table 1002 via 192.168.0.1",
+            ],
+        ),
+        (
+            "link down",
+            |v| set_up(v, WAN1, false),
+            &["vlan101: 192.168.0.100 -> guard only while vlan101 is down"],
+        ),
+        (
+            "gateway lost",
+            |v| v.routes.retain(|r| r.oif != Some(WAN1) || !r.is_default()),
+            &["vlan101: 192.168.0.100 -> table 1001, on-link only until a gateway is known"],
+        ),
+        (
+            "uplink vanished",
+            |v| {
+                v.apply(crate::view::Event::DelLink(WAN1));
+            },
+            &["vlan101: 192.168.0.100 released"],
+        ),
+    ];
+    for (what, edit, want) in cases {
+        let mut view = seed();
+        edit(&mut view);
+        assert_eq!(describe(&before, &assignments(&config, &view)), *want, "{what}");
+    }
+    let fresh = describe(&Assignments::new(), &before);
+    assert_eq!(
+        fresh,
+        [
+            "vlan101: 192.168.0.100 -> table 1001 via 192.168.0.1",
+            "vlan102: 192.168.0.101 -> table 1002 via 192.168.0.1",
+        ]
+    );
+    let guard_only = config_with(&["vlan101"], Params { rules: false, ..Params::default() });
+    assert_eq!(
+        describe(&Assignments::new(), &assignments(&guard_only, &seed())),
+        ["vlan101: 192.168.0.100 -> guard only (--no-rules)"]
+    );
 }

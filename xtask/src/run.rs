@@ -1,0 +1,36 @@
+//! `cargo xtask run -- ARGS`: build, then replace this process with `multihome ARGS`
+//! (build-and-load: `multihome run` loads and attaches the guard).
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::{build, proc};
+
+pub fn run(release: bool, args: &[OsString]) -> Result<()> {
+    build::run(release)?;
+    let binary = target_dir()?
+        .join(if release { "release" } else { "debug" })
+        .join("multihome");
+    let err = Command::new(&binary).args(args).exec();
+    Err(err).with_context(|| format!("cannot run {}", binary.display()))
+}
+
+/// The workspace's target directory as cargo resolves it (`CARGO_TARGET_DIR`, config, default).
+fn target_dir() -> Result<PathBuf> {
+    let out = proc::stdout_of(&mut proc::cargo([
+        "metadata",
+        "--format-version",
+        "1",
+        "--no-deps",
+    ]))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&out).context("`cargo metadata` printed no JSON")?;
+    json["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("`cargo metadata` gave no target_directory")
+}
