@@ -1,6 +1,6 @@
 //! Builds the TC guard (the `multihome-ebpf` bin) for the BPF target with the nightly toolchain
 //! (aya-build adds `-Z build-std=core` and `-C link-arg=--btf`), so a plain stable `cargo build`
-//! yields a `multihome` binary that embeds the object as `$OUT_DIR/multihome`.
+//! yields a `multihome` binary that embeds the object as `$OUT_DIR/multihome-guard`.
 //! `AYA_BUILD_SKIP=1` skips it (the loader then fails at run time, naming the cause).
 
 use std::path::Path;

@@ -9,7 +9,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{AttachChoice, RunArgs};
 use crate::config::{self, Config, GatewaySpec, Params};
-use crate::guard::{AttachMode, Guard};
+use crate::guard::{self, AttachMode, Guard};
 use crate::netlink::{Events, Netlink, Notice, DEFAULT_RECEIVE_BUFFER};
 use crate::notify::notify;
 use crate::plan;
@@ -132,8 +132,10 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
     } else {
         log::info!("stopping, removing what multihome installed");
         reconciler.teardown().await;
-        if let Some(guard) = reconciler.guard.take() {
-            guard.remove_all().map_err(|err| Fatal::failure(format!("{err:#}")))?;
+        // The maps' pins go too; the guard's own handles first, so nothing holds them.
+        if reconciler.guard.take().is_some() {
+            guard::remove_all(&args.owned.pin_dir)
+                .map_err(|err| Fatal::failure(format!("{err:#}")))?;
         }
     }
     Ok(())

@@ -47,7 +47,10 @@ impl Reconciler {
                 Ok(entries) => owned.entries = entries,
                 Err(err) => log::warn!("reading the guard's map: {err:#}"),
             }
-            owned.guarded = guard.attached();
+            match guard.attached() {
+                Ok(guarded) => owned.guarded = guarded,
+                Err(err) => log::warn!("listing the guard's attachments: {err:#}"),
+            }
         }
         owned
     }
@@ -96,7 +99,11 @@ impl Reconciler {
             (Op::ReplaceRoute(_) | Op::DelRoute(_) | Op::AddRule(_) | Op::DelRule(_), _) => {
                 Ok(self.netlink.apply(op).await?)
             }
-            (Op::Attach(ifindex), Some(guard)) => guard.attach(*ifindex),
+            (Op::Attach(ifindex), Some(guard)) => {
+                let kind = guard.attach(*ifindex)?;
+                log::debug!("guard attached to ifindex {ifindex} ({kind})");
+                Ok(())
+            }
             (Op::Detach(ifindex), Some(guard)) => guard.detach(*ifindex),
             (Op::PutEntry(addr, egress), Some(guard)) => guard.put_entry(*addr, egress),
             (Op::DelEntry(addr), Some(guard)) => guard.remove_entry(*addr),

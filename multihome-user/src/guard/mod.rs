@@ -28,7 +28,7 @@ pub use pins::{attachments, DEFAULT_PIN_DIR};
 pub const PROGRAM_NAME: &str = "multihome_guard";
 
 /// The TC program, built for the BPF target by build.rs.
-static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multihome"));
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multihome-guard"));
 
 /// How to hook the egress of a device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -222,5 +222,14 @@ fn privilege_hint(otherwise: &str) -> String {
             .to_owned()
     } else {
         otherwise.to_owned()
+    }
+}
+
+impl std::fmt::Display for AttachKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachKind::Tcx => "tcx",
+            AttachKind::Clsact => "clsact",
+        })
     }
 }
