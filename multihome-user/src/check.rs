@@ -54,12 +54,18 @@ pub fn findings(host: &Host) -> Vec<Finding> {
     };
     if host.kernel < (5, 10) {
         add(
-            format!("kernel {}.{} lacks bpf_redirect_neigh (5.10+)", host.kernel.0, host.kernel.1),
+            format!(
+                "kernel {}.{} lacks bpf_redirect_neigh (5.10+)",
+                host.kernel.0, host.kernel.1
+            ),
             "upgrade the kernel or run with --no-ebpf (rules only)",
         );
     } else if host.kernel < (6, 6) {
         add(
-            format!("kernel {}.{} has no TCX: the guard attaches through clsact", host.kernel.0, host.kernel.1),
+            format!(
+                "kernel {}.{} has no TCX: the guard attaches through clsact",
+                host.kernel.0, host.kernel.1
+            ),
             "nothing to do; a 6.6+ kernel uses TCX links",
         );
     }
@@ -106,13 +112,21 @@ pub fn findings(host: &Host) -> Vec<Finding> {
         .iter()
         .filter_map(|u| host.view.link_by_name(&u.name))
         .fold(BTreeMap::new(), |mut m, l| {
-            m.entry(l.mtu).or_insert_with(Vec::new).push(l.name.as_str());
+            m.entry(l.mtu)
+                .or_insert_with(Vec::new)
+                .push(l.name.as_str());
             m
         });
     if mtus.len() > 1 {
-        let list: Vec<String> = mtus.iter().map(|(mtu, names)| format!("{} {mtu}", names.join(","))).collect();
+        let list: Vec<String> = mtus
+            .iter()
+            .map(|(mtu, names)| format!("{} {mtu}", names.join(",")))
+            .collect();
         add(
-            format!("uplink MTUs differ ({}): the guard drops redirected packets that do not fit", list.join("; ")),
+            format!(
+                "uplink MTUs differ ({}): the guard drops redirected packets that do not fit",
+                list.join("; ")
+            ),
             "give the uplinks the same MTU, or accept that oversized misrouted packets are dropped",
         );
     }
@@ -132,14 +146,20 @@ pub fn findings(host: &Host) -> Vec<Finding> {
     for rule in &host.view.rules {
         if rule.protocol != host.config.protocol && (rule.priority == p || rule.priority == p + 1) {
             add(
-                format!("a rule of another owner (protocol {}) sits at priority {}", rule.protocol, rule.priority),
+                format!(
+                    "a rule of another owner (protocol {}) sits at priority {}",
+                    rule.protocol, rule.priority
+                ),
                 "choose another --priority for multihome, or move that rule",
             );
         }
     }
     for (table, route) in plan::foreign_routes_in_tables(host.config, host.view) {
         add(
-            format!("table {table} holds a route of another owner ({}/{} protocol {})", route.dst, route.dst_len, route.protocol),
+            format!(
+                "table {table} holds a route of another owner ({}/{} protocol {})",
+                route.dst, route.dst_len, route.protocol
+            ),
             "give the uplink another table (IFNAME=TABLE or --table-base)",
         );
     }
@@ -153,7 +173,12 @@ fn uplinks_sharing_a_subnet(host: &Host) -> Vec<String> {
         let Some(link) = host.view.link_by_name(&uplink.name) else {
             continue;
         };
-        for a in host.view.addresses.iter().filter(|a| a.ifindex == link.ifindex) {
+        for a in host
+            .view
+            .addresses
+            .iter()
+            .filter(|a| a.ifindex == link.ifindex)
+        {
             if Family::of(&a.addr) == Family::V4 {
                 by_prefix
                     .entry((network(a.addr, a.prefix_len), a.prefix_len))
@@ -219,7 +244,10 @@ pub fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
 
 fn gather<'a>(config: &'a Config, view: &'a KernelView) -> Host<'a> {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut version = release.trim().split(['.', '-']).map(|n| n.parse().unwrap_or(0));
+    let mut version = release
+        .trim()
+        .split(['.', '-'])
+        .map(|n| n.parse().unwrap_or(0));
     let kernel = (version.next().unwrap_or(0), version.next().unwrap_or(0));
     let conf = |dev: &str, key: &str| -> u8 {
         fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/{key}"))
@@ -249,7 +277,9 @@ fn gather<'a>(config: &'a Config, view: &'a KernelView) -> Host<'a> {
         view,
         kernel,
         btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
-        bpffs_mounted: mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf")),
+        bpffs_mounted: mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("bpf")),
         capabilities: privileges::effective(),
         sysctls,
         networkd_manages_foreign: Path::new("/run/systemd/netif").exists()

@@ -26,7 +26,10 @@ pub fn main(args: Owned) -> Result<ExitCode, Fatal> {
     let mut removed = runtime.block_on(remove_routing(protocol))?;
     removed.extend(remove_guard(&args.pin_dir)?);
     if removed.is_empty() {
-        println!("nothing to remove: no routes or rules with protocol {protocol}, no guard pinned at {}", args.pin_dir.display());
+        println!(
+            "nothing to remove: no routes or rules with protocol {protocol}, no guard pinned at {}",
+            args.pin_dir.display()
+        );
     }
     for line in removed {
         println!("removed {line}");

@@ -118,9 +118,22 @@ mod tests {
     #[test]
     fn run_takes_the_documented_options() {
         let cli = Cli::try_parse_from([
-            "multihome", "run", "--table-base", "2000", "--priority", "300", "--protocol", "99",
-            "--pin-dir", "/tmp/x", "--gateway", "wan2=192.168.0.254", "--no-ebpf",
-            "--keep-on-exit", "wan1", "wan2=1102",
+            "multihome",
+            "run",
+            "--table-base",
+            "2000",
+            "--priority",
+            "300",
+            "--protocol",
+            "99",
+            "--pin-dir",
+            "/tmp/x",
+            "--gateway",
+            "wan2=192.168.0.254",
+            "--no-ebpf",
+            "--keep-on-exit",
+            "wan1",
+            "wan2=1102",
         ])
         .unwrap();
         let Command::Run(run) = cli.command else {
@@ -134,5 +147,4 @@ mod tests {
         assert!(run.no_ebpf && run.keep_on_exit && !run.no_rules);
         assert_eq!(run.uplinks, ["wan1", "wan2=1102"]);
     }
-
 }

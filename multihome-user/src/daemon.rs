@@ -76,7 +76,8 @@ fn config_from(args: &RunArgs) -> Result<Config, Fatal> {
 
 async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
     // Subscribe before the dump, so that nothing that changes in between is missed.
-    let mut events = Events::subscribe(Some(DEFAULT_RECEIVE_BUFFER)).map_err(anyhow::Error::from)?;
+    let mut events =
+        Events::subscribe(Some(DEFAULT_RECEIVE_BUFFER)).map_err(anyhow::Error::from)?;
     let netlink = Netlink::connect().map_err(anyhow::Error::from)?;
     let view = netlink.dump().await.map_err(anyhow::Error::from)?;
     if let Some((table, route)) = plan::foreign_routes_in_tables(&config, &view).first() {
@@ -183,7 +184,11 @@ fn absorb(
             log::warn!("netlink notifications were lost, dumping the kernel's state again");
             resync.all = true;
         }
-        Err(err) => return Err(Fatal::failure(format!("netlink subscription failed: {err}"))),
+        Err(err) => {
+            return Err(Fatal::failure(format!(
+                "netlink subscription failed: {err}"
+            )))
+        }
     }
     Ok(())
 }

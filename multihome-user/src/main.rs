@@ -28,7 +28,9 @@ fn main() -> ExitCode {
 /// Help and version go to stdout as clap prints them; a usage error becomes one line (clap's
 /// first) plus where to look, exit status 2.
 fn usage_error(err: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind::{DisplayHelp, DisplayHelpOnMissingArgumentOrSubcommand, DisplayVersion};
+    use clap::error::ErrorKind::{
+        DisplayHelp, DisplayHelpOnMissingArgumentOrSubcommand, DisplayVersion,
+    };
     if matches!(
         err.kind(),
         DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand

@@ -145,7 +145,10 @@ fn uplink_report(inputs: &Inputs, desired: &State, name: &str, table: u32) -> Up
     };
     let ifindex = link.ifindex;
     let assignments = plan::assignments(inputs.config, view);
-    let mine: Vec<_> = assignments.iter().filter(|(_, a)| a.uplink == name).collect();
+    let mine: Vec<_> = assignments
+        .iter()
+        .filter(|(_, a)| a.uplink == name)
+        .collect();
     let prefix_of = |addr| {
         view.addresses
             .iter()
@@ -192,7 +195,8 @@ fn uplink_report(inputs: &Inputs, desired: &State, name: &str, table: u32) -> Up
             _ => None,
         },
     });
-    let guarded = std::iter::once(link).chain(lower.as_ref().and_then(|l| view.links.get(&l.ifindex)));
+    let guarded =
+        std::iter::once(link).chain(lower.as_ref().and_then(|l| view.links.get(&l.ifindex)));
     let attachments: Vec<Attachment> = guarded
         .filter(|l| desired.guarded.contains(&l.ifindex))
         .map(|l| Attachment {
@@ -209,9 +213,17 @@ fn uplink_report(inputs: &Inputs, desired: &State, name: &str, table: u32) -> Up
     if mine.is_empty() {
         problems.push("no usable address (waiting for DHCP?)".to_owned());
     }
-    for (what, p) in [("rules", &rules), ("routes", &routes), ("map entries", &entries)] {
+    for (what, p) in [
+        ("rules", &rules),
+        ("routes", &routes),
+        ("map entries", &entries),
+    ] {
         if !p.missing.is_empty() {
-            problems.push(format!("{} of {} {what} missing", p.missing.len(), p.wanted));
+            problems.push(format!(
+                "{} of {} {what} missing",
+                p.missing.len(),
+                p.wanted
+            ));
         }
     }
     let unattached: Vec<&str> = attachments

@@ -113,8 +113,18 @@ fn infer_config(
 /// The human form: one aligned row per uplink.
 fn table(report: &Report) -> String {
     let header = [
-        "UPLINK", "STATE", "ADDRESSES", "GATEWAY", "TABLE", "RULES", "ROUTES", "GUARD", "PASSED",
-        "REDIRECTED", "FAILED", "HEALTH",
+        "UPLINK",
+        "STATE",
+        "ADDRESSES",
+        "GATEWAY",
+        "TABLE",
+        "RULES",
+        "ROUTES",
+        "GUARD",
+        "PASSED",
+        "REDIRECTED",
+        "FAILED",
+        "HEALTH",
     ];
     let mut rows = vec![header.map(str::to_owned).to_vec()];
     for u in &report.uplinks {

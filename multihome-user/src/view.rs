@@ -142,11 +142,9 @@ impl KernelView {
                 // The kernel drops the device's IPv4 routes without a word.
                 redump_routes: true,
             },
-            Event::NewAddress(address) => Effect::changed(upsert(
-                &mut self.addresses,
-                address,
-                address_key,
-            )),
+            Event::NewAddress(address) => {
+                Effect::changed(upsert(&mut self.addresses, address, address_key))
+            }
             Event::DelAddress(address) => Effect {
                 changed: remove(&mut self.addresses, &address, address_key),
                 // Routes using it as source, and the prefix route of the last address of a

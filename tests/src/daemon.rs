@@ -11,7 +11,10 @@ use crate::netns::{Netns, Process};
 /// The workspace's `multihome` binary, next to the test executables' `deps/` directory.
 pub fn multihome_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = dir.join("multihome");
     assert!(
         bin.exists(),
@@ -35,7 +38,10 @@ pub fn wait_for<T>(
             return value;
         }
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}; last seen:\n{}", last());
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; last seen:\n{}",
+                last()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -117,7 +123,11 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- multihome log ({}) ---\n{}", self.log.display(), self.log());
+            eprintln!(
+                "--- multihome log ({}) ---\n{}",
+                self.log.display(),
+                self.log()
+            );
         }
     }
 }

@@ -1,3 +1,3 @@
 //! Shared test machinery: network namespaces and the processes started in them.
-pub mod netns;
 pub mod daemon;
+pub mod netns;

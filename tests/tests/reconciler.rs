@@ -31,8 +31,11 @@ fn bed() -> Bed {
             ))
             .unwrap();
     }
+    // A renumbering adds the new address before the old one goes: keep it when the old,
+    // primary one is deleted (the kernel's default deletes the secondaries with it).
     host.sh(
-        "ip addr add 192.168.0.10/24 dev wan1 && ip addr add 192.168.0.20/24 dev wan2 &&
+        "sysctl -qw net.ipv4.conf.wan1.promote_secondaries=1 net.ipv4.conf.wan2.promote_secondaries=1 &&
+         ip addr add 192.168.0.10/24 dev wan1 && ip addr add 192.168.0.20/24 dev wan2 &&
          ip -6 addr add 2001:db8:a::10/64 dev wan1 nodad &&
          ip -6 addr add 2001:db8:b::20/64 dev wan2 nodad &&
          ip route add default via 192.168.0.1 dev wan1 metric 10 proto dhcp &&
@@ -84,17 +87,23 @@ fn normalise(expected: &str) -> String {
 
 fn wait_rules(ns: &Netns, expected: &str) {
     let want = normalise(expected);
-    wait_for("multihome's rules", CONVERGE, || (our_rules(ns) == want).then_some(()), || {
-        format!("{}\nwanted:\n{want}", our_rules(ns))
-    });
+    wait_for(
+        "multihome's rules",
+        CONVERGE,
+        || (our_rules(ns) == want).then_some(()),
+        || format!("{}\nwanted:\n{want}", our_rules(ns)),
+    );
 }
 
 fn wait_table(ns: &Netns, t: u32, expected: &str) {
     let want = normalise(expected);
     let now = || normalise(&table(ns, t));
-    wait_for(&format!("table {t}"), CONVERGE, || (now() == want).then_some(()), || {
-        format!("{}\nwanted:\n{want}", now())
-    });
+    wait_for(
+        &format!("table {t}"),
+        CONVERGE,
+        || (now() == want).then_some(()),
+        || format!("{}\nwanted:\n{want}", now()),
+    );
 }
 
 /// The guard's map: source address -> uplink ifindex.
@@ -109,11 +118,16 @@ fn map_entries(pin_dir: &std::path::Path) -> BTreeSet<(IpAddr, u32)> {
 }
 
 fn wait_map(daemon: &Daemon, expected: &[(&str, u32)]) {
-    let want: BTreeSet<(IpAddr, u32)> =
-        expected.iter().map(|(a, i)| (a.parse().unwrap(), *i)).collect();
-    wait_for("the guard's map", CONVERGE, || (map_entries(daemon.pin_dir()) == want).then_some(()), || {
-        format!("{:?}\nwanted {want:?}", map_entries(daemon.pin_dir()))
-    });
+    let want: BTreeSet<(IpAddr, u32)> = expected
+        .iter()
+        .map(|(a, i)| (a.parse().unwrap(), *i))
+        .collect();
+    wait_for(
+        "the guard's map",
+        CONVERGE,
+        || (map_entries(daemon.pin_dir()) == want).then_some(()),
+        || format!("{:?}\nwanted {want:?}", map_entries(daemon.pin_dir())),
+    );
 }
 
 const RULES_BOTH: &str = "
@@ -129,7 +143,7 @@ const RULES_BOTH: &str = "
 
 const TABLE_1002: &str = "
     default via 192.168.0.1 dev wan2 proto 77
-    192.168.0.0/24 dev wan2 proto 77 scope link src 192.168.0.20
+    192.168.0.0/24 dev wan2 proto 77 scope 253 src 192.168.0.20
     2001:db8:b::/64 dev wan2 proto 77 src 2001:db8:b::20 metric 1024 pref medium
     default via 2001:db8:b::1 dev wan2 proto 77 metric 1024 pref medium
 ";
@@ -144,11 +158,14 @@ fn installs_tables_rules_and_map_then_removes_them_on_sigterm() {
         &bed.host,
         1001,
         "default via 192.168.0.1 dev wan1 proto 77
-         192.168.0.0/24 dev wan1 proto 77 scope link src 192.168.0.10
+         192.168.0.0/24 dev wan1 proto 77 scope 253 src 192.168.0.10
          2001:db8:a::/64 dev wan1 proto 77 src 2001:db8:a::10 metric 1024 pref medium
          default via 2001:db8:a::1 dev wan1 proto 77 metric 1024 pref medium",
     );
-    let (wan1, wan2) = (bed.host.ifindex("wan1").unwrap(), bed.host.ifindex("wan2").unwrap());
+    let (wan1, wan2) = (
+        bed.host.ifindex("wan1").unwrap(),
+        bed.host.ifindex("wan2").unwrap(),
+    );
     wait_map(
         &daemon,
         &[
@@ -160,7 +177,11 @@ fn installs_tables_rules_and_map_then_removes_them_on_sigterm() {
     );
     let pin_dir = daemon.pin_dir().to_path_buf();
     assert!(daemon.stop().success());
-    assert_eq!(everything_owned(&bed.host), "", "SIGTERM leaves nothing owned");
+    assert_eq!(
+        everything_owned(&bed.host),
+        "",
+        "SIGTERM leaves nothing owned"
+    );
     assert!(!pin_dir.exists(), "pins removed on SIGTERM");
 }
 
@@ -177,7 +198,11 @@ fn follows_address_gateway_and_link_changes() {
         .unwrap();
     let renumbered = RULES_BOTH.replace("192.168.0.20 ", "192.168.0.21 ");
     wait_rules(host, &renumbered);
-    wait_table(host, 1002, &TABLE_1002.replace("src 192.168.0.20", "src 192.168.0.21"));
+    wait_table(
+        host,
+        1002,
+        &TABLE_1002.replace("src 192.168.0.20", "src 192.168.0.21"),
+    );
     let wan2 = host.ifindex("wan2").unwrap();
     wait_map(
         &daemon,
@@ -190,10 +215,22 @@ fn follows_address_gateway_and_link_changes() {
     );
 
     // Gateway change by the DHCP client (a replace of its default route).
-    bed.b.run(&["ip", "addr", "add", "192.168.0.254/24", "dev", "lan"]).unwrap();
+    bed.b
+        .run(&["ip", "addr", "add", "192.168.0.254/24", "dev", "lan"])
+        .unwrap();
     host.run(&[
-        "ip", "route", "replace", "default", "via", "192.168.0.254", "dev", "wan2", "metric", "20",
-        "proto", "dhcp",
+        "ip",
+        "route",
+        "replace",
+        "default",
+        "via",
+        "192.168.0.254",
+        "dev",
+        "wan2",
+        "metric",
+        "20",
+        "proto",
+        "dhcp",
     ])
     .unwrap();
     let regatewayed = TABLE_1002
@@ -202,7 +239,8 @@ fn follows_address_gateway_and_link_changes() {
     wait_table(host, 1002, &regatewayed);
 
     // Lease lost: the address goes, and with it wan2's IPv4 rules, routes and entry.
-    host.run(&["ip", "addr", "del", "192.168.0.21/24", "dev", "wan2"]).unwrap();
+    host.run(&["ip", "addr", "del", "192.168.0.21/24", "dev", "wan2"])
+        .unwrap();
     wait_rules(
         host,
         "1000: from 192.168.0.10 lookup 1001 proto 77
@@ -220,7 +258,11 @@ fn follows_address_gateway_and_link_changes() {
     );
     wait_map(
         &daemon,
-        &[("192.168.0.10", wan1), ("2001:db8:a::10", wan1), ("2001:db8:b::20", wan2)],
+        &[
+            ("192.168.0.10", wan1),
+            ("2001:db8:a::10", wan1),
+            ("2001:db8:b::20", wan2),
+        ],
     );
 
     // Lease back, then the link goes down and up.
@@ -238,10 +280,12 @@ fn follows_address_gateway_and_link_changes() {
     );
     wait_table(host, 1002, "");
     // A down link loses its IPv6 addresses and the DHCP client's routes; the client puts them back.
-    host.sh("ip link set wan2 up && ip -6 addr replace 2001:db8:b::20/64 dev wan2 nodad &&
+    host.sh(
+        "ip link set wan2 up && ip -6 addr replace 2001:db8:b::20/64 dev wan2 nodad &&
              ip route replace default via 192.168.0.1 dev wan2 metric 20 proto dhcp &&
-             ip -6 route replace default via 2001:db8:b::1 dev wan2 metric 20 proto ra")
-        .unwrap();
+             ip -6 route replace default via 2001:db8:b::1 dev wan2 metric 20 proto ra",
+    )
+    .unwrap();
     wait_rules(host, RULES_BOTH);
     wait_table(host, 1002, TABLE_1002);
     assert_eq!(daemon.stop().code(), Some(0));
@@ -290,12 +334,15 @@ fn reacquires_an_uplink_deleted_and_created_again() {
         "the guard on the new wan2",
         CONVERGE,
         || {
-            let now = multihome::guard::attachments(daemon.pin_dir());
+            let now = multihome::guard::attachments(daemon.pin_dir()).unwrap();
             now.contains_key(&new).then_some(now)
         },
         || format!("{:?}", multihome::guard::attachments(daemon.pin_dir())),
     );
-    assert!(!attached.contains_key(&old), "the old ifindex is forgotten: {attached:?}");
+    assert!(
+        !attached.contains_key(&old),
+        "the old ifindex is forgotten: {attached:?}"
+    );
     assert_eq!(daemon.stop().code(), Some(0));
 }
 
@@ -303,9 +350,11 @@ fn reacquires_an_uplink_deleted_and_created_again() {
 fn repairs_flushed_rules_and_never_touches_foreign_objects() {
     let bed = bed();
     let host = &bed.host;
-    host.sh("ip rule add from 192.0.2.1 lookup main pref 1000 proto static &&
-             ip route add 198.51.100.0/24 via 192.168.0.1 dev wan1 table 2000 proto static")
-        .unwrap();
+    host.sh(
+        "ip rule add from 192.0.2.1 lookup main pref 1000 proto static &&
+             ip route add 198.51.100.0/24 via 192.168.0.1 dev wan1 table 2000 proto static",
+    )
+    .unwrap();
     let foreign = || {
         host.sh("ip -N rule show; ip -N route show table 2000; ip -N route show table main")
             .unwrap()
@@ -313,13 +362,18 @@ fn repairs_flushed_rules_and_never_touches_foreign_objects() {
     let before = foreign();
     let daemon = Daemon::start(host, &["wan1", "wan2"]).unwrap();
     wait_rules(host, RULES_BOTH);
-    host.sh("ip -4 rule flush protocol 77; ip -6 rule flush protocol 77").unwrap();
+    host.sh("ip -4 rule flush protocol 77; ip -6 rule flush protocol 77")
+        .unwrap();
     wait_rules(host, RULES_BOTH);
     host.sh("ip route flush table 1002 protocol 77").unwrap();
     wait_table(host, 1002, TABLE_1002);
     assert_eq!(daemon.stop().code(), Some(0));
     assert_eq!(everything_owned(host), "");
-    assert_eq!(foreign(), before, "foreign rules and routes are byte-for-byte unchanged");
+    assert_eq!(
+        foreign(),
+        before,
+        "foreign rules and routes are byte-for-byte unchanged"
+    );
 }
 
 #[test]
@@ -327,8 +381,18 @@ fn refuses_a_table_holding_foreign_routes() {
     let bed = bed();
     let host = &bed.host;
     host.run(&[
-        "ip", "route", "add", "203.0.113.0/24", "via", "192.168.0.1", "dev", "wan2", "table",
-        "1002", "proto", "static",
+        "ip",
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "via",
+        "192.168.0.1",
+        "dev",
+        "wan2",
+        "table",
+        "1002",
+        "proto",
+        "static",
     ])
     .unwrap();
     let bin = multihome_bin();
@@ -356,7 +420,11 @@ fn adopts_what_a_killed_daemon_left_without_duplicates() {
     let pin_dir = daemon.pin_dir().to_path_buf();
     let before = everything_owned(host);
     daemon.kill();
-    assert_eq!(everything_owned(host), before, "a crash leaves the state in place");
+    assert_eq!(
+        everything_owned(host),
+        before,
+        "a crash leaves the state in place"
+    );
     let again = Daemon::start_with_pins(host, &["wan1", "wan2"], &pin_dir).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(everything_owned(host), before, "adopted, no duplicates");
@@ -383,7 +451,11 @@ fn keep_on_exit_then_cleanup_removes_everything_once() {
     wait_rules(host, RULES_BOTH);
     let pin_dir = daemon.pin_dir().to_path_buf();
     assert_eq!(daemon.stop().code(), Some(0));
-    assert_eq!(normalise(&our_rules(host)), normalise(RULES_BOTH), "kept on exit");
+    assert_eq!(
+        normalise(&our_rules(host)),
+        normalise(RULES_BOTH),
+        "kept on exit"
+    );
     assert!(pin_dir.exists());
     let cleanup = || {
         let out = host
@@ -391,11 +463,18 @@ fn keep_on_exit_then_cleanup_removes_everything_once() {
             .args(["cleanup", "--pin-dir", pin_dir.to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let first = cleanup();
-    assert!(first.lines().filter(|l| l.starts_with("removed")).count() >= 16, "{first}");
+    assert!(
+        first.lines().filter(|l| l.starts_with("removed")).count() >= 16,
+        "{first}"
+    );
     assert_eq!(everything_owned(host), "");
     assert!(!pin_dir.exists());
     let second = cleanup();
@@ -423,6 +502,10 @@ fn rules_only_and_guard_only_modes() {
             ("2001:db8:b::20", wan2),
         ],
     );
-    assert_eq!(everything_owned(host), "", "--no-rules installs no rule or route");
+    assert_eq!(
+        everything_owned(host),
+        "",
+        "--no-rules installs no rule or route"
+    );
     assert_eq!(guard_only.stop().code(), Some(0));
 }

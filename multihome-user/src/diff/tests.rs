@@ -93,14 +93,34 @@ fn diffs_of_states() {
         ("nothing at all", State::default(), State::default(), vec![]),
         (
             "equal states",
-            state(&[default_1, prefix], &[a.clone()], &[("192.168.0.100", entry(11))], &[11]),
-            state(&[default_1, prefix], &[a.clone()], &[("192.168.0.100", entry(11))], &[11]),
+            state(
+                &[default_1, prefix],
+                &[a.clone()],
+                &[("192.168.0.100", entry(11))],
+                &[11],
+            ),
+            state(
+                &[default_1, prefix],
+                &[a.clone()],
+                &[("192.168.0.100", entry(11))],
+                &[11],
+            ),
             vec![],
         ),
         (
             "every kind, additions then removals in reverse",
-            state(&[prefix], &[a.clone()], &[("192.168.0.100", entry(11))], &[11]),
-            state(&[other_prefix], &[b.clone()], &[("192.168.0.101", entry(12))], &[12]),
+            state(
+                &[prefix],
+                &[a.clone()],
+                &[("192.168.0.100", entry(11))],
+                &[11],
+            ),
+            state(
+                &[other_prefix],
+                &[b.clone()],
+                &[("192.168.0.101", entry(12))],
+                &[12],
+            ),
             vec![
                 Op::Attach(11),
                 Op::PutEntry(ip("192.168.0.100"), entry(11)),
@@ -133,7 +153,15 @@ fn diffs_of_states() {
         (
             "prefix routes before the default; default deleted before prefixes",
             state(&[default_1, other_prefix], &[], &[], &[]),
-            state(&[route(1002, "0.0.0.0/0", Some("192.168.0.1"), 0), route(1002, "10.0.0.0/8", None, 0)], &[], &[], &[]),
+            state(
+                &[
+                    route(1002, "0.0.0.0/0", Some("192.168.0.1"), 0),
+                    route(1002, "10.0.0.0/8", None, 0),
+                ],
+                &[],
+                &[],
+                &[],
+            ),
             vec![
                 Op::ReplaceRoute(other_prefix),
                 Op::ReplaceRoute(default_1),
@@ -157,7 +185,10 @@ fn diffs_of_states() {
 }
 
 fn down(link: &Link) -> Event {
-    Event::NewLink(Link { up: false, ..link.clone() })
+    Event::NewLink(Link {
+        up: false,
+        ..link.clone()
+    })
 }
 
 struct Step {
@@ -177,9 +208,20 @@ fn play(what: &str, config: &Config, start: KernelView, steps: Vec<Step>) {
         }
         let ops = sim.reconcile(config);
         assert_eq!(strings(&ops), step.want, "{what}, step {n}");
-        assert!(ops.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])), "{what}, step {n}: order");
-        assert_eq!(sim.reconcile(config), vec![], "{what}, step {n}: second reconcile");
-        assert_eq!(plan(config, &sim.view).routes, crate::plan::owned(&sim.view, config.protocol).routes, "{what}, step {n}");
+        assert!(
+            ops.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])),
+            "{what}, step {n}: order"
+        );
+        assert_eq!(
+            sim.reconcile(config),
+            vec![],
+            "{what}, step {n}: second reconcile"
+        );
+        assert_eq!(
+            plan(config, &sim.view).routes,
+            crate::plan::owned(&sim.view, config.protocol).routes,
+            "{what}, step {n}"
+        );
     }
 }
 
