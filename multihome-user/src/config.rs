@@ -228,7 +228,9 @@ fn check_ifname(name: &str) -> Result<(), ConfigError> {
         && name.len() <= MAX_IFNAME_LEN
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
     if valid {
         Ok(())
     } else {
@@ -248,7 +250,12 @@ fn parse_table(name: &str, table: &str) -> Result<u32, ConfigError> {
 
 /// Tables 0 and 253..=255 are the kernel's (unspec, default, main, local).
 fn check_table(name: &str, table: u32, derived: bool) -> Result<(), ConfigError> {
-    let reserved = [RT_TABLE_UNSPEC, RT_TABLE_DEFAULT, RT_TABLE_MAIN, RT_TABLE_LOCAL];
+    let reserved = [
+        RT_TABLE_UNSPEC,
+        RT_TABLE_DEFAULT,
+        RT_TABLE_MAIN,
+        RT_TABLE_LOCAL,
+    ];
     if reserved.contains(&table) {
         return Err(ConfigError::ReservedTable {
             name: name.to_string(),
@@ -299,7 +306,9 @@ pub enum ConfigError {
     DuplicateUplink(String),
     #[error("invalid uplink {0:?}: write IFNAME or IFNAME=TABLE with TABLE a number")]
     TableSyntax(String),
-    #[error("table {1} of uplink {0} is out of range: use a number from 1 to 4294967295 except 253-255")]
+    #[error(
+        "table {1} of uplink {0} is out of range: use a number from 1 to 4294967295 except 253-255"
+    )]
     TableRange(String, String),
     #[error("{}", reserved_table(name, *table, *derived))]
     ReservedTable {
@@ -315,7 +324,9 @@ pub enum ConfigError {
         first: String,
         second: String,
     },
-    #[error("--priority {0} is invalid: use 1 to 32764 (rules use P and P+1, before main at 32766)")]
+    #[error(
+        "--priority {0} is invalid: use 1 to 32764 (rules use P and P+1, before main at 32766)"
+    )]
     Priority(u32),
     #[error("--protocol {0} is invalid: use 5 to 254 (0-4 are the kernel's own)")]
     Protocol(u32),
@@ -323,7 +334,9 @@ pub enum ConfigError {
     GatewaySyntax(String),
     #[error("invalid --gateway {0:?}: ADDR must be an IPv4 or IPv6 address")]
     GatewayAddress(String),
-    #[error("--gateway for {0}, which is not an uplink: add {0} to the uplinks or drop the --gateway")]
+    #[error(
+        "--gateway for {0}, which is not an uplink: add {0} to the uplinks or drop the --gateway"
+    )]
     GatewayUnknownUplink(String),
     #[error("--gateway {0}={1}: {1} is an IPv4 address in IPv6 form, write {0}={2}")]
     GatewayFamily(String, Ipv6Addr, Ipv4Addr),
@@ -373,12 +386,45 @@ mod tests {
     #[test]
     fn uplink_spec_parsing() {
         let cases: &[(&str, Result<UplinkSpec, ConfigError>)] = &[
-            ("vlan101", Ok(UplinkSpec { name: "vlan101".into(), table: None })),
-            ("wan=200", Ok(UplinkSpec { name: "wan".into(), table: Some(200) })),
-            ("a", Ok(UplinkSpec { name: "a".into(), table: None })),
-            ("abcdefghijklmno", Ok(UplinkSpec { name: "abcdefghijklmno".into(), table: None })),
-            ("wan=4294967295", Ok(UplinkSpec { name: "wan".into(), table: Some(u32::MAX) })),
-            ("abcdefghijklmnop", Err(ConfigError::InterfaceName("abcdefghijklmnop".into()))),
+            (
+                "vlan101",
+                Ok(UplinkSpec {
+                    name: "vlan101".into(),
+                    table: None,
+                }),
+            ),
+            (
+                "wan=200",
+                Ok(UplinkSpec {
+                    name: "wan".into(),
+                    table: Some(200),
+                }),
+            ),
+            (
+                "a",
+                Ok(UplinkSpec {
+                    name: "a".into(),
+                    table: None,
+                }),
+            ),
+            (
+                "abcdefghijklmno",
+                Ok(UplinkSpec {
+                    name: "abcdefghijklmno".into(),
+                    table: None,
+                }),
+            ),
+            (
+                "wan=4294967295",
+                Ok(UplinkSpec {
+                    name: "wan".into(),
+                    table: Some(u32::MAX),
+                }),
+            ),
+            (
+                "abcdefghijklmnop",
+                Err(ConfigError::InterfaceName("abcdefghijklmnop".into())),
+            ),
             ("", Err(ConfigError::InterfaceName("".into()))),
             ("=5", Err(ConfigError::InterfaceName("".into()))),
             (".", Err(ConfigError::InterfaceName(".".into()))),
@@ -423,14 +469,23 @@ mod tests {
         let cases: &[(&str, Result<GatewaySpec, ConfigError>)] = &[
             (
                 "wan=192.168.0.1",
-                Ok(GatewaySpec { name: "wan".into(), addr: "192.168.0.1".parse().unwrap() }),
+                Ok(GatewaySpec {
+                    name: "wan".into(),
+                    addr: "192.168.0.1".parse().unwrap(),
+                }),
             ),
             (
                 "wan=fe80::1",
-                Ok(GatewaySpec { name: "wan".into(), addr: "fe80::1".parse().unwrap() }),
+                Ok(GatewaySpec {
+                    name: "wan".into(),
+                    addr: "fe80::1".parse().unwrap(),
+                }),
             ),
             ("wan", Err(ConfigError::GatewaySyntax("wan".into()))),
-            ("wan=router", Err(ConfigError::GatewayAddress("wan=router".into()))),
+            (
+                "wan=router",
+                Err(ConfigError::GatewayAddress("wan=router".into())),
+            ),
             ("wan=", Err(ConfigError::GatewayAddress("wan=".into()))),
             ("a/b=1.2.3.4", Err(ConfigError::InterfaceName("a/b".into()))),
         ];
@@ -536,7 +591,11 @@ mod tests {
                 },
                 ConfigError::NothingToDo,
             ),
-            ("duplicate uplink", params(&["a", "b", "a=7"]), ConfigError::DuplicateUplink("a".into())),
+            (
+                "duplicate uplink",
+                params(&["a", "b", "a=7"]),
+                ConfigError::DuplicateUplink("a".into()),
+            ),
             ("table 0", params(&["a=0"]), e),
             ("table 253", params(&["a=253"]), reserved("a", 253, false)),
             ("table main", params(&["a=254"]), reserved("a", 254, false)),
@@ -575,29 +634,76 @@ mod tests {
                     second: "b".into(),
                 },
             ),
-            ("priority 0", Params { priority: 0, ..params(&["a"]) }, ConfigError::Priority(0)),
+            (
+                "priority 0",
+                Params {
+                    priority: 0,
+                    ..params(&["a"])
+                },
+                ConfigError::Priority(0),
+            ),
             (
                 "oif rule would reach main",
-                Params { priority: 32765, ..params(&["a"]) },
+                Params {
+                    priority: 32765,
+                    ..params(&["a"])
+                },
                 ConfigError::Priority(32765),
             ),
             (
                 "priority past main",
-                Params { priority: u32::MAX, ..params(&["a"]) },
+                Params {
+                    priority: u32::MAX,
+                    ..params(&["a"])
+                },
                 ConfigError::Priority(u32::MAX),
             ),
-            ("protocol kernel", Params { protocol: 2, ..params(&["a"]) }, ConfigError::Protocol(2)),
-            ("protocol 4", Params { protocol: 4, ..params(&["a"]) }, ConfigError::Protocol(4)),
-            ("protocol 255", Params { protocol: 255, ..params(&["a"]) }, ConfigError::Protocol(255)),
-            ("protocol 300", Params { protocol: 300, ..params(&["a"]) }, ConfigError::Protocol(300)),
+            (
+                "protocol kernel",
+                Params {
+                    protocol: 2,
+                    ..params(&["a"])
+                },
+                ConfigError::Protocol(2),
+            ),
+            (
+                "protocol 4",
+                Params {
+                    protocol: 4,
+                    ..params(&["a"])
+                },
+                ConfigError::Protocol(4),
+            ),
+            (
+                "protocol 255",
+                Params {
+                    protocol: 255,
+                    ..params(&["a"])
+                },
+                ConfigError::Protocol(255),
+            ),
+            (
+                "protocol 300",
+                Params {
+                    protocol: 300,
+                    ..params(&["a"])
+                },
+                ConfigError::Protocol(300),
+            ),
             (
                 "gateway for an unknown uplink",
-                Params { gateways: gateways(&["c=192.168.0.1"]), ..params(&["a"]) },
+                Params {
+                    gateways: gateways(&["c=192.168.0.1"]),
+                    ..params(&["a"])
+                },
                 ConfigError::GatewayUnknownUplink("c".into()),
             ),
             (
                 "IPv4 gateway written as IPv6",
-                Params { gateways: gateways(&["a=::ffff:192.168.0.1"]), ..params(&["a"]) },
+                Params {
+                    gateways: gateways(&["a=::ffff:192.168.0.1"]),
+                    ..params(&["a"])
+                },
                 ConfigError::GatewayFamily(
                     "a".into(),
                     "::ffff:192.168.0.1".parse().unwrap(),
@@ -614,23 +720,35 @@ mod tests {
             ),
             (
                 "multicast gateway",
-                Params { gateways: gateways(&["a=ff02::1"]), ..params(&["a"]) },
+                Params {
+                    gateways: gateways(&["a=ff02::1"]),
+                    ..params(&["a"])
+                },
                 ConfigError::GatewayNotUnicast("a".into(), "ff02::1".parse().unwrap()),
             ),
             (
                 "unspecified gateway",
-                Params { gateways: gateways(&["a=0.0.0.0"]), ..params(&["a"]) },
+                Params {
+                    gateways: gateways(&["a=0.0.0.0"]),
+                    ..params(&["a"])
+                },
                 ConfigError::GatewayNotUnicast("a".into(), "0.0.0.0".parse().unwrap()),
             ),
             (
                 "broadcast gateway",
-                Params { gateways: gateways(&["a=255.255.255.255"]), ..params(&["a"]) },
+                Params {
+                    gateways: gateways(&["a=255.255.255.255"]),
+                    ..params(&["a"])
+                },
                 ConfigError::GatewayNotUnicast("a".into(), "255.255.255.255".parse().unwrap()),
             ),
             (
                 "invalid name built by hand",
                 Params {
-                    uplinks: vec![UplinkSpec { name: "a:b".into(), table: None }],
+                    uplinks: vec![UplinkSpec {
+                        name: "a:b".into(),
+                        table: None,
+                    }],
                     ..Params::default()
                 },
                 ConfigError::InterfaceName("a:b".into()),

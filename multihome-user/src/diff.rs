@@ -19,7 +19,12 @@ mod tests;
 
 pub fn diff(desired: &State, owned: &State) -> Vec<Op> {
     let mut ops = Vec::new();
-    ops.extend(desired.guarded.difference(&owned.guarded).map(|&i| Op::Attach(i)));
+    ops.extend(
+        desired
+            .guarded
+            .difference(&owned.guarded)
+            .map(|&i| Op::Attach(i)),
+    );
     ops.extend(
         desired
             .entries
@@ -28,8 +33,20 @@ pub fn diff(desired: &State, owned: &State) -> Vec<Op> {
             .map(|(&addr, &entry)| Op::PutEntry(addr, entry)),
     );
     ops.extend(route_replacements(desired, owned).map(Op::ReplaceRoute));
-    ops.extend(desired.rules.difference(&owned.rules).cloned().map(Op::AddRule));
-    ops.extend(owned.rules.difference(&desired.rules).cloned().map(Op::DelRule));
+    ops.extend(
+        desired
+            .rules
+            .difference(&owned.rules)
+            .cloned()
+            .map(Op::AddRule),
+    );
+    ops.extend(
+        owned
+            .rules
+            .difference(&desired.rules)
+            .cloned()
+            .map(Op::DelRule),
+    );
     ops.extend(stale_routes(desired, owned).map(Op::DelRoute));
     ops.extend(
         owned
@@ -38,7 +55,12 @@ pub fn diff(desired: &State, owned: &State) -> Vec<Op> {
             .filter(|addr| !desired.entries.contains_key(addr))
             .map(|&addr| Op::DelEntry(addr)),
     );
-    ops.extend(owned.guarded.difference(&desired.guarded).map(|&i| Op::Detach(i)));
+    ops.extend(
+        owned
+            .guarded
+            .difference(&desired.guarded)
+            .map(|&i| Op::Detach(i)),
+    );
     ops
 }
 
@@ -51,7 +73,10 @@ fn route_key(route: &Route) -> RouteKey {
 
 /// Desired routes missing or different in `owned`, prefix routes before default routes: the
 /// kernel checks a gateway against the routes it already has.
-fn route_replacements<'a>(desired: &'a State, owned: &'a State) -> impl Iterator<Item = Route> + 'a {
+fn route_replacements<'a>(
+    desired: &'a State,
+    owned: &'a State,
+) -> impl Iterator<Item = Route> + 'a {
     let mut routes: Vec<Route> = desired
         .routes
         .iter()
@@ -74,9 +99,7 @@ fn stale_routes<'a>(desired: &'a State, owned: &'a State) -> impl Iterator<Item 
     let mut routes: Vec<Route> = owned
         .routes
         .iter()
-        .filter(|r| {
-            !desired.routes.contains(r) && replaced.get(&route_key(r)) != Some(&r.metric)
-        })
+        .filter(|r| !desired.routes.contains(r) && replaced.get(&route_key(r)) != Some(&r.metric))
         .copied()
         .collect();
     routes.sort_by_key(|r| (!r.is_default(), *r));

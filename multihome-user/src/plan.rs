@@ -214,7 +214,9 @@ impl Uplink<'_> {
             if addresses.is_empty() {
                 continue;
             }
-            state.routes.extend(self.table_routes(config, family, &addresses));
+            state
+                .routes
+                .extend(self.table_routes(config, family, &addresses));
             let rule = |src: Option<(IpAddr, u8)>, oif: Option<String>, priority: u32| Rule {
                 family,
                 priority,
@@ -290,15 +292,19 @@ fn usable(address: &Address) -> bool {
         return false;
     }
     match address.addr {
-        IpAddr::V4(v4) => !(v4.is_unspecified()
-            || v4.is_loopback()
-            || v4.is_link_local()
-            || v4.is_multicast()
-            || v4.is_broadcast()),
-        IpAddr::V6(v6) => !(v6.is_unspecified()
-            || v6.is_loopback()
-            || v6.is_unicast_link_local()
-            || v6.is_multicast()),
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast())
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_unicast_link_local()
+                || v6.is_multicast())
+        }
     }
 }
 
@@ -323,7 +329,10 @@ fn discovered_gateway(
         .filter_map(|r| {
             // A next hop of the other family (RTA_VIA) is not one a table route here can use.
             let gateway = r.gateway.filter(|g| Family::of(g) == family)?;
-            Some(((r.metric, r.table != RT_TABLE_MAIN, r.table, gateway), gateway))
+            Some((
+                (r.metric, r.table != RT_TABLE_MAIN, r.table, gateway),
+                gateway,
+            ))
         })
         .min()
         .map(|(_, gateway)| gateway)
@@ -347,11 +356,15 @@ fn unspecified(family: Family) -> IpAddr {
 fn network(addr: IpAddr, prefix_len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(v4) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len.min(32))).unwrap_or(0);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix_len.min(32)))
+                .unwrap_or(0);
             Ipv4Addr::from(u32::from(v4) & mask).into()
         }
         IpAddr::V6(v6) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix_len.min(128))).unwrap_or(0);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix_len.min(128)))
+                .unwrap_or(0);
             Ipv6Addr::from(u128::from(v6) & mask).into()
         }
     }

@@ -111,7 +111,8 @@ impl Sim {
     pub fn reconcile(&mut self, config: &Config) -> Vec<Op> {
         let ops = diff(&plan(config, &self.view), &self.owned());
         for op in &ops {
-            self.apply(op).unwrap_or_else(|e| panic!("{e}\nops: {ops:#?}"));
+            self.apply(op)
+                .unwrap_or_else(|e| panic!("{e}\nops: {ops:#?}"));
         }
         ops
     }
@@ -132,7 +133,12 @@ impl Sim {
             Some(link) if !link.up => return Err(format!("{op}: Network is down")),
             Some(_) => {}
         }
-        if self.view.routes.iter().any(|r| same_slot(r, route) && r.protocol != self.protocol) {
+        if self
+            .view
+            .routes
+            .iter()
+            .any(|r| same_slot(r, route) && r.protocol != self.protocol)
+        {
             return Err(format!("{op}: would replace a foreign route"));
         }
         Ok(())
@@ -141,7 +147,12 @@ impl Sim {
     fn check_delete_route(&self, route: &Route) -> Result<(), String> {
         let op = Op::DelRoute(*route);
         self.check_ours(route.protocol, &op)?;
-        if !self.view.routes.iter().any(|r| same_slot(r, route) && r.protocol == self.protocol) {
+        if !self
+            .view
+            .routes
+            .iter()
+            .any(|r| same_slot(r, route) && r.protocol == self.protocol)
+        {
             return Err(format!("{op}: No such process"));
         }
         Ok(())
@@ -167,7 +178,8 @@ impl Sim {
 
 /// The kernel's identity of a route in a table (what NLM_F_REPLACE overwrites).
 fn same_slot(a: &Route, b: &Route) -> bool {
-    (a.table, a.family(), a.dst, a.dst_len, a.metric) == (b.table, b.family(), b.dst, b.dst_len, b.metric)
+    (a.table, a.family(), a.dst, a.dst_len, a.metric)
+        == (b.table, b.family(), b.dst, b.dst_len, b.metric)
 }
 
 /// Fixtures: the seed's topology. `eth0` is the trunk with a static address in the same subnet,

@@ -93,14 +93,34 @@ fn diffs_of_states() {
         ("nothing at all", State::default(), State::default(), vec![]),
         (
             "equal states",
-            state(&[default_1, prefix], &[a.clone()], &[("192.168.0.100", entry(11))], &[11]),
-            state(&[default_1, prefix], &[a.clone()], &[("192.168.0.100", entry(11))], &[11]),
+            state(
+                &[default_1, prefix],
+                std::slice::from_ref(&a),
+                &[("192.168.0.100", entry(11))],
+                &[11],
+            ),
+            state(
+                &[default_1, prefix],
+                std::slice::from_ref(&a),
+                &[("192.168.0.100", entry(11))],
+                &[11],
+            ),
             vec![],
         ),
         (
             "every kind, additions then removals in reverse",
-            state(&[prefix], &[a.clone()], &[("192.168.0.100", entry(11))], &[11]),
-            state(&[other_prefix], &[b.clone()], &[("192.168.0.101", entry(12))], &[12]),
+            state(
+                &[prefix],
+                std::slice::from_ref(&a),
+                &[("192.168.0.100", entry(11))],
+                &[11],
+            ),
+            state(
+                &[other_prefix],
+                std::slice::from_ref(&b),
+                &[("192.168.0.101", entry(12))],
+                &[12],
+            ),
             vec![
                 Op::Attach(11),
                 Op::PutEntry(ip("192.168.0.100"), entry(11)),
@@ -133,7 +153,15 @@ fn diffs_of_states() {
         (
             "prefix routes before the default; default deleted before prefixes",
             state(&[default_1, other_prefix], &[], &[], &[]),
-            state(&[route(1002, "0.0.0.0/0", Some("192.168.0.1"), 0), route(1002, "10.0.0.0/8", None, 0)], &[], &[], &[]),
+            state(
+                &[
+                    route(1002, "0.0.0.0/0", Some("192.168.0.1"), 0),
+                    route(1002, "10.0.0.0/8", None, 0),
+                ],
+                &[],
+                &[],
+                &[],
+            ),
             vec![
                 Op::ReplaceRoute(other_prefix),
                 Op::ReplaceRoute(default_1),
@@ -157,7 +185,10 @@ fn diffs_of_states() {
 }
 
 fn down(link: &Link) -> Event {
-    Event::NewLink(Link { up: false, ..link.clone() })
+    Event::NewLink(Link {
+        up: false,
+        ..link.clone()
+    })
 }
 
 struct Step {
@@ -177,9 +208,20 @@ fn play(what: &str, config: &Config, start: KernelView, steps: Vec<Step>) {
         }
         let ops = sim.reconcile(config);
         assert_eq!(strings(&ops), step.want, "{what}, step {n}");
-        assert!(ops.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])), "{what}, step {n}: order");
-        assert_eq!(sim.reconcile(config), vec![], "{what}, step {n}: second reconcile");
-        assert_eq!(plan(config, &sim.view).routes, crate::plan::owned(&sim.view, config.protocol).routes, "{what}, step {n}");
+        assert!(
+            ops.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])),
+            "{what}, step {n}: order"
+        );
+        assert_eq!(
+            sim.reconcile(config),
+            vec![],
+            "{what}, step {n}: second reconcile"
+        );
+        assert_eq!(
+            plan(config, &sim.view).routes,
+            crate::plan::owned(&sim.view, config.protocol).routes,
+            "{what}, step {n}"
+        );
     }
 }
 
@@ -379,4 +421,214 @@ fn scenarios() {
     for (what, config, steps) in cases {
         play(what, &config, seed.clone(), steps);
     }
+}
+
+/// A restart of the daemon: a new `Sim` over the kernel the last one left.
+fn restarted(sim: &Sim, keep_guard: bool) -> Sim {
+    let mut next = Sim::new(sim.view.clone(), sim.protocol);
+    if keep_guard {
+        next.entries = sim.entries.clone();
+        next.guarded = sim.guarded.clone();
+    }
+    next
+}
+
+#[test]
+fn restarts_adopt_and_clean_up() {
+    let both = config(&["vlan101", "vlan102"]);
+    let mut first = Sim::new(seed(), PROTO);
+    let bring_up = first.reconcile(&both);
+    assert_eq!(bring_up.len(), 2 + 1 + 2 + 4 + 4, "{bring_up:#?}");
+    let stale_metric = Route {
+        metric: 7,
+        ..route(1001, "0.0.0.0/0", Some("192.168.0.1"), 0)
+    };
+    let leftover_route = Route {
+        oif: Some(WAN1),
+        ..route(1003, "192.168.0.0/24", None, 0)
+    };
+    let leftover_rule = rule("192.168.0.99", 1003);
+
+    type Case = (
+        &'static str,
+        Config,
+        bool,
+        fn(&mut KernelView),
+        Vec<&'static str>,
+    );
+    let cases: Vec<Case> = vec![
+        ("same config, pinned guard: adopts everything", both.clone(), true, |_| {}, vec![]),
+        (
+            "pins lost: only the guard is redone",
+            both.clone(),
+            false,
+            |_| {},
+            vec![
+                "attach guard to if2",
+                "attach guard to if11",
+                "attach guard to if12",
+                "guard 192.168.0.100/24 -> if11 via 192.168.0.1 (parent if2, vlan 101) mtu 1500",
+                "guard 192.168.0.101/24 -> if12 via 192.168.0.1 (parent if2, vlan 102) mtu 1500",
+            ],
+        ),
+        (
+            "an uplink dropped from the config: removed, rules first",
+            config(&["vlan101"]),
+            true,
+            |_| {},
+            vec![
+                "delete ipv4 rule 1000: from 192.168.0.101/32 lookup 1002 proto 77",
+                "delete ipv4 rule 1001: from all oif vlan102 lookup 1002 proto 77",
+                "delete route default via 192.168.0.1 dev if12 table 1002 proto 77 metric 0",
+                "delete route 192.168.0.0/24 dev if12 table 1002 proto 77 scope link src 192.168.0.101 metric 0",
+                "unguard 192.168.0.101",
+                "detach guard from if12",
+            ],
+        ),
+        (
+            "leftovers of ours: a stale metric, an old table and its rule",
+            both.clone(),
+            true,
+            |v| {
+                v.routes.push(Route { metric: 7, ..route(1001, "0.0.0.0/0", Some("192.168.0.1"), 0) });
+                v.routes.push(Route { oif: Some(WAN1), ..route(1003, "192.168.0.0/24", None, 0) });
+                v.rules.push(rule("192.168.0.99", 1003));
+            },
+            vec![
+                "delete ipv4 rule 1000: from 192.168.0.99/32 lookup 1003 proto 77",
+                "delete route default via 192.168.0.1 dev if11 table 1001 proto 77 metric 7",
+                "delete route 192.168.0.0/24 dev if11 table 1003 proto 77 metric 0",
+            ],
+        ),
+    ];
+    for (what, config, keep_guard, edit, want) in cases {
+        let mut sim = restarted(&first, keep_guard);
+        edit(&mut sim.view);
+        let ops = sim.reconcile(&config);
+        assert_eq!(strings(&ops), want, "{what}");
+        assert_eq!(sim.reconcile(&config), vec![], "{what}: second reconcile");
+        assert!(!sim.view.routes.contains(&stale_metric), "{what}");
+        assert!(!sim.view.routes.contains(&leftover_route), "{what}");
+        assert!(!sim.view.rules.contains(&leftover_rule), "{what}");
+    }
+}
+
+#[test]
+fn foreign_objects_are_never_touched() {
+    // A host full of other people's routes and rules, some of them in the shape of ours.
+    let both = config(&["vlan101", "vlan102"]);
+    let mut view = seed();
+    let ours = plan(&both, &view);
+    for r in &ours.routes {
+        view.routes.push(Route {
+            protocol: RTPROT_STATIC,
+            table: r.table + 100,
+            ..*r
+        });
+    }
+    for r in &ours.rules {
+        view.rules.push(Rule {
+            protocol: RTPROT_STATIC,
+            ..r.clone()
+        });
+    }
+    let mut sim = Sim::new(view.clone(), PROTO);
+    let ops = sim.reconcile(&both);
+    assert_eq!(ops.len(), 13);
+    for op in &ops {
+        let protocol = match op {
+            Op::ReplaceRoute(r) | Op::DelRoute(r) => r.protocol,
+            Op::AddRule(r) | Op::DelRule(r) => r.protocol,
+            _ => PROTO,
+        };
+        assert_eq!(protocol, PROTO, "{op}");
+        assert!(!matches!(op, Op::DelRoute(_) | Op::DelRule(_)), "{op}");
+    }
+    for foreign in view.routes.iter().filter(|r| r.protocol != PROTO) {
+        assert!(sim.view.routes.contains(foreign), "{foreign}");
+    }
+    for foreign in &view.rules {
+        assert!(sim.view.rules.contains(foreign), "{foreign}");
+    }
+}
+
+#[test]
+fn the_simulated_kernel_refuses() {
+    let both = config(&["vlan101", "vlan102"]);
+    let mut sim = Sim::new(seed(), PROTO);
+    sim.reconcile(&both);
+    let table_rule = rule("192.168.0.100", 1001);
+    let down_route = Route {
+        oif: Some(99),
+        ..route(1001, "10.0.0.0/8", None, 0)
+    };
+    let foreign = Route {
+        protocol: RTPROT_STATIC,
+        ..route(1001, "0.0.0.0/0", None, 0)
+    };
+    let cases: Vec<(&str, Op, &str)> = vec![
+        (
+            "duplicate rule",
+            Op::AddRule(table_rule.clone()),
+            "File exists",
+        ),
+        (
+            "rule to an empty table",
+            Op::AddRule(rule("192.168.0.100", 1009)),
+            "empty table",
+        ),
+        (
+            "foreign rule",
+            Op::AddRule(Rule {
+                protocol: 3,
+                ..table_rule
+            }),
+            "not ours",
+        ),
+        (
+            "route through a missing device",
+            Op::ReplaceRoute(down_route),
+            "No such device",
+        ),
+        (
+            "deleting what is not there",
+            Op::DelRoute(route(1001, "10.0.0.0/8", None, 0)),
+            "No such process",
+        ),
+        (
+            "deleting a foreign route",
+            Op::DelRoute(foreign),
+            "not ours",
+        ),
+        (
+            "deleting the routes under a rule",
+            Op::DelRoute(route(1001, "0.0.0.0/0", Some("192.168.0.1"), 0)),
+            "",
+        ),
+        (
+            "detaching what is not attached",
+            Op::Detach(99),
+            "not attached",
+        ),
+    ];
+    for (what, op, want) in cases {
+        let mut trial = sim.clone();
+        match trial.apply(&op) {
+            Err(e) => assert!(e.contains(want), "{what}: {e}"),
+            Ok(()) => assert!(want.is_empty(), "{what}: accepted"),
+        }
+    }
+    // The table keeps its prefix route, so only deleting both empties it under the rules.
+    let mut trial = sim.clone();
+    trial
+        .apply(&Op::DelRoute(route(
+            1001,
+            "0.0.0.0/0",
+            Some("192.168.0.1"),
+            0,
+        )))
+        .unwrap();
+    let prefix = *trial.view.routes.iter().find(|r| r.table == 1001).unwrap();
+    let e = trial.apply(&Op::DelRoute(prefix)).unwrap_err();
+    assert!(e.contains("empty table"), "{e}");
 }

@@ -41,7 +41,8 @@ pub fn assignments(config: &Config, view: &KernelView) -> Assignments {
 
 /// One line per address whose assignment changed between two plans, in address order.
 pub fn describe(before: &Assignments, after: &Assignments) -> Vec<String> {
-    let addresses: std::collections::BTreeSet<&IpAddr> = before.keys().chain(after.keys()).collect();
+    let addresses: std::collections::BTreeSet<&IpAddr> =
+        before.keys().chain(after.keys()).collect();
     addresses
         .into_iter()
         .filter_map(|addr| match (before.get(addr), after.get(addr)) {

@@ -53,7 +53,12 @@ fn check(what: &str, state: &State, want: &Expect) {
         "{what}: rules"
     );
     assert_eq!(
-        sorted(state.entries.iter().map(|(a, e)| Op::PutEntry(*a, *e).to_string())),
+        sorted(
+            state
+                .entries
+                .iter()
+                .map(|(a, e)| Op::PutEntry(*a, *e).to_string())
+        ),
         expected(want.entries),
         "{what}: entries"
     );
@@ -472,9 +477,16 @@ fn owned_is_what_carries_our_protocol() {
     view.routes.extend(ours.routes.iter().copied());
     view.rules.extend(ours.rules.iter().cloned());
     // A leftover of ours elsewhere is still ours; a foreign rule pointing at our table is not.
-    let leftover = Route { table: 77, ..*ours.routes.first().unwrap() };
+    let leftover = Route {
+        table: 77,
+        ..*ours.routes.first().unwrap()
+    };
     view.routes.push(leftover);
-    let foreign_rule = Rule { protocol: RTPROT_STATIC, priority: 5, ..ours.rules.first().unwrap().clone() };
+    let foreign_rule = Rule {
+        protocol: RTPROT_STATIC,
+        priority: 5,
+        ..ours.rules.first().unwrap().clone()
+    };
     view.rules.push(foreign_rule);
     let owned = owned(&view, config.protocol);
     let mut want_routes = ours.routes.clone();
@@ -488,14 +500,33 @@ fn owned_is_what_carries_our_protocol() {
 fn foreign_routes_in_our_tables() {
     let config = config(&["vlan101", "vlan102=7"]);
     let ours = plan(&config, &seed());
-    let foreign_1001 = Route { table: 1001, ..client_default(WAN1, "192.168.0.1", 0) };
-    let foreign_7 = Route { table: 7, protocol: RTPROT_STATIC, ..kernel_prefix(ETH0, "203.0.113.0/24", "192.168.0.210") };
-    let elsewhere = Route { table: 1002, ..foreign_1001 };
-    let cases: Vec<(&str, Vec<Route>, Vec<(u32, Route)>)> = vec![
+    let foreign_1001 = Route {
+        table: 1001,
+        ..client_default(WAN1, "192.168.0.1", 0)
+    };
+    let foreign_7 = Route {
+        table: 7,
+        protocol: RTPROT_STATIC,
+        ..kernel_prefix(ETH0, "203.0.113.0/24", "192.168.0.210")
+    };
+    let elsewhere = Route {
+        table: 1002,
+        ..foreign_1001
+    };
+    type Case = (&'static str, Vec<Route>, Vec<(u32, Route)>);
+    let cases: Vec<Case> = vec![
         ("a fresh host", seed().routes, vec![]),
-        ("our own routes", ours.routes.iter().copied().collect(), vec![]),
+        (
+            "our own routes",
+            ours.routes.iter().copied().collect(),
+            vec![],
+        ),
         ("not one of our tables", vec![elsewhere], vec![]),
-        ("foreign routes, sorted by table", vec![foreign_1001, foreign_7], vec![(7, foreign_7), (1001, foreign_1001)]),
+        (
+            "foreign routes, sorted by table",
+            vec![foreign_1001, foreign_7],
+            vec![(7, foreign_7), (1001, foreign_1001)],
+        ),
     ];
     for (what, routes, want) in cases {
         let view = KernelView { routes, ..seed() };
@@ -544,7 +575,11 @@ fn describes_changes() {
     for (what, edit, want) in cases {
         let mut view = seed();
         edit(&mut view);
-        assert_eq!(describe(&before, &assignments(&config, &view)), *want, "{what}");
+        assert_eq!(
+            describe(&before, &assignments(&config, &view)),
+            *want,
+            "{what}"
+        );
     }
     let fresh = describe(&Assignments::new(), &before);
     assert_eq!(
@@ -554,7 +589,13 @@ fn describes_changes() {
             "vlan102: 192.168.0.101 -> table 1002 via 192.168.0.1",
         ]
     );
-    let guard_only = config_with(&["vlan101"], Params { rules: false, ..Params::default() });
+    let guard_only = config_with(
+        &["vlan101"],
+        Params {
+            rules: false,
+            ..Params::default()
+        },
+    );
     assert_eq!(
         describe(&Assignments::new(), &assignments(&guard_only, &seed())),
         ["vlan101: 192.168.0.100 -> guard only (--no-rules)"]
