@@ -2,12 +2,12 @@
 //! scenarios on the simulated kernel for what an operator lives through (renumbering, gateway
 //! change, link flap, re-created device, leftovers, foreign objects).
 
-use super::sim::fixtures::*;
+use super::sim::fixtures::{self, *};
 use super::sim::Sim;
 use super::*;
 use crate::config::Config;
 use crate::plan::plan;
-use crate::view::{Address, AddressFlags, Event, KernelView, Link, Rule, RT_TABLE_MAIN};
+use crate::view::{Address, AddressFlags, Event, KernelView, Link, LinkKind, Rule, RT_TABLE_MAIN};
 use multihome_ebpf::Egress;
 
 const PROTO: u8 = 77;
@@ -631,4 +631,133 @@ fn the_simulated_kernel_refuses() {
     let prefix = *trial.view.routes.iter().find(|r| r.table == 1001).unwrap();
     let e = trial.apply(&Op::DelRoute(prefix)).unwrap_err();
     assert!(e.contains("empty table"), "{e}");
+}
+
+/// A small deterministic generator (xorshift64*): random scenarios without a dependency, the
+/// same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        (!items.is_empty()).then(|| &items[self.below(items.len())])
+    }
+}
+
+/// One random thing the world does to the host: DHCP, an admin, a flapping link, udev.
+fn random_event(rng: &mut Rng, sim: &Sim, next_ifindex: &mut u32) -> Option<Event> {
+    const NAMES: [&str; 3] = ["vlan101", "vlan102", "vlan103"];
+    const ADDRESSES: [&str; 7] = [
+        "192.168.0.100/24",
+        "192.168.0.101/24",
+        "192.168.0.120/24",
+        "10.0.0.5/8",
+        "2001:db8:1::5/64",
+        "2001:db8:1::6/64",
+        "fe80::5/64",
+    ];
+    const GATEWAYS: [&str; 4] = ["192.168.0.1", "192.168.0.254", "10.0.0.1", "fe80::1"];
+    let name = NAMES[rng.below(NAMES.len())];
+    let link = sim.view.link_by_name(name).cloned();
+    let ours = |r: &&Route| r.protocol == PROTO;
+    Some(match (rng.below(10), link) {
+        (0, Some(link)) => Event::NewAddress(Address {
+            flags: AddressFlags {
+                tentative: rng.below(4) == 0,
+                ..AddressFlags::default()
+            },
+            ..address(link.ifindex, ADDRESSES[rng.below(ADDRESSES.len())])
+        }),
+        (1, Some(link)) => {
+            let on_link: Vec<Address> = sim
+                .view
+                .addresses
+                .iter()
+                .filter(|a| a.ifindex == link.ifindex)
+                .copied()
+                .collect();
+            Event::DelAddress(*rng.pick(&on_link)?)
+        }
+        (2, Some(link)) => Event::NewLink(Link {
+            up: !link.up,
+            ..link
+        }),
+        (3, Some(link)) => Event::DelLink(link.ifindex),
+        (4, None) => {
+            *next_ifindex += 1;
+            let vlan = 100 + *next_ifindex as u16;
+            Event::NewLink(fixtures::link(
+                *next_ifindex,
+                name,
+                LinkKind::Vlan(vlan),
+                Some(ETH0),
+            ))
+        }
+        (5, Some(link)) if link.up => Event::NewRoute(client_default(
+            link.ifindex,
+            GATEWAYS[rng.below(GATEWAYS.len())],
+            1024 + rng.below(2) as u32,
+        )),
+        (6, Some(link)) => {
+            let theirs: Vec<Route> = sim
+                .view
+                .routes
+                .iter()
+                .filter(|r| r.oif == Some(link.ifindex) && r.protocol != PROTO)
+                .copied()
+                .collect();
+            Event::DelRoute(*rng.pick(&theirs)?)
+        }
+        (7, _) => Event::DelRule(rng.pick(&sim.view.rules)?.clone()),
+        (8, _) => {
+            let routes: Vec<Route> = sim.view.routes.iter().filter(ours).copied().collect();
+            Event::DelRoute(*rng.pick(&routes)?)
+        }
+        (9, _) => Event::NewRule(Rule {
+            protocol: RTPROT_STATIC,
+            priority: 900 + rng.below(3) as u32,
+            ..rule("192.168.0.100", RT_TABLE_MAIN)
+        }),
+        _ => return None,
+    })
+}
+
+#[test]
+fn random_histories_converge() {
+    let config = config(&["vlan101", "vlan102", "vlan103"]);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut seen = std::collections::BTreeSet::new();
+    for run in 0..200 {
+        let mut sim = Sim::new(seed(), PROTO);
+        let mut next_ifindex = 20;
+        sim.reconcile(&config);
+        for step in 0..40 {
+            for _ in 0..1 + rng.below(4) {
+                if let Some(event) = random_event(&mut rng, &sim, &mut next_ifindex) {
+                    sim.event(event);
+                }
+            }
+            let ops = sim.reconcile(&config);
+            seen.extend(ops.iter().map(rank));
+            let context = format!("run {run}, step {step}: {:#?}", strings(&ops));
+            assert!(
+                ops.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])),
+                "{context}"
+            );
+            let desired = plan(&config, &sim.view);
+            assert_eq!(desired, sim.owned(), "{context}");
+            assert_eq!(sim.reconcile(&config), vec![], "{context}");
+        }
+    }
+    // Every kind of op happened (Detach: the parent once no uplink is left on it).
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4, 5, 6, 7]
+    );
 }
