@@ -147,9 +147,9 @@ impl KernelView {
             }
             Event::DelAddress(address) => Effect {
                 changed: remove(&mut self.addresses, &address, address_key),
-                // Routes using it as source, and the prefix route of the last address of a
-                // subnet, go silently.
-                redump_routes: address.addr.is_ipv4(),
+                // IPv4 routes using it as source go silently; IPv6 routes silently lose it as
+                // their source (measured on 6.18).
+                redump_routes: true,
             },
             Event::NewRoute(route) => Effect::changed(upsert(&mut self.routes, route, route_key)),
             Event::DelRoute(route) => Effect::changed(remove(&mut self.routes, &route, route_key)),
@@ -210,8 +210,9 @@ impl KernelView {
 pub struct Effect {
     /// The view changed: plan and diff again.
     pub changed: bool,
-    /// The kernel may have removed IPv4 routes without announcing it (a device deleted or
-    /// down, an IPv4 address removed): dump the routes again before trusting the view.
+    /// The kernel may have changed routes without announcing it (a device deleted or down:
+    /// its IPv4 routes; an address removed: IPv4 routes using it as source are deleted, IPv6
+    /// ones lose it as source): dump the routes again before trusting the view.
     pub redump_routes: bool,
 }
 
@@ -318,4 +319,323 @@ pub enum Event {
     DelRoute(Route),
     NewRule(Rule),
     DelRule(Rule),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::sim::fixtures::*;
+
+    fn effect(changed: bool, redump_routes: bool) -> Effect {
+        Effect {
+            changed,
+            redump_routes,
+        }
+    }
+
+    /// The seed plus a route and a rule of ours through vlan102 in table 1002.
+    fn start() -> KernelView {
+        let mut view = seed();
+        view.routes.push(Route {
+            table: 1002,
+            protocol: 77,
+            ..client_default(WAN2, "192.168.0.1", 0)
+        });
+        view.rules.push(rule());
+        view
+    }
+
+    fn rule() -> Rule {
+        Rule {
+            family: Family::V4,
+            priority: 1000,
+            protocol: 77,
+            src: Some((ip("192.168.0.101"), 32)),
+            oif: None,
+            table: Some(1002),
+            other_selectors: false,
+        }
+    }
+
+    fn link_of(view: &KernelView, ifindex: u32) -> Link {
+        view.links[&ifindex].clone()
+    }
+
+    #[test]
+    fn events() {
+        let base = start();
+        let wan2 = link_of(&base, WAN2);
+        let dhcp2 = client_default(WAN2, "192.168.0.1", 1025);
+        type Case = (&'static str, Vec<Event>, Effect, fn(&KernelView) -> bool);
+        let cases: Vec<Case> = vec![
+            (
+                "a link echoed unchanged",
+                vec![Event::NewLink(wan2.clone())],
+                effect(false, false),
+                |v| *v == start(),
+            ),
+            (
+                "a link goes down: routes may be gone",
+                vec![Event::NewLink(Link {
+                    up: false,
+                    ..wan2.clone()
+                })],
+                effect(true, true),
+                |v| !v.links[&WAN2].up && v.routes.len() == start().routes.len(),
+            ),
+            (
+                "a link already down stays down",
+                vec![
+                    Event::NewLink(Link {
+                        up: false,
+                        ..wan2.clone()
+                    }),
+                    Event::NewLink(Link {
+                        up: false,
+                        mtu: 1400,
+                        ..wan2.clone()
+                    }),
+                ],
+                effect(true, false),
+                |v| v.links[&WAN2].mtu == 1400,
+            ),
+            (
+                "a link comes up",
+                vec![
+                    Event::NewLink(Link {
+                        up: false,
+                        ..wan2.clone()
+                    }),
+                    Event::NewLink(wan2.clone()),
+                ],
+                effect(true, false),
+                |v| v.links[&WAN2].up,
+            ),
+            (
+                "a link deleted takes its addresses and routes, not the rules",
+                vec![Event::DelLink(WAN2)],
+                effect(true, true),
+                |v| {
+                    !v.links.contains_key(&WAN2)
+                        && v.addresses.iter().all(|a| a.ifindex != WAN2)
+                        && v.routes.iter().all(|r| r.oif != Some(WAN2))
+                        && v.routes.len() == 3
+                        && v.rules == [rule()]
+                },
+            ),
+            (
+                "a name reappearing under a new ifindex: the old device is gone",
+                vec![Event::NewLink(Link {
+                    ifindex: 13,
+                    ..wan2.clone()
+                })],
+                effect(true, true),
+                |v| {
+                    v.link_by_name("vlan102").map(|l| l.ifindex) == Some(13)
+                        && !v.links.contains_key(&WAN2)
+                        && v.routes.iter().all(|r| r.oif != Some(WAN2))
+                },
+            ),
+            (
+                "an unknown link deleted",
+                vec![Event::DelLink(99)],
+                effect(false, true),
+                |v| *v == start(),
+            ),
+            (
+                "a new address",
+                vec![Event::NewAddress(address(WAN2, "192.168.0.150/24"))],
+                effect(true, false),
+                |v| v.addresses.len() == 5,
+            ),
+            (
+                "an address's flags change in place",
+                vec![Event::NewAddress(Address {
+                    flags: AddressFlags {
+                        deprecated: true,
+                        ..Default::default()
+                    },
+                    ..address(WAN2, "192.168.0.101/24")
+                })],
+                effect(true, false),
+                |v| v.addresses.len() == 4 && v.addresses[3].flags.deprecated,
+            ),
+            (
+                "same address, another prefix: a second address",
+                vec![Event::NewAddress(address(WAN2, "192.168.0.101/16"))],
+                effect(true, false),
+                |v| v.addresses.len() == 5,
+            ),
+            (
+                "an IPv4 address removed: routes may be gone",
+                vec![Event::DelAddress(address(WAN2, "192.168.0.101/24"))],
+                effect(true, true),
+                |v| v.addresses.len() == 3,
+            ),
+            (
+                "an IPv6 address removed: routes may have lost their source",
+                vec![
+                    Event::NewAddress(address(WAN2, "2001:db8::1/64")),
+                    Event::DelAddress(address(WAN2, "2001:db8::1/64")),
+                ],
+                effect(true, true),
+                |v| *v == start(),
+            ),
+            (
+                "a route replaced at the same metric",
+                vec![Event::NewRoute(Route {
+                    gateway: Some(ip("192.168.0.254")),
+                    ..dhcp2
+                })],
+                effect(true, false),
+                |v| {
+                    v.routes.len() == start().routes.len()
+                        && v.routes
+                            .iter()
+                            .any(|r| r.gateway == Some(ip("192.168.0.254")))
+                },
+            ),
+            (
+                "a route at another metric is another route",
+                vec![Event::NewRoute(Route { metric: 5, ..dhcp2 })],
+                effect(true, false),
+                |v| v.routes.len() == start().routes.len() + 1,
+            ),
+            (
+                "a route deleted",
+                vec![Event::DelRoute(dhcp2)],
+                effect(true, false),
+                |v| {
+                    !v.routes
+                        .contains(&client_default(WAN2, "192.168.0.1", 1025))
+                },
+            ),
+            (
+                "a route deleted twice",
+                vec![Event::DelRoute(dhcp2), Event::DelRoute(dhcp2)],
+                effect(false, false),
+                |v| v.routes.len() == start().routes.len() - 1,
+            ),
+            (
+                "a rule echoed twice is one rule",
+                vec![Event::NewRule(rule()), Event::NewRule(rule())],
+                effect(false, false),
+                |v| v.rules == [rule()],
+            ),
+            (
+                "a rule differing in one field is another rule",
+                vec![Event::NewRule(Rule {
+                    protocol: 4,
+                    ..rule()
+                })],
+                effect(true, false),
+                |v| v.rules.len() == 2,
+            ),
+            (
+                "a rule deleted",
+                vec![Event::DelRule(rule())],
+                effect(true, false),
+                |v| v.rules.is_empty(),
+            ),
+        ];
+        for (what, events, want, check) in cases {
+            let mut view = start();
+            let mut last = Effect::default();
+            for event in events {
+                last = view.apply(event);
+            }
+            assert_eq!(last, want, "{what}");
+            assert!(check(&view), "{what}: {view:#?}");
+        }
+    }
+
+    #[test]
+    fn record_anticipates_the_echo() {
+        let ours = Route {
+            table: 1002,
+            protocol: 77,
+            ..client_default(WAN2, "192.168.0.1", 0)
+        };
+        let moved = Route {
+            gateway: Some(ip("192.168.0.254")),
+            ..ours
+        };
+        let cases: Vec<(&str, Op)> = vec![
+            ("replace route", Op::ReplaceRoute(moved)),
+            ("delete route", Op::DelRoute(ours)),
+            (
+                "add rule",
+                Op::AddRule(Rule {
+                    priority: 1001,
+                    ..rule()
+                }),
+            ),
+            ("delete rule", Op::DelRule(rule())),
+        ];
+        for (what, op) in cases {
+            let mut recorded = start();
+            recorded.record(&op);
+            let echo = match op.clone() {
+                Op::ReplaceRoute(r) => Event::NewRoute(r),
+                Op::DelRoute(r) => Event::DelRoute(r),
+                Op::AddRule(r) => Event::NewRule(r),
+                Op::DelRule(r) => Event::DelRule(r),
+                _ => unreachable!(),
+            };
+            assert_ne!(recorded, start(), "{what}: recorded");
+            assert_eq!(
+                recorded.apply(echo),
+                Effect::default(),
+                "{what}: the echo changes nothing"
+            );
+        }
+        // The guard's ops are not the view's business.
+        let mut view = start();
+        for op in [
+            Op::Attach(WAN2),
+            Op::DelEntry(ip("192.168.0.101")),
+            Op::Detach(WAN2),
+        ] {
+            view.record(&op);
+        }
+        assert_eq!(view, start());
+    }
+
+    #[test]
+    fn displays() {
+        let ours = Route {
+            table: 1002,
+            protocol: 77,
+            ..client_default(WAN2, "192.168.0.1", 0)
+        };
+        let cases: Vec<(String, &str)> = vec![
+            (
+                ours.to_string(),
+                "default via 192.168.0.1 dev if12 table 1002 proto 77 metric 0",
+            ),
+            (
+                kernel_prefix(WAN1, "192.168.0.0/24", "192.168.0.100").to_string(),
+                "192.168.0.0/24 dev if11 table 254 proto 2 scope link src 192.168.0.100 metric 0",
+            ),
+            (
+                rule().to_string(),
+                "ipv4 rule 1000: from 192.168.0.101/32 lookup 1002 proto 77",
+            ),
+            (
+                Rule {
+                    family: Family::V6,
+                    src: None,
+                    oif: Some("wan".into()),
+                    table: None,
+                    other_selectors: true,
+                    ..rule()
+                }
+                .to_string(),
+                "ipv6 rule 1000: from all oif wan (and other selectors) (not a lookup) proto 77",
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+    }
 }

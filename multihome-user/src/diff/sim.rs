@@ -43,7 +43,7 @@ impl Sim {
     /// A kernel event, with what the kernel does silently alongside it (the view is as the
     /// daemon has it after the re-dump the event's `Effect` asks for): a deleted device takes
     /// its guard attachment along, a device going down loses its routes, an IPv4 address gone
-    /// takes the routes using it as source.
+    /// takes the routes using it as source, an IPv6 one is dropped as their source.
     pub fn event(&mut self, event: Event) {
         match &event {
             Event::DelLink(ifindex) => {
@@ -54,6 +54,13 @@ impl Sim {
             }
             Event::DelAddress(address) if address.addr.is_ipv4() => {
                 self.view.routes.retain(|r| r.prefsrc != Some(address.addr));
+            }
+            Event::DelAddress(address) => {
+                for route in &mut self.view.routes {
+                    if route.prefsrc == Some(address.addr) {
+                        route.prefsrc = None;
+                    }
+                }
             }
             _ => {}
         }

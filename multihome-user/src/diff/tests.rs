@@ -2,12 +2,12 @@
 //! scenarios on the simulated kernel for what an operator lives through (renumbering, gateway
 //! change, link flap, re-created device, leftovers, foreign objects).
 
-use super::sim::fixtures::*;
+use super::sim::fixtures::{self, *};
 use super::sim::Sim;
 use super::*;
 use crate::config::Config;
 use crate::plan::plan;
-use crate::view::{Address, AddressFlags, Event, KernelView, Link, Rule, RT_TABLE_MAIN};
+use crate::view::{Address, AddressFlags, Event, KernelView, Link, LinkKind, Rule, RT_TABLE_MAIN};
 use multihome_ebpf::Egress;
 
 const PROTO: u8 = 77;
@@ -95,13 +95,13 @@ fn diffs_of_states() {
             "equal states",
             state(
                 &[default_1, prefix],
-                &[a.clone()],
+                std::slice::from_ref(&a),
                 &[("192.168.0.100", entry(11))],
                 &[11],
             ),
             state(
                 &[default_1, prefix],
-                &[a.clone()],
+                std::slice::from_ref(&a),
                 &[("192.168.0.100", entry(11))],
                 &[11],
             ),
@@ -111,13 +111,13 @@ fn diffs_of_states() {
             "every kind, additions then removals in reverse",
             state(
                 &[prefix],
-                &[a.clone()],
+                std::slice::from_ref(&a),
                 &[("192.168.0.100", entry(11))],
                 &[11],
             ),
             state(
                 &[other_prefix],
-                &[b.clone()],
+                std::slice::from_ref(&b),
                 &[("192.168.0.101", entry(12))],
                 &[12],
             ),
@@ -421,4 +421,343 @@ fn scenarios() {
     for (what, config, steps) in cases {
         play(what, &config, seed.clone(), steps);
     }
+}
+
+/// A restart of the daemon: a new `Sim` over the kernel the last one left.
+fn restarted(sim: &Sim, keep_guard: bool) -> Sim {
+    let mut next = Sim::new(sim.view.clone(), sim.protocol);
+    if keep_guard {
+        next.entries = sim.entries.clone();
+        next.guarded = sim.guarded.clone();
+    }
+    next
+}
+
+#[test]
+fn restarts_adopt_and_clean_up() {
+    let both = config(&["vlan101", "vlan102"]);
+    let mut first = Sim::new(seed(), PROTO);
+    let bring_up = first.reconcile(&both);
+    assert_eq!(bring_up.len(), 2 + 1 + 2 + 4 + 4, "{bring_up:#?}");
+    let stale_metric = Route {
+        metric: 7,
+        ..route(1001, "0.0.0.0/0", Some("192.168.0.1"), 0)
+    };
+    let leftover_route = Route {
+        oif: Some(WAN1),
+        ..route(1003, "192.168.0.0/24", None, 0)
+    };
+    let leftover_rule = rule("192.168.0.99", 1003);
+
+    type Case = (
+        &'static str,
+        Config,
+        bool,
+        fn(&mut KernelView),
+        Vec<&'static str>,
+    );
+    let cases: Vec<Case> = vec![
+        ("same config, pinned guard: adopts everything", both.clone(), true, |_| {}, vec![]),
+        (
+            "pins lost: only the guard is redone",
+            both.clone(),
+            false,
+            |_| {},
+            vec![
+                "attach guard to if2",
+                "attach guard to if11",
+                "attach guard to if12",
+                "guard 192.168.0.100/24 -> if11 via 192.168.0.1 (parent if2, vlan 101) mtu 1500",
+                "guard 192.168.0.101/24 -> if12 via 192.168.0.1 (parent if2, vlan 102) mtu 1500",
+            ],
+        ),
+        (
+            "an uplink dropped from the config: removed, rules first",
+            config(&["vlan101"]),
+            true,
+            |_| {},
+            vec![
+                "delete ipv4 rule 1000: from 192.168.0.101/32 lookup 1002 proto 77",
+                "delete ipv4 rule 1001: from all oif vlan102 lookup 1002 proto 77",
+                "delete route default via 192.168.0.1 dev if12 table 1002 proto 77 metric 0",
+                "delete route 192.168.0.0/24 dev if12 table 1002 proto 77 scope link src 192.168.0.101 metric 0",
+                "unguard 192.168.0.101",
+                "detach guard from if12",
+            ],
+        ),
+        (
+            "leftovers of ours: a stale metric, an old table and its rule",
+            both.clone(),
+            true,
+            |v| {
+                v.routes.push(Route { metric: 7, ..route(1001, "0.0.0.0/0", Some("192.168.0.1"), 0) });
+                v.routes.push(Route { oif: Some(WAN1), ..route(1003, "192.168.0.0/24", None, 0) });
+                v.rules.push(rule("192.168.0.99", 1003));
+            },
+            vec![
+                "delete ipv4 rule 1000: from 192.168.0.99/32 lookup 1003 proto 77",
+                "delete route default via 192.168.0.1 dev if11 table 1001 proto 77 metric 7",
+                "delete route 192.168.0.0/24 dev if11 table 1003 proto 77 metric 0",
+            ],
+        ),
+    ];
+    for (what, config, keep_guard, edit, want) in cases {
+        let mut sim = restarted(&first, keep_guard);
+        edit(&mut sim.view);
+        let ops = sim.reconcile(&config);
+        assert_eq!(strings(&ops), want, "{what}");
+        assert_eq!(sim.reconcile(&config), vec![], "{what}: second reconcile");
+        assert!(!sim.view.routes.contains(&stale_metric), "{what}");
+        assert!(!sim.view.routes.contains(&leftover_route), "{what}");
+        assert!(!sim.view.rules.contains(&leftover_rule), "{what}");
+    }
+}
+
+#[test]
+fn foreign_objects_are_never_touched() {
+    // A host full of other people's routes and rules, some of them in the shape of ours.
+    let both = config(&["vlan101", "vlan102"]);
+    let mut view = seed();
+    let ours = plan(&both, &view);
+    for r in &ours.routes {
+        view.routes.push(Route {
+            protocol: RTPROT_STATIC,
+            table: r.table + 100,
+            ..*r
+        });
+    }
+    for r in &ours.rules {
+        view.rules.push(Rule {
+            protocol: RTPROT_STATIC,
+            ..r.clone()
+        });
+    }
+    let mut sim = Sim::new(view.clone(), PROTO);
+    let ops = sim.reconcile(&both);
+    assert_eq!(ops.len(), 13);
+    for op in &ops {
+        let protocol = match op {
+            Op::ReplaceRoute(r) | Op::DelRoute(r) => r.protocol,
+            Op::AddRule(r) | Op::DelRule(r) => r.protocol,
+            _ => PROTO,
+        };
+        assert_eq!(protocol, PROTO, "{op}");
+        assert!(!matches!(op, Op::DelRoute(_) | Op::DelRule(_)), "{op}");
+    }
+    for foreign in view.routes.iter().filter(|r| r.protocol != PROTO) {
+        assert!(sim.view.routes.contains(foreign), "{foreign}");
+    }
+    for foreign in &view.rules {
+        assert!(sim.view.rules.contains(foreign), "{foreign}");
+    }
+}
+
+#[test]
+fn the_simulated_kernel_refuses() {
+    let both = config(&["vlan101", "vlan102"]);
+    let mut sim = Sim::new(seed(), PROTO);
+    sim.reconcile(&both);
+    let table_rule = rule("192.168.0.100", 1001);
+    let down_route = Route {
+        oif: Some(99),
+        ..route(1001, "10.0.0.0/8", None, 0)
+    };
+    let foreign = Route {
+        protocol: RTPROT_STATIC,
+        ..route(1001, "0.0.0.0/0", None, 0)
+    };
+    let cases: Vec<(&str, Op, &str)> = vec![
+        (
+            "duplicate rule",
+            Op::AddRule(table_rule.clone()),
+            "File exists",
+        ),
+        (
+            "rule to an empty table",
+            Op::AddRule(rule("192.168.0.100", 1009)),
+            "empty table",
+        ),
+        (
+            "foreign rule",
+            Op::AddRule(Rule {
+                protocol: 3,
+                ..table_rule
+            }),
+            "not ours",
+        ),
+        (
+            "route through a missing device",
+            Op::ReplaceRoute(down_route),
+            "No such device",
+        ),
+        (
+            "deleting what is not there",
+            Op::DelRoute(route(1001, "10.0.0.0/8", None, 0)),
+            "No such process",
+        ),
+        (
+            "deleting a foreign route",
+            Op::DelRoute(foreign),
+            "not ours",
+        ),
+        (
+            "deleting the routes under a rule",
+            Op::DelRoute(route(1001, "0.0.0.0/0", Some("192.168.0.1"), 0)),
+            "",
+        ),
+        (
+            "detaching what is not attached",
+            Op::Detach(99),
+            "not attached",
+        ),
+    ];
+    for (what, op, want) in cases {
+        let mut trial = sim.clone();
+        match trial.apply(&op) {
+            Err(e) => assert!(e.contains(want), "{what}: {e}"),
+            Ok(()) => assert!(want.is_empty(), "{what}: accepted"),
+        }
+    }
+    // The table keeps its prefix route, so only deleting both empties it under the rules.
+    let mut trial = sim.clone();
+    trial
+        .apply(&Op::DelRoute(route(
+            1001,
+            "0.0.0.0/0",
+            Some("192.168.0.1"),
+            0,
+        )))
+        .unwrap();
+    let prefix = *trial.view.routes.iter().find(|r| r.table == 1001).unwrap();
+    let e = trial.apply(&Op::DelRoute(prefix)).unwrap_err();
+    assert!(e.contains("empty table"), "{e}");
+}
+
+/// A small deterministic generator (xorshift64*): random scenarios without a dependency, the
+/// same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        (!items.is_empty()).then(|| &items[self.below(items.len())])
+    }
+}
+
+/// One random thing the world does to the host: DHCP, an admin, a flapping link, udev.
+fn random_event(rng: &mut Rng, sim: &Sim, next_ifindex: &mut u32) -> Option<Event> {
+    const NAMES: [&str; 3] = ["vlan101", "vlan102", "vlan103"];
+    const ADDRESSES: [&str; 7] = [
+        "192.168.0.100/24",
+        "192.168.0.101/24",
+        "192.168.0.120/24",
+        "10.0.0.5/8",
+        "2001:db8:1::5/64",
+        "2001:db8:1::6/64",
+        "fe80::5/64",
+    ];
+    const GATEWAYS: [&str; 4] = ["192.168.0.1", "192.168.0.254", "10.0.0.1", "fe80::1"];
+    let name = NAMES[rng.below(NAMES.len())];
+    let link = sim.view.link_by_name(name).cloned();
+    let ours = |r: &&Route| r.protocol == PROTO;
+    Some(match (rng.below(10), link) {
+        (0, Some(link)) => Event::NewAddress(Address {
+            flags: AddressFlags {
+                tentative: rng.below(4) == 0,
+                ..AddressFlags::default()
+            },
+            ..address(link.ifindex, ADDRESSES[rng.below(ADDRESSES.len())])
+        }),
+        (1, Some(link)) => {
+            let on_link: Vec<Address> = sim
+                .view
+                .addresses
+                .iter()
+                .filter(|a| a.ifindex == link.ifindex)
+                .copied()
+                .collect();
+            Event::DelAddress(*rng.pick(&on_link)?)
+        }
+        (2, Some(link)) => Event::NewLink(Link {
+            up: !link.up,
+            ..link
+        }),
+        (3, Some(link)) => Event::DelLink(link.ifindex),
+        (4, None) => {
+            *next_ifindex += 1;
+            let vlan = 100 + *next_ifindex as u16;
+            Event::NewLink(fixtures::link(
+                *next_ifindex,
+                name,
+                LinkKind::Vlan(vlan),
+                Some(ETH0),
+            ))
+        }
+        (5, Some(link)) if link.up => Event::NewRoute(client_default(
+            link.ifindex,
+            GATEWAYS[rng.below(GATEWAYS.len())],
+            1024 + rng.below(2) as u32,
+        )),
+        (6, Some(link)) => {
+            let theirs: Vec<Route> = sim
+                .view
+                .routes
+                .iter()
+                .filter(|r| r.oif == Some(link.ifindex) && r.protocol != PROTO)
+                .copied()
+                .collect();
+            Event::DelRoute(*rng.pick(&theirs)?)
+        }
+        (7, _) => Event::DelRule(rng.pick(&sim.view.rules)?.clone()),
+        (8, _) => {
+            let routes: Vec<Route> = sim.view.routes.iter().filter(ours).copied().collect();
+            Event::DelRoute(*rng.pick(&routes)?)
+        }
+        (9, _) => Event::NewRule(Rule {
+            protocol: RTPROT_STATIC,
+            priority: 900 + rng.below(3) as u32,
+            ..rule("192.168.0.100", RT_TABLE_MAIN)
+        }),
+        _ => return None,
+    })
+}
+
+#[test]
+fn random_histories_converge() {
+    let config = config(&["vlan101", "vlan102", "vlan103"]);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut seen = std::collections::BTreeSet::new();
+    for run in 0..200 {
+        let mut sim = Sim::new(seed(), PROTO);
+        let mut next_ifindex = 20;
+        sim.reconcile(&config);
+        for step in 0..40 {
+            for _ in 0..1 + rng.below(4) {
+                if let Some(event) = random_event(&mut rng, &sim, &mut next_ifindex) {
+                    sim.event(event);
+                }
+            }
+            let ops = sim.reconcile(&config);
+            seen.extend(ops.iter().map(rank));
+            let context = format!("run {run}, step {step}: {:#?}", strings(&ops));
+            assert!(
+                ops.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])),
+                "{context}"
+            );
+            let desired = plan(&config, &sim.view);
+            assert_eq!(desired, sim.owned(), "{context}");
+            assert_eq!(sim.reconcile(&config), vec![], "{context}");
+        }
+    }
+    // Every kind of op happened (Detach: the parent once no uplink is left on it).
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4, 5, 6, 7]
+    );
 }

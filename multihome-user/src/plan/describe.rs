@@ -2,7 +2,7 @@
 //! to, and one info log line for every address whose binding changed, e.g.
 //! `vlan102: 192.168.0.100 -> table 1002 via 192.168.0.1`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::{uplinks, Path};
@@ -41,8 +41,7 @@ pub fn assignments(config: &Config, view: &KernelView) -> Assignments {
 
 /// One line per address whose assignment changed between two plans, in address order.
 pub fn describe(before: &Assignments, after: &Assignments) -> Vec<String> {
-    let addresses: std::collections::BTreeSet<&IpAddr> =
-        before.keys().chain(after.keys()).collect();
+    let addresses: BTreeSet<&IpAddr> = before.keys().chain(after.keys()).collect();
     addresses
         .into_iter()
         .filter_map(|addr| match (before.get(addr), after.get(addr)) {

@@ -513,7 +513,8 @@ fn foreign_routes_in_our_tables() {
         table: 1002,
         ..foreign_1001
     };
-    let cases: Vec<(&str, Vec<Route>, Vec<(u32, Route)>)> = vec![
+    type Case = (&'static str, Vec<Route>, Vec<(u32, Route)>);
+    let cases: Vec<Case> = vec![
         ("a fresh host", seed().routes, vec![]),
         (
             "our own routes",
