@@ -298,8 +298,8 @@ fn networkd_leaves_foreign_alone() -> bool {
     }
     let off = |key: &str| {
         text.lines()
-            .filter_map(|l| l.trim().strip_prefix(key)?.trim().strip_prefix('='))
-            .last()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix(key)?.trim().strip_prefix('='))
             .is_some_and(|v| matches!(v.trim(), "no" | "false" | "0" | "off"))
     };
     off("ManageForeignRoutingPolicyRules") && off("ManageForeignRoutes")

@@ -23,6 +23,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "socat",               // tier 3: the "internet" echo service that reports the caller's address
     "tcpdump",             // tier 3: watches which device a packet left by
     "dbus",                // tier 3: systemd-networkd and networkctl talk over D-Bus
+    "iputils-ping",        // tier 3: reachability checks between namespaces
     "curl",                // tier 3 / demo: `curl --interface`, as in the seed write-up
     "systemd",             // tier 3: systemd-networkd (part of systemd on bookworm), a DHCP client
     "kmod",                // tier 4: modprobe 8021q and module lookup in the VM's initramfs
