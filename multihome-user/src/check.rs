@@ -304,3 +304,112 @@ fn networkd_leaves_foreign_alone() -> bool {
     };
     off("ManageForeignRoutingPolicyRules") && off("ManageForeignRoutes")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::sim::fixtures::{config, seed};
+    use crate::view::Rule;
+
+    const ALL_CAPS: u64 = u64::MAX;
+
+    fn host<'a>(config: &'a Config, view: &'a KernelView) -> Host<'a> {
+        let good = Sysctls {
+            rp_filter: 2,
+            arp_ignore: 1,
+            arp_announce: 2,
+        };
+        Host {
+            config,
+            view,
+            kernel: (6, 18),
+            btf: true,
+            bpffs_mounted: true,
+            capabilities: ALL_CAPS,
+            sysctls: config
+                .uplinks
+                .iter()
+                .map(|u| (u.name.clone(), good.clone()))
+                .collect(),
+            networkd_manages_foreign: false,
+            network_manager_running: false,
+        }
+    }
+
+    fn problems(host: &Host) -> Vec<String> {
+        findings(host).into_iter().map(|f| f.problem).collect()
+    }
+
+    #[test]
+    fn a_well_set_host_has_no_findings() {
+        let (config, view) = (config(&["vlan101", "vlan102"]), seed());
+        assert_eq!(findings(&host(&config, &view)), []);
+    }
+
+    #[test]
+    fn each_problem_is_found_with_its_fix() {
+        let config = config(&["vlan101", "vlan102"]);
+        let mut view = seed();
+        view.links.get_mut(&12).unwrap().mtu = 1492;
+        view.rules.push(Rule {
+            family: crate::view::Family::V4,
+            priority: 1001,
+            protocol: 4,
+            src: None,
+            oif: None,
+            table: Some(254),
+            other_selectors: false,
+        });
+        let mut route = view.routes[0];
+        route.table = 1002;
+        view.routes.push(route);
+        let mut h = host(&config, &view);
+        h.kernel = (6, 1);
+        h.btf = false;
+        h.bpffs_mounted = false;
+        h.capabilities = 1 << 12; // CAP_NET_ADMIN only
+        h.sysctls.get_mut("vlan102").unwrap().rp_filter = 1;
+        h.sysctls.get_mut("vlan101").unwrap().arp_ignore = 0;
+        h.networkd_manages_foreign = true;
+        h.network_manager_running = true;
+        let found = findings(&h);
+        let text: Vec<String> = found
+            .iter()
+            .map(|f| format!("{}: {}", f.problem, f.fix))
+            .collect();
+        for expected in [
+            "no TCX",
+            "no kernel BTF",
+            "bpffs is not mounted",
+            "missing capability CAP_BPF",
+            "missing capability CAP_SYS_ADMIN",
+            "vlan102: rp_filter is 1",
+            "vlan101: shares a subnet",
+            "MTUs differ",
+            "systemd-networkd deletes foreign",
+            "NetworkManager runs",
+            "priority 1001",
+            "table 1002 holds a route of another owner",
+        ] {
+            assert!(
+                text.iter().any(|t| t.contains(expected)),
+                "{expected:?} not in {text:#?}"
+            );
+        }
+        assert!(found
+            .iter()
+            .all(|f| !f.fix.is_empty() && !f.problem.contains('\n')));
+        assert!(
+            !problems(&h).iter().any(|p| p.contains("vlan102: shares")),
+            "vlan102's ARP settings are right"
+        );
+    }
+
+    #[test]
+    fn old_kernels_lack_the_redirect_helper() {
+        let (config, view) = (config(&["vlan101"]), seed());
+        let mut h = host(&config, &view);
+        h.kernel = (5, 4);
+        assert!(problems(&h)[0].contains("bpf_redirect_neigh"));
+    }
+}

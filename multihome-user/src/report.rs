@@ -277,3 +277,106 @@ fn presence<T>(
     }
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::sim::fixtures::{config, seed, ETH0, WAN1, WAN2};
+    use crate::diff::sim::Sim;
+
+    /// The seed with everything multihome wants in place (applied on the simulated kernel).
+    fn converged() -> (Config, KernelView, State) {
+        let config = config(&["vlan101", "vlan102"]);
+        let mut sim = Sim::new(seed(), 77);
+        sim.reconcile(&config);
+        let owned = sim.owned();
+        (config, sim.view.clone(), owned)
+    }
+
+    /// The report with the guard attached by TCX on `attached`.
+    fn run(config: &Config, view: &KernelView, owned: &State, attached: &[u32]) -> Report {
+        let modes: BTreeMap<u32, String> =
+            attached.iter().map(|i| (*i, "tcx".to_owned())).collect();
+        let counters = BTreeMap::from([(
+            WAN2,
+            Counters {
+                passed: 5,
+                redirected: 2,
+                ..Counters::default()
+            },
+        )]);
+        report(&Inputs {
+            config,
+            view,
+            owned,
+            attach_modes: &modes,
+            counters: &counters,
+            guard_pinned: true,
+        })
+    }
+
+    const ALL: &[u32] = &[ETH0, WAN1, WAN2];
+
+    #[test]
+    fn a_converged_host_is_healthy() {
+        let (config, view, owned) = converged();
+        let r = run(&config, &view, &owned, ALL);
+        assert!(r.healthy, "{r:#?}");
+        let b = &r.uplinks[1];
+        assert_eq!(b.name, "vlan102");
+        assert_eq!(b.state, "up");
+        assert_eq!(b.table, 1002);
+        assert_eq!(b.addresses, ["192.168.0.101/24"]);
+        assert_eq!(b.gateways, ["192.168.0.1"]);
+        assert_eq!((b.rules.present, b.rules.wanted), (2, 2));
+        assert_eq!((b.routes.present, b.routes.wanted), (2, 2));
+        assert_eq!((b.entries.present, b.entries.wanted), (1, 1));
+        assert_eq!(
+            b.lower,
+            Some(Lower {
+                name: "eth0".into(),
+                ifindex: ETH0,
+                vlan: Some(102)
+            })
+        );
+        let devices: Vec<&str> = b.attachments.iter().map(|a| a.device.as_str()).collect();
+        assert_eq!(devices, ["vlan102", "eth0"]);
+        assert_eq!(b.counters.redirected, 2);
+        assert_eq!(b.health, "ok");
+    }
+
+    #[test]
+    fn missing_objects_and_absent_uplinks_are_unhealthy() {
+        let (config, view, mut owned) = converged();
+        owned.rules.retain(|r| r.table != Some(1002));
+        let r = run(&config, &view, &owned, &[ETH0, WAN1]);
+        assert!(!r.healthy);
+        let b = &r.uplinks[1];
+        assert_eq!(
+            b.rules.missing,
+            [
+                "from 192.168.0.101/32 lookup 1002",
+                "oif vlan102 lookup 1002"
+            ]
+        );
+        assert_eq!(
+            b.health,
+            "2 of 2 rules missing; guard not attached to vlan102"
+        );
+        assert!(r.uplinks[0].ok, "vlan101 is unaffected");
+
+        let absent = crate::diff::sim::fixtures::config(&["vlan101", "vlan103"]);
+        let r = run(&absent, &view, &owned, ALL);
+        assert_eq!(r.uplinks[1].state, "absent");
+        assert!(!r.uplinks[1].ok);
+    }
+
+    #[test]
+    fn json_names_its_schema_version() {
+        let (config, view, owned) = converged();
+        let json = serde_json::to_value(run(&config, &view, &owned, ALL)).unwrap();
+        assert_eq!(json["version"], SCHEMA_VERSION);
+        assert_eq!(json["uplinks"][1]["attachments"][1]["mode"], "tcx");
+        assert_eq!(json["uplinks"][1]["counters"]["passed"], 5);
+    }
+}

@@ -72,12 +72,22 @@ fn bad_input_exits_2_with_one_line_and_changes_nothing() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let one_line = stderr.trim_end().lines().count() == 1;
         if out.status.code() != Some(2) || !one_line || !stderr.contains(needle) {
-            failures.push(format!("{args:?}: status {:?}, stderr {stderr:?}", out.status.code()));
+            failures.push(format!(
+                "{args:?}: status {:?}, stderr {stderr:?}",
+                out.status.code()
+            ));
         }
         assert_eq!(owned(&host), "", "{args:?} installed something");
-        assert!(!std::path::Path::new(&pin_dir).exists(), "{args:?} pinned something");
+        assert!(
+            !std::path::Path::new(&pin_dir).exists(),
+            "{args:?} pinned something"
+        );
     }
-    assert!(failures.is_empty(), "wrong handling:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "wrong handling:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
