@@ -32,9 +32,19 @@ fn bpftool_prints_the_entries_by_field_name() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("\"uplink_ifindex\": 4242"), "{text}");
     assert!(text.contains("\"addr\""), "{text}");
+    // The program's size, for the record (`cargo test -- --nocapture`).
+    let prog = Command::new("bpftool")
+        .args(["prog", "show", "name", guard::PROGRAM_NAME])
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&prog.stdout));
     drop(guard);
 }
 
@@ -51,20 +61,32 @@ fn a_later_process_finds_maps_counters_and_attachments_and_removes_them() {
     // First run: an entry, a counted packet, two attachments of different kinds.
     let mut first = Guard::load(pins.path(), AttachMode::Tcx).unwrap();
     first.put_entry(addr, &egress(wan2, 1500)).unwrap();
-    let frame = frame([2, 0, 0, 0, 0, 1], &[], 0x0800, &ipv4("192.168.0.20".parse().unwrap(), 40));
-    let ret = ns.enter(|| first.test_run(&frame, &SkbCtx::on(wan2).bytes())).unwrap();
+    let frame = frame(
+        [2, 0, 0, 0, 0, 1],
+        &[],
+        0x0800,
+        &ipv4("192.168.0.20".parse().unwrap(), 40),
+    );
+    let ret = ns
+        .enter(|| first.test_run(&frame, &SkbCtx::on(wan2).bytes()))
+        .unwrap();
     assert_eq!(ret, TC_ACT_UNSPEC);
     ns.enter(|| first.attach(wan1)).unwrap();
     drop(first);
     let mut clsact = Guard::load(pins.path(), AttachMode::Clsact).unwrap();
     ns.enter(|| clsact.attach(wan2)).unwrap();
     drop(clsact);
-    let hooks = ns.run(&["tc", "filter", "show", "dev", "wan2", "egress"]).unwrap();
+    let hooks = ns
+        .run(&["tc", "filter", "show", "dev", "wan2", "egress"])
+        .unwrap();
     assert!(hooks.contains(guard::PROGRAM_NAME), "{hooks}");
 
     // Another process reads it all from the pins.
     let maps = PinnedMaps::open(pins.path()).unwrap();
-    assert_eq!(maps.entries().unwrap().get(&addr), Some(&egress(wan2, 1500)));
+    assert_eq!(
+        maps.entries().unwrap().get(&addr),
+        Some(&egress(wan2, 1500))
+    );
     assert_eq!(maps.counters().unwrap()[&wan2].passed, 1);
     assert_eq!(
         guard::attachments(pins.path()),
@@ -83,8 +105,13 @@ fn a_later_process_finds_maps_counters_and_attachments_and_removes_them() {
     })
     .unwrap();
     assert_eq!(second.attach_mode_of(wan2), Some(AttachKind::Tcx));
-    let hooks = ns.run(&["tc", "filter", "show", "dev", "wan2", "egress"]).unwrap();
-    assert!(!hooks.contains(guard::PROGRAM_NAME), "the old clsact filter stayed: {hooks}");
+    let hooks = ns
+        .run(&["tc", "filter", "show", "dev", "wan2", "egress"])
+        .unwrap();
+    assert!(
+        !hooks.contains(guard::PROGRAM_NAME),
+        "the old clsact filter stayed: {hooks}"
+    );
     assert_eq!(ns.enter(|| tcx_programs("wan1")), [guard::PROGRAM_NAME]);
     assert_eq!(ns.enter(|| tcx_programs("wan2")), [guard::PROGRAM_NAME]);
     drop(second);

@@ -105,27 +105,115 @@ fn crafted_frames_get_the_designed_verdicts_and_move_the_counters() {
     }
     use Moves::*;
     let cases: Vec<(&str, Vec<u8>, SkbCtx, i32, Moves)> = vec![
-        ("right device", v4(plain, &[], MAC_ETH0), SkbCtx::on(wan2), TC_ACT_UNSPEC, Passed),
-        ("wrong device", v4(plain, &[], MAC_ETH0), SkbCtx::on(wan1), TC_ACT_REDIRECT, Redirected),
-        ("parent, right tag", v4(vlan_child, &[102], MAC_ETH0), SkbCtx::on(eth0), TC_ACT_UNSPEC, Passed),
-        ("parent, wrong tag", v4(vlan_child, &[101], MAC_ETH0), SkbCtx::on(eth0), TC_ACT_REDIRECT, Redirected),
-        ("parent, no tag", v4(vlan_child, &[], MAC_ETH0), SkbCtx::on(eth0), TC_ACT_REDIRECT, Redirected),
-        ("VLAN child on itself", v4(vlan_child, &[], MAC_ETH0), SkbCtx::on(wan2), TC_ACT_UNSPEC, Passed),
-        ("MAC child's frame on the parent", v4(mac_child, &[], MAC_CHILD), SkbCtx::on(eth0), TC_ACT_UNSPEC, Passed),
-        ("parent's frame with a MAC child's source", v4(mac_child, &[], MAC_ETH0), SkbCtx::on(eth0), TC_ACT_REDIRECT, Redirected),
-        ("too big for the target", frame(MAC_ETH0, &[], ETH_P_IP, &ipv4(small, 200)), SkbCtx::on(wan1), TC_ACT_SHOT, TooBig),
         (
-            "GSO packet larger than the MTU",
-            frame(MAC_ETH0, &[], ETH_P_IP, &ipv4(small, 200)),
-            SkbCtx { gso_segs: 2, gso_size: 60, ..SkbCtx::on(wan1) },
+            "right device",
+            v4(plain, &[], MAC_ETH0),
+            SkbCtx::on(wan2),
+            TC_ACT_UNSPEC,
+            Passed,
+        ),
+        (
+            "wrong device",
+            v4(plain, &[], MAC_ETH0),
+            SkbCtx::on(wan1),
             TC_ACT_REDIRECT,
             Redirected,
         ),
-        ("too big but on its own device", frame(MAC_ETH0, &[], ETH_P_IP, &ipv4(small, 200)), SkbCtx::on(wan2), TC_ACT_UNSPEC, Passed),
-        ("IPv6, wrong device", frame(MAC_ETH0, &[], ETH_P_IPV6, &ipv6(v6, 80)), SkbCtx::on(wan1), TC_ACT_REDIRECT, Redirected),
-        ("IPv6, right device", frame(MAC_ETH0, &[], ETH_P_IPV6, &ipv6(v6, 80)), SkbCtx::on(wan2), TC_ACT_UNSPEC, Passed),
-        ("no entry", v4(foreign, &[], MAC_ETH0), SkbCtx::on(wan1), TC_ACT_UNSPEC, Nothing),
-        ("not IP", frame(MAC_ETH0, &[], 0x0806, &[0; 28]), SkbCtx::on(wan1), TC_ACT_UNSPEC, Nothing),
+        (
+            "parent, right tag",
+            v4(vlan_child, &[102], MAC_ETH0),
+            SkbCtx::on(eth0),
+            TC_ACT_UNSPEC,
+            Passed,
+        ),
+        (
+            "parent, wrong tag",
+            v4(vlan_child, &[101], MAC_ETH0),
+            SkbCtx::on(eth0),
+            TC_ACT_REDIRECT,
+            Redirected,
+        ),
+        (
+            "parent, no tag",
+            v4(vlan_child, &[], MAC_ETH0),
+            SkbCtx::on(eth0),
+            TC_ACT_REDIRECT,
+            Redirected,
+        ),
+        (
+            "VLAN child on itself",
+            v4(vlan_child, &[], MAC_ETH0),
+            SkbCtx::on(wan2),
+            TC_ACT_UNSPEC,
+            Passed,
+        ),
+        (
+            "MAC child's frame on the parent",
+            v4(mac_child, &[], MAC_CHILD),
+            SkbCtx::on(eth0),
+            TC_ACT_UNSPEC,
+            Passed,
+        ),
+        (
+            "parent's frame with a MAC child's source",
+            v4(mac_child, &[], MAC_ETH0),
+            SkbCtx::on(eth0),
+            TC_ACT_REDIRECT,
+            Redirected,
+        ),
+        (
+            "too big for the target",
+            frame(MAC_ETH0, &[], ETH_P_IP, &ipv4(small, 200)),
+            SkbCtx::on(wan1),
+            TC_ACT_SHOT,
+            TooBig,
+        ),
+        (
+            "GSO packet larger than the MTU",
+            frame(MAC_ETH0, &[], ETH_P_IP, &ipv4(small, 200)),
+            SkbCtx {
+                gso_segs: 2,
+                gso_size: 60,
+                ..SkbCtx::on(wan1)
+            },
+            TC_ACT_REDIRECT,
+            Redirected,
+        ),
+        (
+            "too big but on its own device",
+            frame(MAC_ETH0, &[], ETH_P_IP, &ipv4(small, 200)),
+            SkbCtx::on(wan2),
+            TC_ACT_UNSPEC,
+            Passed,
+        ),
+        (
+            "IPv6, wrong device",
+            frame(MAC_ETH0, &[], ETH_P_IPV6, &ipv6(v6, 80)),
+            SkbCtx::on(wan1),
+            TC_ACT_REDIRECT,
+            Redirected,
+        ),
+        (
+            "IPv6, right device",
+            frame(MAC_ETH0, &[], ETH_P_IPV6, &ipv6(v6, 80)),
+            SkbCtx::on(wan2),
+            TC_ACT_UNSPEC,
+            Passed,
+        ),
+        (
+            "no entry",
+            v4(foreign, &[], MAC_ETH0),
+            SkbCtx::on(wan1),
+            TC_ACT_UNSPEC,
+            Nothing,
+        ),
+        (
+            "not IP",
+            frame(MAC_ETH0, &[], 0x0806, &[0; 28]),
+            SkbCtx::on(wan1),
+            TC_ACT_UNSPEC,
+            Nothing,
+        ),
     ];
     for (name, frame, ctx, want, moves) in cases {
         let before = counters(&guard, wan2);
@@ -145,7 +233,10 @@ fn crafted_frames_get_the_designed_verdicts_and_move_the_counters() {
         assert_eq!(after, expected, "{name}: counters");
     }
     assert_eq!(counters(&guard, wan2).redirect_failed, 0);
-    assert!(!guard.counters().unwrap().contains_key(&wan1), "counted on the wrong uplink");
+    assert!(
+        !guard.counters().unwrap().contains_key(&wan1),
+        "counted on the wrong uplink"
+    );
 }
 
 /// xorshift64*: reproducible noise without a dependency.
@@ -210,12 +301,26 @@ fn random_and_truncated_frames_agree_with_the_host_model() {
         "2001:db8:2::2".parse().unwrap(),
         "192.168.0.99".parse().unwrap(),
     ];
-    let others: Vec<IpAddr> = vec!["192.168.0.51".parse().unwrap(), "2001:db8:2::3".parse().unwrap()];
-    guard.put_entry(sources[0], &egress(bed.wan2, 1500)).unwrap();
+    let others: Vec<IpAddr> = vec![
+        "192.168.0.51".parse().unwrap(),
+        "2001:db8:2::3".parse().unwrap(),
+    ];
     guard
-        .put_entry(sources[1], &Egress { lower_ifindex: bed.eth0, vlan_id: 102, ..egress(bed.wan2, 1500) })
+        .put_entry(sources[0], &egress(bed.wan2, 1500))
         .unwrap();
-    guard.put_entry(sources[2], &egress(bed.wan1, 1500)).unwrap();
+    guard
+        .put_entry(
+            sources[1],
+            &Egress {
+                lower_ifindex: bed.eth0,
+                vlan_id: 102,
+                ..egress(bed.wan2, 1500)
+            },
+        )
+        .unwrap();
+    guard
+        .put_entry(sources[2], &egress(bed.wan1, 1500))
+        .unwrap();
     guard.put_entry(sources[3], &egress(bed.wan1, 120)).unwrap();
     let entries = guard.entries().unwrap();
     let devices = [1, bed.eth0, bed.wan1, bed.wan2];
@@ -228,7 +333,9 @@ fn random_and_truncated_frames_agree_with_the_host_model() {
         .map(|_| {
             let all = [&sources[..], &others[..]].concat();
             let src = all[rng.below(all.len())];
-            let tags: Vec<u16> = (0..rng.below(3)).map(|_| [101, 102, 7][rng.below(3)]).collect();
+            let tags: Vec<u16> = (0..rng.below(3))
+                .map(|_| [101, 102, 7][rng.below(3)])
+                .collect();
             let len = 20 + rng.below(200);
             let mut f = match src {
                 IpAddr::V4(a) => frame(MAC_ETH0, &tags, ETH_P_IP, &ipv4(a, len)),
@@ -275,9 +382,22 @@ fn random_and_truncated_frames_agree_with_the_host_model() {
     });
     eprintln!("{FRAMES} frames: {redirects_seen} redirected, {refused} refused by test_run");
     assert!(refused < FRAMES / 10, "test_run refused {refused} frames");
-    assert!(redirects_seen > 1000, "the noise must exercise redirects too: {redirects_seen}");
-    let total: u64 = guard.counters().unwrap().values().map(|c| c.redirected).sum();
+    assert!(
+        redirects_seen > 1000,
+        "the noise must exercise redirects too: {redirects_seen}"
+    );
+    let total: u64 = guard
+        .counters()
+        .unwrap()
+        .values()
+        .map(|c| c.redirected)
+        .sum();
     assert_eq!(total, expected_redirects, "redirect counters");
-    let failed: u64 = guard.counters().unwrap().values().map(|c| c.redirect_failed).sum();
+    let failed: u64 = guard
+        .counters()
+        .unwrap()
+        .values()
+        .map(|c| c.redirect_failed)
+        .sum();
     assert_eq!(failed, 0);
 }

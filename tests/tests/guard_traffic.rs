@@ -89,7 +89,9 @@ fn received(socket: &UdpSocket, wait: Duration) -> Vec<String> {
 /// Sends one datagram from `src` in the host namespace, with B's gateway neighbour flushed
 /// first so that the very first packet is the one that must find its way.
 fn send_from(bed: &Bed, src: &str, text: &str) {
-    bed.host.run(&["ip", "neigh", "flush", "dev", "upb"]).unwrap();
+    bed.host
+        .run(&["ip", "neigh", "flush", "dev", "upb"])
+        .unwrap();
     bed.host
         .enter(|| {
             let socket = UdpSocket::bind((src, 0))?;
@@ -134,8 +136,14 @@ fn scenario(mode: AttachMode, want_kind: AttachKind, tag: &str) {
     assert!(received(&rx_b, Duration::from_millis(300)).is_empty());
 
     // TCP from B's address completes its handshake with B's peer.
-    let listen_a = bed.peer_a.enter(|| TcpListener::bind((INTERNET, 8080))).unwrap();
-    let listen_b = bed.peer_b.enter(|| TcpListener::bind((INTERNET, 8080))).unwrap();
+    let listen_a = bed
+        .peer_a
+        .enter(|| TcpListener::bind((INTERNET, 8080)))
+        .unwrap();
+    let listen_b = bed
+        .peer_b
+        .enter(|| TcpListener::bind((INTERNET, 8080)))
+        .unwrap();
     listen_a.set_nonblocking(true).unwrap();
     listen_b.set_nonblocking(true).unwrap();
     bed.host
@@ -160,7 +168,9 @@ fn scenario(mode: AttachMode, want_kind: AttachKind, tag: &str) {
         }
     };
     stream.set_nonblocking(false).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
     assert_eq!(text.trim(), "hello-b");

@@ -105,7 +105,8 @@ impl PinnedMaps {
             IpAddr::V4(a) => self.v4.remove(&a.octets()),
             IpAddr::V6(a) => self.v6.remove(&a.octets()),
         };
-        ignore_missing(result).with_context(|| format!("cannot remove the guard's entry for {addr}"))
+        ignore_missing(result)
+            .with_context(|| format!("cannot remove the guard's entry for {addr}"))
     }
 
     /// Every entry, IPv4 and IPv6.

@@ -100,7 +100,10 @@ fn is_bpffs(path: &Path) -> bool {
     // SAFETY: statfs writes into the zeroed struct we own.
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::statfs(c_path.as_ptr(), &mut fs) } == 0;
-    #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between libcs")]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's width differs between libcs"
+    )]
     let magic = fs.f_type as i64;
     ok && magic == BPF_FS_MAGIC
 }
