@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::proc::OperatorError;
+use crate::proc::{OperatorError, Reported};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "multihome's development tasks")]
@@ -49,6 +49,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<Reported>().is_some() => ExitCode::FAILURE,
         Err(err) => {
             eprintln!("xtask: {err:#}");
             if err.downcast_ref::<OperatorError>().is_some() {
