@@ -17,7 +17,11 @@ use clap::Parser;
 use crate::proc::{OperatorError, Reported};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "multihome's development tasks")]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "multihome's development tasks"
+)]
 enum Task {
     /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker).
     Setup,
