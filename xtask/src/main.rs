@@ -14,10 +14,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::proc::OperatorError;
+use crate::proc::{OperatorError, Reported};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "multihome's development tasks")]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "multihome's development tasks"
+)]
 enum Task {
     /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker).
     Setup,
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<Reported>().is_some() => ExitCode::FAILURE,
         Err(err) => {
             eprintln!("xtask: {err:#}");
             if err.downcast_ref::<OperatorError>().is_some() {

@@ -20,6 +20,19 @@ impl fmt::Display for OperatorError {
 
 impl std::error::Error for OperatorError {}
 
+/// A failure already explained on standard output, so the output can close with a summary line:
+/// `main` exits with status 1 without printing it again.
+#[derive(Debug)]
+pub struct Reported;
+
+impl fmt::Display for Reported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("failure reported above")
+    }
+}
+
+impl std::error::Error for Reported {}
+
 /// The workspace root: xtask lives one level below it, wherever it is run from.
 pub fn workspace_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))

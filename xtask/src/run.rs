@@ -15,7 +15,11 @@ pub fn run(release: bool, args: &[OsString]) -> Result<()> {
     let binary = target_dir()?
         .join(if release { "release" } else { "debug" })
         .join("multihome");
-    let err = Command::new(&binary).args(args).exec();
+    let mut cmd = Command::new(&binary);
+    cmd.args(args);
+    let shown: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+    eprintln!("run: exec {} {}", binary.display(), shown.join(" "));
+    let err = cmd.exec();
     Err(err).with_context(|| format!("cannot run {}", binary.display()))
 }
 

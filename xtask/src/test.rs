@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::proc::{self, OperatorError};
+use crate::proc::{self, OperatorError, Reported};
 use crate::setup;
 use crate::summary::Tally;
 
@@ -63,7 +63,7 @@ pub fn run() -> Result<()> {
         if let Err(err) = outcome {
             println!("test: step `{}` failed: {err:#}", step.name);
             println!("{total}");
-            bail!("test: step `{}` failed", step.name);
+            return Err(Reported.into());
         }
     }
     println!(

@@ -49,6 +49,15 @@ pub enum AttachKind {
     Clsact,
 }
 
+impl std::fmt::Display for AttachKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachKind::Tcx => "tcx",
+            AttachKind::Clsact => "clsact",
+        })
+    }
+}
+
 /// The loaded guard. It is also its maps: `put_entry`, `entries`, `counters`, ... (see
 /// [`PinnedMaps`]) work on it directly.
 pub struct Guard {
@@ -118,16 +127,15 @@ impl Guard {
     }
 
     /// Hooks the egress of `ifindex` (in the calling thread's network namespace), replacing an
-    /// attachment of an earlier run. Returns how it is hooked.
-    pub fn attach(&mut self, ifindex: u32) -> Result<AttachKind> {
-        if self.mine.contains(&ifindex) {
-            if let Some(kind) = self.attach_mode_of(ifindex) {
-                return Ok(kind);
-            }
+    /// attachment of an earlier run; [`Self::attach_mode_of`] tells how it is hooked.
+    pub fn attach(&mut self, ifindex: u32) -> Result<()> {
+        if self.mine.contains(&ifindex) && self.attach_mode_of(ifindex).is_some() {
+            return Ok(());
         }
         let kind = attach::attach(program(&mut self.ebpf)?, &self.pin_dir, ifindex, self.mode)?;
+        log::debug!("guard attached to ifindex {ifindex} ({kind})");
         self.mine.insert(ifindex);
-        Ok(kind)
+        Ok(())
     }
 
     /// Unhooks `ifindex`, whoever hooked it; a device that is not hooked, or gone, is fine.
@@ -137,13 +145,20 @@ impl Guard {
     }
 
     /// Every hooked device, including those adopted from an earlier run.
-    pub fn attached(&self) -> Result<BTreeSet<u32>> {
-        Ok(attachments(&self.pin_dir)?.into_keys().collect())
+    pub fn attached(&self) -> BTreeSet<u32> {
+        attachments(&self.pin_dir).into_keys().collect()
     }
 
     /// How `ifindex` is hooked, if it is.
     pub fn attach_mode_of(&self, ifindex: u32) -> Option<AttachKind> {
-        attachments(&self.pin_dir).ok()?.get(&ifindex).copied()
+        attachments(&self.pin_dir).get(&ifindex).copied()
+    }
+
+    /// Unloads the guard and removes everything it left: see [`remove_all`].
+    pub fn remove_all(self) -> Result<Vec<String>> {
+        let pin_dir = self.pin_dir.clone();
+        drop(self);
+        remove_all(&pin_dir)
     }
 
     /// Runs the program once on `frame` under BPF_PROG_TEST_RUN, with `ctx` as the `__sk_buff`
@@ -181,18 +196,20 @@ impl DerefMut for Guard {
 }
 
 /// Detaches every attachment recorded under `pin_dir` (in the calling thread's network
-/// namespace) and removes all pins and the directory: what `multihome cleanup` does.
-pub fn remove_all(pin_dir: &Path) -> Result<()> {
-    for ifindex in attachments(pin_dir)?.into_keys() {
+/// namespace) and removes all pins and the directory: what `multihome cleanup` does. Returns
+/// what it removed, one line each; nothing when nothing was there.
+pub fn remove_all(pin_dir: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for (ifindex, kind) in attachments(pin_dir) {
         attach::detach(pin_dir, ifindex)?;
+        removed.push(format!("guard attachment ({kind}) on ifindex {ifindex}"));
     }
     for shape in &maps::SHAPES {
         let path = pin_dir.join(shape.name);
         match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("cannot remove {}", path.display()))
-            }
-            _ => {}
+            Ok(()) => removed.push(format!("pinned map {}", path.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
         }
     }
     match std::fs::remove_dir(pin_dir) {
@@ -202,7 +219,7 @@ pub fn remove_all(pin_dir: &Path) -> Result<()> {
                 pin_dir.display()
             )
         }),
-        _ => Ok(()),
+        _ => Ok(removed),
     }
 }
 

@@ -37,24 +37,24 @@ pub(super) fn attachment_pin(pin_dir: &Path, kind: AttachKind, ifindex: u32) -> 
     pin_dir.join(format!("{prefix}{ifindex}"))
 }
 
-/// Every attachment recorded under `pin_dir`; none when the directory does not exist.
-pub fn attachments(pin_dir: &Path) -> Result<BTreeMap<u32, AttachKind>> {
+/// Every attachment recorded under `pin_dir`; none when the directory does not exist or cannot
+/// be read (logged: status and reconciliation carry on with what they know).
+pub fn attachments(pin_dir: &Path) -> BTreeMap<u32, AttachKind> {
+    let mut found = BTreeMap::new();
     let dir = match std::fs::read_dir(pin_dir) {
         Ok(dir) => dir,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return found,
         Err(e) => {
-            return Err(e).with_context(|| {
-                format!(
-                    "cannot list {}; {}",
-                    pin_dir.display(),
-                    privilege_hint("check the pin directory")
-                )
-            })
+            log::warn!(
+                "cannot list {}: {e}; {}",
+                pin_dir.display(),
+                privilege_hint("check the pin directory")
+            );
+            return found;
         }
     };
-    let mut found = BTreeMap::new();
-    for entry in dir {
-        let name = entry?.file_name();
+    for entry in dir.flatten() {
+        let name = entry.file_name();
         let name = name.to_string_lossy();
         let parsed = if let Some(n) = name.strip_prefix("link_") {
             n.parse().ok().map(|n| (n, AttachKind::Tcx))
@@ -67,7 +67,7 @@ pub fn attachments(pin_dir: &Path) -> Result<BTreeMap<u32, AttachKind>> {
             found.insert(ifindex, kind);
         }
     }
-    Ok(found)
+    found
 }
 
 /// Makes sure `pin_dir` exists on a bpf filesystem, mounting bpffs at /sys/fs/bpf when the

@@ -1,0 +1,126 @@
+//! The guard's pins: BTF maps bpftool prints by field name, and everything a later process
+//! (restarted daemon, `status`, `cleanup`) needs: map contents, counters, attachments.
+
+mod guard_support;
+
+use std::{net::IpAddr, process::Command};
+
+use aya::programs::{tc::TcAttachType, SchedClassifier};
+use guard_support::*;
+use multihome::guard::{self, AttachKind, AttachMode, Guard, PinnedMaps};
+use multihome_tests::netns::{require_root, veth, Netns};
+
+/// The names of the programs on the TCX egress hook of `ifname` (this bpftool predates TCX).
+fn tcx_programs(ifname: &str) -> Vec<String> {
+    let (_, programs) = SchedClassifier::query_tcx(ifname, TcAttachType::Egress).unwrap();
+    programs
+        .iter()
+        .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+#[test]
+fn bpftool_prints_the_entries_by_field_name() {
+    require_root();
+    let pins = PinDir::new("bt");
+    let mut guard = Guard::load(pins.path(), AttachMode::Auto).unwrap();
+    let addr: IpAddr = "192.168.0.20".parse().unwrap();
+    guard.put_entry(addr, &egress(4242, 1500)).unwrap();
+    let out = Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(pins.path().join("SRC_V4"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("\"uplink_ifindex\": 4242"), "{text}");
+    assert!(text.contains("\"addr\""), "{text}");
+    // The program's size, for the record (`cargo test -- --nocapture`).
+    let prog = Command::new("bpftool")
+        .args(["prog", "show", "name", guard::PROGRAM_NAME])
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&prog.stdout));
+    drop(guard);
+}
+
+#[test]
+fn a_later_process_finds_maps_counters_and_attachments_and_removes_them() {
+    require_root();
+    let ns = Netns::new("gp").unwrap();
+    veth(&ns, "wan1", &ns, "wan1p").unwrap();
+    veth(&ns, "wan2", &ns, "wan2p").unwrap();
+    let (wan1, wan2) = (ns.ifindex("wan1").unwrap(), ns.ifindex("wan2").unwrap());
+    let pins = PinDir::new("pp");
+    let addr: IpAddr = "192.168.0.20".parse().unwrap();
+
+    // First run: an entry, a counted packet, two attachments of different kinds.
+    let mut first = Guard::load(pins.path(), AttachMode::Tcx).unwrap();
+    first.put_entry(addr, &egress(wan2, 1500)).unwrap();
+    let frame = frame(
+        [2, 0, 0, 0, 0, 1],
+        &[],
+        0x0800,
+        &ipv4("192.168.0.20".parse().unwrap(), 40),
+    );
+    let ret = ns
+        .enter(|| first.test_run(&frame, &SkbCtx::on(wan2).bytes()))
+        .unwrap();
+    assert_eq!(ret, TC_ACT_UNSPEC);
+    ns.enter(|| first.attach(wan1)).unwrap();
+    drop(first);
+    let mut clsact = Guard::load(pins.path(), AttachMode::Clsact).unwrap();
+    ns.enter(|| clsact.attach(wan2)).unwrap();
+    drop(clsact);
+    let hooks = ns
+        .run(&["tc", "filter", "show", "dev", "wan2", "egress"])
+        .unwrap();
+    assert!(hooks.contains(guard::PROGRAM_NAME), "{hooks}");
+
+    // Another process reads it all from the pins.
+    let maps = PinnedMaps::open(pins.path()).unwrap();
+    assert_eq!(
+        maps.entries().unwrap().get(&addr),
+        Some(&egress(wan2, 1500))
+    );
+    assert_eq!(maps.counters().unwrap()[&wan2].passed, 1);
+    assert_eq!(
+        guard::attachments(pins.path()),
+        [(wan1, AttachKind::Tcx), (wan2, AttachKind::Clsact)].into()
+    );
+
+    // A restarted daemon keeps the map and counters, adopts and replaces the attachments.
+    let mut second = Guard::load(pins.path(), AttachMode::Tcx).unwrap();
+    assert_eq!(second.entries().unwrap().len(), 1);
+    assert_eq!(second.counters().unwrap()[&wan2].passed, 1);
+    assert_eq!(second.attached(), [wan1, wan2].into());
+    ns.enter(|| -> anyhow::Result<()> {
+        second.attach(wan1)?;
+        second.attach(wan2)?;
+        second.attach(wan2)
+    })
+    .unwrap();
+    assert_eq!(second.attach_mode_of(wan2), Some(AttachKind::Tcx));
+    let hooks = ns
+        .run(&["tc", "filter", "show", "dev", "wan2", "egress"])
+        .unwrap();
+    assert!(
+        !hooks.contains(guard::PROGRAM_NAME),
+        "the old clsact filter stayed: {hooks}"
+    );
+    assert_eq!(ns.enter(|| tcx_programs("wan1")), [guard::PROGRAM_NAME]);
+    assert_eq!(ns.enter(|| tcx_programs("wan2")), [guard::PROGRAM_NAME]);
+    drop(second);
+
+    // Cleanup from yet another process removes attachments and pins.
+    let removed = ns.enter(|| guard::remove_all(pins.path())).unwrap();
+    assert_eq!(removed.len(), 5, "{removed:?}");
+    assert!(!pins.path().exists());
+    assert!(ns.enter(|| tcx_programs("wan1")).is_empty());
+    assert!(ns.enter(|| tcx_programs("wan2")).is_empty());
+    assert!(guard::remove_all(pins.path()).unwrap().is_empty());
+}

@@ -1,0 +1,205 @@
+//! The guard on real traffic: a host namespace with two uplinks to two peers that both use
+//! 192.168.0.0/24 with gateway 192.168.0.1, and DHCP-style default routes (metrics 10 and 20)
+//! in `main`, no policy rules. Traffic from uplink B's address, which the kernel routes out of
+//! uplink A, must reach B's peer, from the very first packet; without the guard it reaches A.
+
+mod guard_support;
+
+use std::{
+    io::{ErrorKind, Read},
+    net::{IpAddr, TcpListener, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use guard_support::*;
+use multihome::guard::{AttachKind, AttachMode, Guard};
+use multihome_tests::netns::{require_root, veth, Netns};
+
+const INTERNET: &str = "203.0.113.10";
+const ADDR_A: &str = "192.168.0.10";
+const ADDR_B: &str = "192.168.0.20";
+
+struct Bed {
+    host: Netns,
+    peer_a: Netns,
+    peer_b: Netns,
+    up_a: u32,
+    up_b: u32,
+}
+
+fn bed() -> Bed {
+    require_root();
+    let host = Netns::new("gh").unwrap();
+    let peer_a = Netns::new("ga").unwrap();
+    let peer_b = Netns::new("gb").unwrap();
+    veth(&host, "upa", &peer_a, "p0").unwrap();
+    veth(&host, "upb", &peer_b, "p0").unwrap();
+    for peer in [&peer_a, &peer_b] {
+        // Both peers are "the router" 192.168.0.1 and both answer for the internet address.
+        peer.sh(&format!(
+            "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
+             net.ipv4.conf.p0.rp_filter=0 && ip addr add 192.168.0.1/24 dev p0 && \
+             ip addr add {INTERNET}/32 dev lo"
+        ))
+        .unwrap();
+    }
+    // Loose reverse-path checks: replies from the internet come back on uplink B, whose
+    // default route is not the best one (the operator hint `check` gives).
+    host.sh(&format!(
+        "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
+         net.ipv4.conf.upa.rp_filter=0 net.ipv4.conf.upb.rp_filter=0 && \
+         ip addr add {ADDR_A}/24 dev upa && ip addr add {ADDR_B}/24 dev upb && \
+         ip route add default via 192.168.0.1 dev upa metric 10 && \
+         ip route add default via 192.168.0.1 dev upb metric 20"
+    ))
+    .unwrap();
+    Bed {
+        up_a: host.ifindex("upa").unwrap(),
+        up_b: host.ifindex("upb").unwrap(),
+        host,
+        peer_a,
+        peer_b,
+    }
+}
+
+/// A UDP receiver on the internet address inside `ns`.
+fn udp_receiver(ns: &Netns) -> UdpSocket {
+    let socket = ns.enter(|| UdpSocket::bind((INTERNET, 9999))).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    socket
+}
+
+/// Datagrams that arrived within `wait`.
+fn received(socket: &UdpSocket, wait: Duration) -> Vec<String> {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while Instant::now() < deadline {
+        match socket.recv(&mut buf) {
+            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+    got
+}
+
+/// Sends one datagram from `src` in the host namespace, with B's gateway neighbour flushed
+/// first so that the very first packet is the one that must find its way.
+fn send_from(bed: &Bed, src: &str, text: &str) {
+    bed.host
+        .run(&["ip", "neigh", "flush", "dev", "upb"])
+        .unwrap();
+    bed.host
+        .enter(|| {
+            let socket = UdpSocket::bind((src, 0))?;
+            socket.send_to(text.as_bytes(), (INTERNET, 9999))
+        })
+        .unwrap();
+}
+
+fn scenario(mode: AttachMode, want_kind: AttachKind, tag: &str) {
+    let bed = bed();
+    let pins = PinDir::new(tag);
+    let mut guard = Guard::load(pins.path(), mode).unwrap();
+    let (rx_a, rx_b) = (udp_receiver(&bed.peer_a), udp_receiver(&bed.peer_b));
+
+    // The kernel alone: B's source leaves through A (the black hole the guard exists for).
+    send_from(&bed, ADDR_B, "unguarded");
+    assert_eq!(received(&rx_a, Duration::from_secs(2)), ["unguarded"]);
+    assert!(received(&rx_b, Duration::from_millis(300)).is_empty());
+
+    guard
+        .put_entry(ADDR_A.parse::<IpAddr>().unwrap(), &egress(bed.up_a, 1500))
+        .unwrap();
+    guard
+        .put_entry(ADDR_B.parse::<IpAddr>().unwrap(), &egress(bed.up_b, 1500))
+        .unwrap();
+    bed.host
+        .enter(|| -> anyhow::Result<()> {
+            guard.attach(bed.up_a)?;
+            guard.attach(bed.up_b)
+        })
+        .unwrap();
+    assert_eq!(guard.attach_mode_of(bed.up_a), Some(want_kind));
+    assert_eq!(guard.attached(), [bed.up_a, bed.up_b].into());
+
+    // Guarded: the first packet, towards an unresolved gateway, arrives at B and only there.
+    send_from(&bed, ADDR_B, "first");
+    assert_eq!(received(&rx_b, Duration::from_secs(3)), ["first"]);
+    assert!(received(&rx_a, Duration::from_millis(300)).is_empty());
+    // A's own traffic is untouched.
+    send_from(&bed, ADDR_A, "from A");
+    assert_eq!(received(&rx_a, Duration::from_secs(2)), ["from A"]);
+    assert!(received(&rx_b, Duration::from_millis(300)).is_empty());
+
+    // TCP from B's address completes its handshake with B's peer.
+    let listen_a = bed
+        .peer_a
+        .enter(|| TcpListener::bind((INTERNET, 8080)))
+        .unwrap();
+    let listen_b = bed
+        .peer_b
+        .enter(|| TcpListener::bind((INTERNET, 8080)))
+        .unwrap();
+    listen_a.set_nonblocking(true).unwrap();
+    listen_b.set_nonblocking(true).unwrap();
+    bed.host
+        .run(&[
+            "socat",
+            "-u",
+            "EXEC:echo hello-b",
+            &format!("TCP4:{INTERNET}:8080,bind={ADDR_B},connect-timeout=5"),
+        ])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut stream = loop {
+        match listen_b.accept() {
+            Ok((stream, peer)) => {
+                assert_eq!(peer.ip().to_string(), ADDR_B);
+                break stream;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("no connection at B: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    assert_eq!(text.trim(), "hello-b");
+    assert!(listen_a.accept().is_err(), "a connection reached A");
+
+    let counters = guard.counters().unwrap();
+    let b = counters.get(&bed.up_b).copied().unwrap_or_default();
+    assert!(b.redirected >= 3, "B's redirects: {b:?}");
+    assert_eq!(b.redirect_failed, 0);
+
+    // Detached again, the same packet goes back to A: the guard did it.
+    bed.host
+        .enter(|| -> anyhow::Result<()> {
+            guard.detach(bed.up_a)?;
+            guard.detach(bed.up_b)
+        })
+        .unwrap();
+    assert!(guard.attached().is_empty());
+    send_from(&bed, ADDR_B, "detached");
+    assert_eq!(received(&rx_a, Duration::from_secs(2)), ["detached"]);
+    assert!(received(&rx_b, Duration::from_millis(300)).is_empty());
+}
+
+#[test]
+fn tcx_guard_sends_b_traffic_out_of_b() {
+    scenario(AttachMode::Tcx, AttachKind::Tcx, "tt");
+}
+
+#[test]
+fn clsact_guard_sends_b_traffic_out_of_b() {
+    scenario(AttachMode::Clsact, AttachKind::Clsact, "tc");
+}
