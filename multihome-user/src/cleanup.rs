@@ -39,7 +39,7 @@ pub fn main(args: Owned) -> Result<ExitCode, Fatal> {
 
 /// Detaches the guard everywhere and removes its pins, naming each.
 fn remove_guard(pin_dir: &Path) -> Result<Vec<String>, Fatal> {
-    let attachments = guard::attachments(pin_dir).map_err(Fatal::from)?;
+    let attachments = guard::attachments(pin_dir);
     let pinned = pin_dir.exists();
     guard::remove_all(pin_dir).map_err(Fatal::from)?;
     let mut removed: Vec<String> = attachments

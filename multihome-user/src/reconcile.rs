@@ -47,10 +47,7 @@ impl Reconciler {
                 Ok(entries) => owned.entries = entries,
                 Err(err) => log::warn!("reading the guard's map: {err:#}"),
             }
-            match guard.attached() {
-                Ok(guarded) => owned.guarded = guarded,
-                Err(err) => log::warn!("listing the guard's attachments: {err:#}"),
-            }
+            owned.guarded = guard.attached();
         }
         owned
     }
@@ -99,11 +96,7 @@ impl Reconciler {
             (Op::ReplaceRoute(_) | Op::DelRoute(_) | Op::AddRule(_) | Op::DelRule(_), _) => {
                 Ok(self.netlink.apply(op).await?)
             }
-            (Op::Attach(ifindex), Some(guard)) => {
-                let kind = guard.attach(*ifindex)?;
-                log::debug!("guard attached to ifindex {ifindex} ({kind})");
-                Ok(())
-            }
+            (Op::Attach(ifindex), Some(guard)) => guard.attach(*ifindex),
             (Op::Detach(ifindex), Some(guard)) => guard.detach(*ifindex),
             (Op::PutEntry(addr, egress), Some(guard)) => guard.put_entry(*addr, egress),
             (Op::DelEntry(addr), Some(guard)) => guard.remove_entry(*addr),

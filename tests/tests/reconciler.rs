@@ -334,7 +334,7 @@ fn reacquires_an_uplink_deleted_and_created_again() {
         "the guard on the new wan2",
         CONVERGE,
         || {
-            let now = multihome::guard::attachments(daemon.pin_dir()).unwrap();
+            let now = multihome::guard::attachments(daemon.pin_dir());
             now.contains_key(&new).then_some(now)
         },
         || format!("{:?}", multihome::guard::attachments(daemon.pin_dir())),

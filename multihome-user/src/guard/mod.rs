@@ -241,12 +241,3 @@ fn privilege_hint(otherwise: &str) -> String {
         otherwise.to_owned()
     }
 }
-
-impl std::fmt::Display for AttachKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AttachKind::Tcx => "tcx",
-            AttachKind::Clsact => "clsact",
-        })
-    }
-}
