@@ -149,6 +149,9 @@ fn load_guard(args: &RunArgs) -> Result<Option<Guard>, Fatal> {
         AttachChoice::Tcx => AttachMode::Tcx,
         AttachChoice::Clsact => AttachMode::Clsact,
     };
+    // A pin directory that cannot work is the operator's input to fix, not a missing kernel
+    // feature: refuse it rather than fall back to rules only.
+    guard::prepare_pin_dir(&args.owned.pin_dir).map_err(|err| Fatal::usage(format!("{err:#}")))?;
     match Guard::load(&args.owned.pin_dir, mode) {
         Ok(guard) => Ok(Some(guard)),
         Err(err) if args.no_rules => Err(Fatal::failure(format!(

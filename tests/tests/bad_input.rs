@@ -108,3 +108,40 @@ fn a_missing_capability_is_named() {
         assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     }
 }
+
+#[test]
+fn an_unusable_pin_directory_is_refused_before_anything_changes() {
+    require_root();
+    let host = Netns::new("pin").unwrap();
+    let peer = Netns::new("pp").unwrap();
+    veth(&host, "wan1", &peer, "lan").unwrap();
+    host.run(&["ip", "addr", "add", "192.168.0.10/24", "dev", "wan1"])
+        .unwrap();
+    let bin = multihome_bin();
+    let bin = bin.to_str().unwrap();
+    let not_bpffs = std::env::temp_dir().join(format!("{}-pins", host.name()));
+    // Not on bpffs; then bpffs missing (a private mount namespace without it) and not mountable
+    // without CAP_SYS_ADMIN.
+    let cases: [(Vec<String>, &str); 2] = [
+        (
+            vec![bin.into(), "run".into(), "--pin-dir".into(), not_bpffs.display().to_string(), "wan1".into()],
+            "not on a bpf filesystem",
+        ),
+        (
+            vec![
+                "unshare".into(), "-m".into(), "sh".into(), "-c".into(),
+                format!("umount /sys/fs/bpf && exec setpriv --bounding-set -sys_admin --inh-caps -sys_admin {bin} run wan1"),
+            ],
+            "mount",
+        ),
+    ];
+    for (argv, needle) in cases {
+        let out = host.command(&argv[0]).args(&argv[1..]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{argv:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{argv:?}: {stderr}");
+        assert_eq!(owned(&host), "", "{argv:?} installed something");
+    }
+    assert!(!not_bpffs.exists(), "no directory left behind");
+}

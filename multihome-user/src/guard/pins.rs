@@ -72,25 +72,29 @@ pub fn attachments(pin_dir: &Path) -> BTreeMap<u32, AttachKind> {
 
 /// Makes sure `pin_dir` exists on a bpf filesystem, mounting bpffs at /sys/fs/bpf when the
 /// directory is meant to live there and nothing is mounted yet.
-pub(super) fn prepare(pin_dir: &Path) -> Result<()> {
+pub fn prepare(pin_dir: &Path) -> Result<()> {
     if pin_dir.starts_with(BPFFS_ROOT) && !is_bpffs(Path::new(BPFFS_ROOT)) {
         mount_bpffs()?;
+    }
+    // Refuse before creating anything: a wrong --pin-dir must leave no directory behind.
+    let existing = pin_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if !is_bpffs(existing) {
+        bail!(
+            "the pin directory {} is not on a bpf filesystem: choose one under {BPFFS_ROOT} \
+             (--pin-dir) or mount one there (mount -t bpf bpf DIR)",
+            pin_dir.display()
+        );
     }
     std::fs::create_dir_all(pin_dir).with_context(|| {
         format!(
             "cannot create the pin directory {}; {}",
             pin_dir.display(),
-            privilege_hint("it must be on a bpf filesystem")
+            privilege_hint("choose a writable --pin-dir on a bpf filesystem")
         )
-    })?;
-    if !is_bpffs(pin_dir) {
-        bail!(
-            "the pin directory {} is not on a bpf filesystem; choose one under {BPFFS_ROOT} \
-             (--pin-dir) or mount one there (mount -t bpf bpf DIR)",
-            pin_dir.display()
-        );
-    }
-    Ok(())
+    })
 }
 
 fn is_bpffs(path: &Path) -> bool {
