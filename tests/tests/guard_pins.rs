@@ -69,6 +69,7 @@ fn a_later_process_finds_maps_counters_and_attachments_and_removes_them() {
     );
     let ret = ns
         .enter(|| first.test_run(&frame, &SkbCtx::on(wan2).bytes()))
+        .map(|(ret, _)| ret)
         .unwrap();
     assert_eq!(ret, TC_ACT_UNSPEC);
     ns.enter(|| first.attach(wan1)).unwrap();
