@@ -69,6 +69,7 @@ fn a_later_process_finds_maps_counters_and_attachments_and_removes_them() {
     );
     let ret = ns
         .enter(|| first.test_run(&frame, &SkbCtx::on(wan2).bytes()))
+        .map(|(ret, _)| ret)
         .unwrap();
     assert_eq!(ret, TC_ACT_UNSPEC);
     ns.enter(|| first.attach(wan1)).unwrap();
@@ -123,4 +124,38 @@ fn a_later_process_finds_maps_counters_and_attachments_and_removes_them() {
     assert!(ns.enter(|| tcx_programs("wan1")).is_empty());
     assert!(ns.enter(|| tcx_programs("wan2")).is_empty());
     assert!(guard::remove_all(pins.path()).unwrap().is_empty());
+}
+
+#[test]
+fn a_pinned_map_of_another_layout_is_replaced() {
+    require_root();
+    let pins = PinDir::new("pi");
+    std::fs::create_dir_all(pins.path()).unwrap();
+    let stale = pins.path().join("SRC_V4");
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&stale)
+        .args([
+            "type", "hash", "key", "4", "value", "8", "entries", "16", "name", "SRC_V4",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut guard = Guard::load(pins.path(), AttachMode::Auto).unwrap();
+    let addr: IpAddr = "192.168.0.20".parse().unwrap();
+    guard.put_entry(addr, &egress(7, 1500)).unwrap();
+    let show = Command::new("bpftool")
+        .args(["map", "show", "pinned"])
+        .arg(&stale)
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.contains("value 40B") && show.contains("max_entries 4096"),
+        "{show}"
+    );
 }

@@ -41,7 +41,7 @@ fn bed(tag: &str) -> Bed {
     }
 }
 
-fn run(guard: &mut Guard, bed: &Bed, frame: &[u8], ctx: &SkbCtx) -> i32 {
+fn run(guard: &mut Guard, bed: &Bed, frame: &[u8], ctx: &SkbCtx) -> (i32, Vec<u8>) {
     bed.ns
         .enter(|| guard.test_run(frame, &ctx.bytes()))
         .unwrap()
@@ -217,8 +217,17 @@ fn crafted_frames_get_the_designed_verdicts_and_move_the_counters() {
     ];
     for (name, frame, ctx, want, moves) in cases {
         let before = counters(&guard, wan2);
-        let got = run(&mut guard, &bed, &frame, &ctx);
+        let (got, out) = run(&mut guard, &bed, &frame, &ctx);
         assert_eq!(got, want, "{name}: return code");
+        if moves == Redirected {
+            assert_eq!(
+                out,
+                untagged(&frame),
+                "{name}: a tag must not leak into the target"
+            );
+        } else {
+            assert_eq!(out, frame, "{name}: the frame must be untouched");
+        }
         let after = counters(&guard, wan2);
         let mut expected = before;
         match moves {
@@ -237,6 +246,15 @@ fn crafted_frames_get_the_designed_verdicts_and_move_the_counters() {
         !guard.counters().unwrap().contains_key(&wan1),
         "counted on the wrong uplink"
     );
+}
+
+/// `frame` without its in-packet 802.1Q tags.
+fn untagged(frame: &[u8]) -> Vec<u8> {
+    let mut at = 12;
+    while u16::from_be_bytes([frame[at], frame[at + 1]]) == 0x8100 {
+        at += 4;
+    }
+    [&frame[..12], &frame[at..]].concat()
 }
 
 /// xorshift64*: reproducible noise without a dependency.
@@ -364,7 +382,7 @@ fn random_and_truncated_frames_agree_with_the_host_model() {
     bed.ns.enter(|| {
         for (i, (frame, ifindex)) in frames.iter().enumerate() {
             let got = match guard.test_run(frame, &SkbCtx::on(*ifindex).bytes()) {
-                Ok(got) => got,
+                Ok((got, _)) => got,
                 Err(_) if refused_by_test_run(frame) => {
                     refused += 1;
                     continue;

@@ -5,7 +5,7 @@ mod maps;
 mod skb;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::TC_ACT_UNSPEC,
     helpers::generated::{bpf_redirect_neigh, bpf_skb_vlan_pop},
     macros::classifier,
     programs::TcContext,
@@ -15,6 +15,10 @@ use multihome_ebpf::{decide, parse, Egress, Packet, Verdict};
 
 use maps::Counter;
 use skb::Skb;
+
+// From uapi pkt_cls.h (aya's bindings give them different integer types on different hosts).
+const TC_ACT_SHOT: i32 = 2;
+const TC_ACT_REDIRECT: i32 = 7;
 
 /// The program's name (kernel program names have at most 15 characters); the loader finds
 /// clsact filters left by an earlier run by it.
@@ -54,29 +58,46 @@ fn execute(ctx: &TcContext, verdict: Verdict, entry: &Egress) -> i32 {
         }
         Verdict::DropTooBig { .. } => {
             maps::count(uplink, Counter::DroppedTooBig, 0);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
         Verdict::Redirect { ifindex, pop_tag } => {
             let len = ctx.len();
-            // SAFETY: the helpers get the program's own skb; a NULL next hop lets the kernel
-            // route the packet again on the target device (see DESIGN.md).
-            let popped = !pop_tag || unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } == 0;
+            // SAFETY: the helper gets the program's own skb state; a NULL next hop lets the
+            // kernel route the packet again on the target device (see DESIGN.md).
+            let popped = !pop_tag || strip_tags(ctx, &skb::Skb(ctx));
             let ret = if popped {
                 unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) }
             } else {
                 -1
             };
-            if ret == TC_ACT_REDIRECT as i64 {
+            if ret == i64::from(TC_ACT_REDIRECT) {
                 maps::count(uplink, Counter::Redirected, u64::from(len));
-                TC_ACT_REDIRECT as i32
+                TC_ACT_REDIRECT
             } else {
                 maps::count(uplink, Counter::RedirectFailed, 0);
                 debug!(ctx, "redirect to {} failed: {}", ifindex, ret);
                 // It would leave through the wrong device (or with a half-removed tag).
-                TC_ACT_SHOT as i32
+                TC_ACT_SHOT
             }
         }
     }
+}
+
+/// Removes every VLAN tag, accelerated or in the packet. `bpf_skb_vlan_pop` removes one and then
+/// moves the next in-packet tag (QinQ) into the accelerated slot, so pop until none is left; the
+/// parser accepts at most two in-packet tags, plus one accelerated.
+#[inline(always)]
+fn strip_tags(ctx: &TcContext, skb: &Skb) -> bool {
+    for _ in 0..3 {
+        // SAFETY: the helper gets the program's own skb.
+        if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
+            return false;
+        }
+        if skb.accelerated_vlan().is_none() {
+            return true;
+        }
+    }
+    false
 }
 
 #[panic_handler]

@@ -162,16 +162,20 @@ impl Guard {
     }
 
     /// Runs the program once on `frame` under BPF_PROG_TEST_RUN, with `ctx` as the `__sk_buff`
-    /// (ifindex, gso fields; see the kernel's test_run for what may be set), and returns the
-    /// program's return code. For tests and `check`.
-    pub fn test_run(&mut self, frame: &[u8], ctx: &[u8]) -> Result<i32> {
+    /// (the kernel takes ifindex, mark, priority, cb and the gso fields from it and refuses the
+    /// rest, the VLAN fields included), and returns the program's return code and the frame as
+    /// the program left it. For tests and `check`.
+    pub fn test_run(&mut self, frame: &[u8], ctx: &[u8]) -> Result<(i32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 64];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
         opts.ctx_in = Some(ctx);
         let result = program(&mut self.ebpf)?
             .test_run(opts)
             .context("BPF_PROG_TEST_RUN failed")?;
-        Ok(result.return_value as i32)
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value as i32, out))
     }
 
     /// Writes the program's pending log records (debug level) to the `log` crate.
