@@ -1,7 +1,6 @@
 //! `multihome cleanup`: removes every object carrying multihome's protocol, the guard's
 //! attachments and its pins, and says what it removed. Running it twice removes nothing twice.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use crate::cli::Owned;
@@ -24,7 +23,7 @@ pub fn main(args: Owned) -> Result<ExitCode, Fatal> {
         .build()
         .map_err(|err| Fatal::failure(format!("starting the runtime: {err}")))?;
     let mut removed = runtime.block_on(remove_routing(protocol))?;
-    removed.extend(remove_guard(&args.pin_dir)?);
+    removed.extend(guard::remove_all(&args.pin_dir).map_err(Fatal::from)?);
     if removed.is_empty() {
         println!(
             "nothing to remove: no routes or rules with protocol {protocol}, no guard pinned at {}",
@@ -35,21 +34,6 @@ pub fn main(args: Owned) -> Result<ExitCode, Fatal> {
         println!("removed {line}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Detaches the guard everywhere and removes its pins, naming each.
-fn remove_guard(pin_dir: &Path) -> Result<Vec<String>, Fatal> {
-    let attachments = guard::attachments(pin_dir);
-    let pinned = pin_dir.exists();
-    guard::remove_all(pin_dir).map_err(Fatal::from)?;
-    let mut removed: Vec<String> = attachments
-        .into_iter()
-        .map(|(ifindex, kind)| format!("guard attachment ({kind}) on ifindex {ifindex}"))
-        .collect();
-    if pinned {
-        removed.push(format!("guard maps pinned at {}", pin_dir.display()));
-    }
-    Ok(removed)
 }
 
 /// Deletes owned rules, then owned routes (the order `diff` gives removals).

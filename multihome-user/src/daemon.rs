@@ -133,10 +133,10 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
     } else {
         log::info!("stopping, removing what multihome installed");
         reconciler.teardown().await;
-        // The maps' pins go too; the guard's own handles first, so nothing holds them.
-        if reconciler.guard.take().is_some() {
-            guard::remove_all(&args.owned.pin_dir)
-                .map_err(|err| Fatal::failure(format!("{err:#}")))?;
+        if let Some(guard) = reconciler.guard.take() {
+            for line in guard.remove_all().map_err(Fatal::from)? {
+                log::debug!("removed {line}");
+            }
         }
     }
     Ok(())

@@ -58,8 +58,7 @@ impl Daemon {
     /// Starts `multihome run ARGS` in `ns` with a pin directory of its own and waits until it
     /// has reconciled once (it logs "running:").
     pub fn start(ns: &Netns, args: &[&str]) -> Result<Daemon> {
-        let pin_dir = PathBuf::from("/sys/fs/bpf").join(ns.name());
-        Daemon::start_with_pins(ns, args, &pin_dir)
+        Daemon::start_with_pins(ns, args, &ns.pin_dir())
     }
 
     /// Like `start`, with a given pin directory (to restart a daemon on the same pins).

@@ -53,6 +53,12 @@ impl Netns {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
+    /// The guard's pin directory for a daemon in this namespace (bpffs is shared by every
+    /// namespace, so each gets its own), removed with the namespace.
+    pub fn pin_dir(&self) -> PathBuf {
+        pin_dir_of(&self.name)
+    }
+
     /// A command that will run inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
@@ -225,7 +231,12 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
-/// Kills what runs in a namespace and deletes it.
+fn pin_dir_of(name: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf").join(name)
+}
+
+/// Kills what runs in a namespace and deletes it, with the guard pins a killed daemon left
+/// (they would keep its programs loaded).
 fn remove(name: &str) {
     if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", name])) {
         for pid in pids
@@ -247,24 +258,27 @@ fn remove(name: &str) {
         }
     }
     let _ = run(Command::new("ip").args(["netns", "del", name]));
+    let _ = fs::remove_dir_all(pin_dir_of(name));
 }
 
-/// Deletes namespaces of this prefix whose creating process is gone (a killed earlier run).
+/// Deletes namespaces (and pin directories) of this prefix whose creating process is gone.
 fn sweep_leftovers() {
-    let Ok(dir) = fs::read_dir("/run/netns") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('x').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
+    for dir in ["/run/netns", "/sys/fs/bpf"] {
+        let Ok(entries) = fs::read_dir(dir) else {
             continue;
         };
-        if !PathBuf::from(format!("/proc/{pid}")).exists() {
-            remove(&name);
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(PREFIX)
+                .and_then(|rest| rest.split('x').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !PathBuf::from(format!("/proc/{pid}")).exists() {
+                remove(&name);
+            }
         }
     }
 }

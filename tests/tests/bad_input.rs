@@ -54,7 +54,7 @@ fn bad_input_exits_2_with_one_line_and_changes_nothing() {
     host.sh("ip addr add 192.168.0.10/24 dev wan1 &&
              ip route add default via 192.168.0.1 dev wan1 metric 10 proto dhcp")
         .unwrap();
-    let pin_dir = format!("/sys/fs/bpf/{}", host.name());
+    let pin_dir = host.pin_dir().display().to_string();
     let bin = multihome_bin();
     let mut failures = Vec::new();
     for (args, needle) in CASES {

@@ -396,7 +396,7 @@ fn refuses_a_table_holding_foreign_routes() {
     ])
     .unwrap();
     let bin = multihome_bin();
-    let pin_dir = format!("/sys/fs/bpf/{}", host.name());
+    let pin_dir = host.pin_dir().display().to_string();
     let out = host
         .command(bin.to_str().unwrap())
         .args(["run", "--pin-dir", &pin_dir, "wan1", "wan2"])
