@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::cli::{AttachChoice, RunArgs};
 use crate::config::{self, Config, GatewaySpec, Params};
 use crate::guard::{self, AttachMode, Guard};
+use crate::instance;
 use crate::netlink::{Events, Netlink, Notice, DEFAULT_RECEIVE_BUFFER};
 use crate::notify::notify;
 use crate::plan;
@@ -75,6 +76,7 @@ fn config_from(args: &RunArgs) -> Result<Config, Fatal> {
 }
 
 async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
+    let _instance = instance::claim(config.protocol).map_err(Fatal::usage)?;
     // Subscribe before the dump, so that nothing that changes in between is missed.
     let mut events =
         Events::subscribe(Some(DEFAULT_RECEIVE_BUFFER)).map_err(anyhow::Error::from)?;

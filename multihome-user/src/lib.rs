@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod diff;
 pub mod guard;
+pub mod instance;
 pub mod logging;
 pub mod netlink;
 pub mod notify;

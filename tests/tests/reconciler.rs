@@ -509,3 +509,27 @@ fn rules_only_and_guard_only_modes() {
     );
     assert_eq!(guard_only.stop().code(), Some(0));
 }
+
+#[test]
+fn a_second_daemon_in_the_namespace_refuses_clearly() {
+    let bed = bed();
+    let host = &bed.host;
+    let mut first = Daemon::start(host, &["wan1", "wan2"]).unwrap();
+    wait_rules(host, RULES_BOTH);
+    let other_pins = format!("{}-second", host.pin_dir().display());
+    let out = host
+        .command(multihome_bin().to_str().unwrap())
+        .args(["run", "--pin-dir", &other_pins, "wan1", "wan2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("already running"), "{stderr}");
+    assert!(
+        !std::path::Path::new(&other_pins).exists(),
+        "the second one pinned nothing"
+    );
+    assert!(first.running(), "the first one is untouched");
+    assert_eq!(our_rules(host), normalise(RULES_BOTH));
+    assert_eq!(first.stop().code(), Some(0));
+}
