@@ -4,7 +4,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::os::fd::OwnedFd;
+
 use futures::FutureExt;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{AttachChoice, RunArgs};
@@ -97,6 +101,15 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
     };
     let mut sigterm = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
+    let guard_log = match guard.as_ref().and_then(Guard::log_fd) {
+        // SAFETY: an OwnedFd stays open, on the same description, for as long as it lives,
+        // and the AsyncFd owns it.
+        Some(fd) => Some(
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                .map_err(|err| Fatal::failure(format!("watching the guard's log: {err}")))?,
+        ),
+        None => None,
+    };
     let mut reconciler = Reconciler::new(config, netlink, guard, view);
     let mut failures = reconciler.reconcile().await.failed;
     notify("READY=1");
@@ -109,6 +122,15 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sleep_or_never(pause) => { resync.all = true; attempt += 1; }
+            ready = readable_or_never(guard_log.as_ref()) => {
+                if let Some(guard) = reconciler.guard.as_mut() {
+                    guard.flush_log();
+                }
+                if let Ok(mut ready) = ready {
+                    ready.clear_ready();
+                }
+                continue;
+            }
             notice = events.next() => {
                 let mut notice = Some(notice);
                 // Take every notice already queued, so that a burst makes one pass.
@@ -196,6 +218,16 @@ fn absorb(
         }
     }
     Ok(())
+}
+
+/// Waits until the guard's log has records; never when there is no log to read.
+async fn readable_or_never(
+    fd: Option<&AsyncFd<OwnedFd>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>> {
+    match fd {
+        Some(fd) => fd.readable().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_or_never(pause: Option<Duration>) {

@@ -1,11 +1,18 @@
 //! Logging set-up: levels from `--log-level` or `RUST_LOG`; under journald (JOURNAL_STREAM set)
 //! no timestamps of our own, since the journal stamps every line itself.
+//!
+//! `--log-level` applies to multihome's own targets (the daemon, and the guard's aya-log
+//! records, whose targets also start with "multihome"); libraries stay at warn, so that
+//! `--log-level debug` shows multihome's decisions rather than the loader's relocations.
+//! RUST_LOG, when set, decides everything.
 
 use std::io::Write;
 
 pub fn init(level: log::LevelFilter) {
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(level);
+    builder
+        .filter_level(log::LevelFilter::Warn.min(level))
+        .filter_module("multihome", level);
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }

@@ -179,6 +179,19 @@ impl Guard {
     }
 
     /// Writes the program's pending log records (debug level) to the `log` crate.
+    /// A descriptor that becomes readable when the program has logged something (only when
+    /// debug logging is on, the only level the program logs at): the daemon waits on it and
+    /// then calls [`Self::flush_log`], so the guard's messages cost no timer.
+    pub fn log_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        if log::max_level() < log::LevelFilter::Debug {
+            return None;
+        }
+        self.logger
+            .as_ref()
+            .and_then(|logger| logger.as_fd().try_clone_to_owned().ok())
+    }
+
     pub fn flush_log(&mut self) {
         if let Some(logger) = &mut self.logger {
             logger.flush();
