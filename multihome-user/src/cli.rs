@@ -36,6 +36,9 @@ pub enum Command {
     Cleanup(Owned),
     /// Check the kernel, privileges and the host's settings, with the fix for each finding.
     Check(CheckArgs),
+    /// Write the man pages or shell completions (used by `cargo xtask install`).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
 }
 
 /// What identifies multihome's objects on this host.
@@ -101,6 +104,26 @@ pub struct CheckArgs {
     pub uplinks: Vec<String>,
     #[command(flatten)]
     pub owned: Owned,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: Generated,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Generated {
+    /// Man pages (multihome.1 and one per command) into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// The completion script for SHELL, on standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -12,9 +12,9 @@ use crate::config::{self, Config, GatewaySpec, Params};
 use crate::guard::{self, AttachMode, Guard};
 use crate::instance;
 use crate::netlink::{Events, Netlink, Notice, DEFAULT_RECEIVE_BUFFER};
-use crate::notify::notify;
+use crate::notify::{self, notify};
 use crate::plan;
-use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN};
+use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
 use crate::reconcile::Reconciler;
 use crate::Fatal;
 
@@ -30,7 +30,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Fatal> {
     let config = config_from(&args)?;
     let mut needed = vec![CAP_NET_ADMIN];
     if config.ebpf {
-        needed.push(CAP_BPF);
+        needed.extend([CAP_BPF, CAP_PERFMON]);
     }
     if let Some(cap) = privileges::missing(privileges::effective(), &needed).first() {
         return Err(Fatal::usage(format!(
@@ -101,6 +101,7 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
     let mut failures = reconciler.reconcile().await.failed;
     notify("READY=1");
     log::info!("running: {}", uplink_names(&reconciler.config));
+    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     let mut attempt = 0;
     loop {
         let pause = (failures > 0).then(|| RETRY_PAUSES[attempt.min(RETRY_PAUSES.len() - 1)]);
@@ -108,6 +109,10 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            _ = tick_or_never(watchdog.as_mut()) => {
+                notify("WATCHDOG=1");
+                continue;
+            }
             _ = sleep_or_never(pause) => { resync.all = true; attempt += 1; }
             notice = events.next() => {
                 let mut notice = Some(notice);
@@ -196,6 +201,16 @@ fn absorb(
         }
     }
     Ok(())
+}
+
+/// The next watchdog tick; never without a watchdog.
+async fn tick_or_never(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_or_never(pause: Option<Duration>) {

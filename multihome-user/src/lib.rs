@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod diff;
+pub mod generate;
 pub mod guard;
 pub mod instance;
 pub mod logging;

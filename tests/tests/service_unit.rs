@@ -1,0 +1,320 @@
+//! dist/multihome.service, checked offline (PID 1 here is not systemd, so the unit cannot be
+//! started): `systemd-analyze security --offline=true` (exposure at most 2.0) and `verify`;
+//! then its sandbox is held against the real daemon in a namespace: the capability bounding
+//! set suffices to load the guard (and one less does not), and every system call and socket
+//! family the daemon uses from start to stop passes `SystemCallFilter=` and
+//! `RestrictAddressFamilies=`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use multihome_tests::daemon::{multihome_bin, wait_for};
+use multihome_tests::netns::{require_root, veth, Netns, Process};
+
+const MAX_EXPOSURE: f64 = 2.0;
+
+fn unit_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/multihome.service")
+}
+
+fn unit() -> String {
+    std::fs::read_to_string(unit_path()).expect("dist/multihome.service")
+}
+
+/// Every value of `key=` in the unit, in order.
+fn directive(unit: &str, key: &str) -> Vec<String> {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(|v| v.trim().to_owned())
+        .collect()
+}
+
+/// The unit with its ExecStart pointing at this build's binary.
+fn unit_for_this_build(dir: &Path) -> PathBuf {
+    let text = unit().replace(
+        "/usr/local/bin/multihome",
+        multihome_bin().to_str().unwrap(),
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("multihome.service");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn exposure_is_at_most_2_0() {
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(unit_path())
+        .output()
+        .expect("systemd-analyze (package systemd)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let figure: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for multihome.service:")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure figure in:\n{text}"));
+    println!("exposure of dist/multihome.service: {figure}");
+    assert!(
+        figure <= MAX_EXPOSURE,
+        "exposure {figure} above {MAX_EXPOSURE}:\n{text}"
+    );
+}
+
+#[test]
+fn verify_finds_nothing_to_complain_about() {
+    let dir = std::env::temp_dir().join(format!("mh-unit-{}", std::process::id()));
+    let path = unit_for_this_build(&dir);
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // verify exits 0 even for settings it ignores: anything it prints is a finding.
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn ordering_and_readiness_are_as_documented() {
+    let unit = unit();
+    assert_eq!(directive(&unit, "Type"), ["notify"]);
+    assert_eq!(
+        directive(&unit, "EnvironmentFile"),
+        ["-/etc/default/multihome"]
+    );
+    assert_eq!(directive(&unit, "Restart"), ["on-failure"]);
+    assert!(directive(&unit, "WatchdogSec") == ["30s"]);
+    // Never waits for devices or the network to be up: it picks uplinks up as they appear.
+    for key in ["After", "Requires", "Wants", "BindsTo"] {
+        for value in directive(&unit, key) {
+            assert!(
+                !value.contains(".device") && !value.contains("network-online"),
+                "{key}={value}"
+            );
+        }
+    }
+    assert_eq!(
+        directive(&unit, "Before"),
+        ["network-pre.target network.target"]
+    );
+}
+
+/// A host with uplink wan1 (192.168.0.10/24, DHCP-style default route) to a router namespace.
+fn host() -> (Netns, Netns) {
+    require_root();
+    let host = Netns::new("su").unwrap();
+    let router = Netns::new("sr").unwrap();
+    veth(&host, "wan1", &router, "lan").unwrap();
+    router
+        .run(&["ip", "addr", "add", "192.168.0.1/24", "dev", "lan"])
+        .unwrap();
+    host.sh("ip addr add 192.168.0.10/24 dev wan1 &&
+         ip route add default via 192.168.0.1 dev wan1 proto dhcp")
+        .unwrap();
+    (host, router)
+}
+
+/// Starts `prefix... multihome run --pin-dir PINS wan1` in `ns`; waits for its first reconcile.
+fn start(ns: &Netns, prefix: &[&str], log: &Path) -> Process {
+    let bin = multihome_bin();
+    let pins = ns.pin_dir();
+    let mut argv: Vec<&str> = prefix.to_vec();
+    argv.extend([
+        bin.to_str().unwrap(),
+        "run",
+        "--pin-dir",
+        pins.to_str().unwrap(),
+        "wan1",
+    ]);
+    let process = ns.spawn_logged(&argv, log).unwrap();
+    let read = || std::fs::read_to_string(log).unwrap_or_default();
+    wait_for(
+        "multihome's first reconcile",
+        Duration::from_secs(20),
+        || read().contains("running:").then_some(()),
+        read,
+    );
+    process
+}
+
+/// setpriv's `--bounding-set` list for the unit's CapabilityBoundingSet=, minus `drop`.
+fn bounding_set(drop: Option<&str>) -> String {
+    let caps = directive(&unit(), "CapabilityBoundingSet").join(" ");
+    let mut list = "-all".to_owned();
+    for cap in caps.split_whitespace().filter(|c| Some(*c) != drop) {
+        list.push_str(",+");
+        list.push_str(&cap.trim_start_matches("CAP_").to_lowercase());
+    }
+    list
+}
+
+#[test]
+fn the_units_capabilities_load_the_guard_and_one_less_does_not() {
+    let (host, _router) = host();
+    let log = std::env::temp_dir().join(format!("{}.log", host.name()));
+    let set = bounding_set(None);
+    assert_eq!(set, "-all,+net_admin,+bpf,+perfmon");
+    let daemon = start(
+        &host,
+        &["setpriv", "--bounding-set", &set, "--inh-caps", "-all"],
+        &log,
+    );
+    let status = host
+        .command(multihome_bin().to_str().unwrap())
+        .args([
+            "status",
+            "--pin-dir",
+            host.pin_dir().to_str().unwrap(),
+            "wan1",
+        ])
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(!text.contains("cannot load"), "{text}");
+    assert!(
+        status.status.success() && table.contains("wan1:tcx"),
+        "{table}\n{text}"
+    );
+    assert!(daemon.stop(libc::SIGTERM).unwrap().success(), "{text}");
+
+    for cap in ["CAP_NET_ADMIN", "CAP_BPF", "CAP_PERFMON"] {
+        let out = host
+            .command("setpriv")
+            .args([
+                "--bounding-set",
+                &bounding_set(Some(cap)),
+                "--inh-caps",
+                "-all",
+            ])
+            .arg(multihome_bin())
+            .args(["run", "wan1"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "without {cap}: {stderr}");
+        assert!(stderr.contains(cap), "without {cap}: {stderr}");
+    }
+    let _ = std::fs::remove_file(log);
+}
+
+/// The system calls a `SystemCallFilter=` group stands for, groups expanded.
+fn syscalls_of(item: &str) -> BTreeSet<String> {
+    if !item.starts_with('@') {
+        return BTreeSet::from([item.to_owned()]);
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["syscall-filter", "--no-pager", item])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .flat_map(syscalls_of)
+        .collect()
+}
+
+/// What the unit's SystemCallFilter= lines allow, applied in order as systemd does.
+fn allowed_syscalls(unit: &str) -> BTreeSet<String> {
+    let mut allowed = BTreeSet::new();
+    for line in directive(unit, "SystemCallFilter") {
+        let (deny, items) = match line.strip_prefix('~') {
+            Some(rest) => (true, rest),
+            None => (false, line.as_str()),
+        };
+        for call in items.split_whitespace().flat_map(syscalls_of) {
+            if deny {
+                allowed.remove(&call);
+            } else {
+                allowed.insert(call);
+            }
+        }
+    }
+    allowed
+}
+
+#[test]
+fn the_daemon_stays_inside_the_syscall_filter_and_address_families() {
+    let (host, _router) = host();
+    let unit = unit();
+    let allowed = allowed_syscalls(&unit);
+    assert!(allowed.contains("bpf") && !allowed.contains("reboot"));
+    let families: Vec<String> = directive(&unit, "RestrictAddressFamilies")
+        .join(" ")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let dir = std::env::temp_dir();
+    let trace = dir.join(format!("{}.strace", host.name()));
+    let log = dir.join(format!("{}.log", host.name()));
+    let strace = start(
+        &host,
+        &["strace", "-f", "-qq", "-o", trace.to_str().unwrap()],
+        &log,
+    );
+    // Stop the daemon itself (strace's first traced pid), so that teardown is traced too.
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let pid: i32 = text
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("strace output starts with a pid");
+    // SAFETY: plain kill(2) of the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    strace.stop(0).unwrap();
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains("stopping"), "{log_text}");
+    let mut used = BTreeSet::new();
+    let mut used_families = BTreeSet::new();
+    for line in text.lines() {
+        let call = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|rest| rest.split_once('('))
+            .map(|(name, _)| name);
+        let Some(call) = call.filter(|c| {
+            c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        }) else {
+            continue;
+        };
+        used.insert(call.to_owned());
+        if call == "socket" || call == "socketpair" {
+            let family = line
+                .split('(')
+                .nth(1)
+                .unwrap_or("")
+                .split(',')
+                .next()
+                .unwrap_or("");
+            used_families.insert(family.to_owned());
+        }
+    }
+    assert!(used.contains("bpf") && used.len() > 20, "{used:?}");
+    let refused: Vec<&String> = used.difference(&allowed).collect();
+    assert!(
+        refused.is_empty(),
+        "system calls outside SystemCallFilter=: {refused:?}"
+    );
+    let foreign: Vec<&String> = used_families
+        .iter()
+        .filter(|f| !families.contains(f))
+        .collect();
+    assert!(
+        foreign.is_empty() && used_families.contains("AF_NETLINK"),
+        "socket families outside RestrictAddressFamilies={families:?}: {used_families:?}"
+    );
+    let _ = std::fs::remove_file(trace);
+    let _ = std::fs::remove_file(log);
+}
