@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use multihome_tests::daemon::{multihome_bin, wait_for};
-use multihome_tests::netns::{require_root, veth, Netns, Process};
+use multihome_tests::daemon::{multihome_bin, wait_for, Daemon};
+use multihome_tests::netns::{require_root, veth, Netns};
 
 const MAX_EXPOSURE: f64 = 2.0;
 
@@ -122,29 +122,6 @@ fn host() -> (Netns, Netns) {
     (host, router)
 }
 
-/// Starts `prefix... multihome run --pin-dir PINS wan1` in `ns`; waits for its first reconcile.
-fn start(ns: &Netns, prefix: &[&str], log: &Path) -> Process {
-    let bin = multihome_bin();
-    let pins = ns.pin_dir();
-    let mut argv: Vec<&str> = prefix.to_vec();
-    argv.extend([
-        bin.to_str().unwrap(),
-        "run",
-        "--pin-dir",
-        pins.to_str().unwrap(),
-        "wan1",
-    ]);
-    let process = ns.spawn_logged(&argv, log).unwrap();
-    let read = || std::fs::read_to_string(log).unwrap_or_default();
-    wait_for(
-        "multihome's first reconcile",
-        Duration::from_secs(20),
-        || read().contains("running:").then_some(()),
-        read,
-    );
-    process
-}
-
 /// setpriv's `--bounding-set` list for the unit's CapabilityBoundingSet=, minus `drop`.
 fn bounding_set(drop: Option<&str>) -> String {
     let caps = directive(&unit(), "CapabilityBoundingSet").join(" ");
@@ -159,14 +136,14 @@ fn bounding_set(drop: Option<&str>) -> String {
 #[test]
 fn the_units_capabilities_load_the_guard_and_one_less_does_not() {
     let (host, _router) = host();
-    let log = std::env::temp_dir().join(format!("{}.log", host.name()));
     let set = bounding_set(None);
     assert_eq!(set, "-all,+net_admin,+bpf,+perfmon");
-    let daemon = start(
+    let daemon = Daemon::start_wrapped(
         &host,
         &["setpriv", "--bounding-set", &set, "--inh-caps", "-all"],
-        &log,
-    );
+        &["wan1"],
+    )
+    .unwrap();
     let status = host
         .command(multihome_bin().to_str().unwrap())
         .args([
@@ -177,14 +154,14 @@ fn the_units_capabilities_load_the_guard_and_one_less_does_not() {
         ])
         .output()
         .unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = daemon.log();
     let table = String::from_utf8_lossy(&status.stdout);
     assert!(!text.contains("cannot load"), "{text}");
     assert!(
         status.status.success() && table.contains("wan1:tcx"),
         "{table}\n{text}"
     );
-    assert!(daemon.stop(libc::SIGTERM).unwrap().success(), "{text}");
+    assert!(daemon.stop().success(), "{text}");
 
     for cap in ["CAP_NET_ADMIN", "CAP_BPF", "CAP_PERFMON"] {
         let out = host
@@ -203,7 +180,6 @@ fn the_units_capabilities_load_the_guard_and_one_less_does_not() {
         assert_eq!(out.status.code(), Some(2), "without {cap}: {stderr}");
         assert!(stderr.contains(cap), "without {cap}: {stderr}");
     }
-    let _ = std::fs::remove_file(log);
 }
 
 /// The system calls a `SystemCallFilter=` group stands for, groups expanded.
@@ -254,27 +230,34 @@ fn the_daemon_stays_inside_the_syscall_filter_and_address_families() {
         .split_whitespace()
         .map(str::to_owned)
         .collect();
-    let dir = std::env::temp_dir();
-    let trace = dir.join(format!("{}.strace", host.name()));
-    let log = dir.join(format!("{}.log", host.name()));
-    let strace = start(
-        &host,
-        &["strace", "-f", "-qq", "-o", trace.to_str().unwrap()],
-        &log,
-    );
-    // Stop the daemon itself (strace's first traced pid), so that teardown is traced too.
-    let text = std::fs::read_to_string(&trace).unwrap();
-    let pid: i32 = text
+    let trace = std::env::temp_dir().join(format!("{}.strace", host.name()));
+    let trace_arg = trace.display().to_string();
+    let strace =
+        Daemon::start_wrapped(&host, &["strace", "-f", "-q", "-o", &trace_arg], &["wan1"]).unwrap();
+    // Stop the daemon itself (strace's first traced pid), so that its teardown is traced too,
+    // and let strace see it exit before it is stopped in turn.
+    let read = || std::fs::read_to_string(&trace).unwrap_or_default();
+    let pid: i32 = read()
         .split_whitespace()
         .next()
         .and_then(|p| p.parse().ok())
         .expect("strace output starts with a pid");
     // SAFETY: plain kill(2) of the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    strace.stop(0).unwrap();
-    let text = std::fs::read_to_string(&trace).unwrap();
-    let log_text = std::fs::read_to_string(&log).unwrap();
+    let exited = |text: &str| {
+        text.lines()
+            .any(|l| l.starts_with(&pid.to_string()) && l.ends_with("+++ exited with 0 +++"))
+    };
+    wait_for(
+        "the traced daemon to exit",
+        Duration::from_secs(10),
+        || exited(&read()).then_some(()),
+        || strace.log(),
+    );
+    let log_text = strace.log();
     assert!(log_text.contains("stopping"), "{log_text}");
+    strace.stop();
+    let text = read();
     let mut used = BTreeSet::new();
     let mut used_families = BTreeSet::new();
     for line in text.lines() {
@@ -316,5 +299,4 @@ fn the_daemon_stays_inside_the_syscall_filter_and_address_families() {
         "socket families outside RestrictAddressFamilies={families:?}: {used_families:?}"
     );
     let _ = std::fs::remove_file(trace);
-    let _ = std::fs::remove_file(log);
 }
