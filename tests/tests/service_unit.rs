@@ -232,8 +232,22 @@ fn the_daemon_stays_inside_the_syscall_filter_and_address_families() {
         .collect();
     let trace = std::env::temp_dir().join(format!("{}.strace", host.name()));
     let trace_arg = trace.display().to_string();
-    let strace =
-        Daemon::start_wrapped(&host, &["strace", "-f", "-q", "-o", &trace_arg], &["wan1"]).unwrap();
+    let strace = Daemon::start_wrapped(
+        &host,
+        &[
+            // cargo test sets LD_LIBRARY_PATH: the loader's search there is not the daemon's.
+            "env",
+            "-u",
+            "LD_LIBRARY_PATH",
+            "strace",
+            "-f",
+            "-q",
+            "-o",
+            &trace_arg,
+        ],
+        &["wan1"],
+    )
+    .unwrap();
     // Stop the daemon itself (strace's first traced pid), so that its teardown is traced too,
     // and let strace see it exit before it is stopped in turn.
     let read = || std::fs::read_to_string(&trace).unwrap_or_default();
@@ -260,6 +274,7 @@ fn the_daemon_stays_inside_the_syscall_filter_and_address_families() {
     let text = read();
     let mut used = BTreeSet::new();
     let mut used_families = BTreeSet::new();
+    let mut paths = BTreeSet::new();
     for line in text.lines() {
         let call = line
             .split_whitespace()
@@ -273,6 +288,11 @@ fn the_daemon_stays_inside_the_syscall_filter_and_address_families() {
             continue;
         };
         used.insert(call.to_owned());
+        if PATH_CALLS.contains(&call) {
+            if let Some(path) = line.split('"').nth(1).filter(|p| p.starts_with('/')) {
+                paths.insert(path.to_owned());
+            }
+        }
         if call == "socket" || call == "socketpair" {
             let family = line
                 .split('(')
@@ -298,5 +318,57 @@ fn the_daemon_stays_inside_the_syscall_filter_and_address_families() {
         foreign.is_empty() && used_families.contains("AF_NETLINK"),
         "socket families outside RestrictAddressFamilies={families:?}: {used_families:?}"
     );
+    // ProtectProc=invisible, ProcSubset=pid, ProtectSystem=strict with only /sys/fs/bpf
+    // writable: the daemon reads its own /proc entries, kernel BTF and the dynamic loader's
+    // files, and touches nothing else but its pins.
+    let bin = multihome_bin().display().to_string();
+    let outside: Vec<&String> = paths
+        .iter()
+        .filter(|p| **p != bin && !ALLOWED_PATHS.iter().any(|a| p.starts_with(a)))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "paths outside the sandbox's view: {outside:?}"
+    );
+    assert!(
+        paths.iter().any(|p| p.starts_with("/sys/fs/bpf/")),
+        "{paths:?}"
+    );
     let _ = std::fs::remove_file(trace);
 }
+
+/// System calls that name a path first.
+const PATH_CALLS: &[&str] = &[
+    "open",
+    "openat",
+    "stat",
+    "lstat",
+    "statx",
+    "newfstatat",
+    "access",
+    "faccessat",
+    "faccessat2",
+    "mkdir",
+    "mkdirat",
+    "unlink",
+    "unlinkat",
+    "rmdir",
+    "statfs",
+    "readlink",
+    "readlinkat",
+    "execve",
+    "mount",
+];
+
+/// What the daemon may touch under the unit's sandbox (`/proc/version_signature` is absent on
+/// Debian and hidden by ProcSubset=pid; aya falls back to uname(2)).
+const ALLOWED_PATHS: &[&str] = &[
+    "/proc/self/",
+    "/proc/version_signature",
+    "/sys/kernel/btf/vmlinux",
+    "/sys/fs/bpf",
+    "/etc/ld.so",
+    "/lib/",
+    "/usr/lib/",
+    "/lib64/",
+];
