@@ -11,7 +11,7 @@ use crate::config::{self, Config, Params};
 use crate::netlink::Netlink;
 use crate::privileges::{self, Capability, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN};
 use crate::view::{Family, KernelView};
-use crate::{plan, Fatal};
+use crate::{defaults, plan, Fatal};
 
 /// One thing to fix, printed on one line.
 #[derive(Debug, PartialEq, Eq)]
@@ -210,7 +210,7 @@ fn network(addr: std::net::IpAddr, len: u8) -> std::net::IpAddr {
 pub fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
     let protocol = config::protocol(args.owned.protocol).map_err(Fatal::usage)?;
     let uplinks = if args.uplinks.is_empty() {
-        config::parse_uplink_list(&std::env::var("MULTIHOME_UPLINKS").unwrap_or_default())
+        config::parse_uplink_list(&defaults::uplink_list().unwrap_or_default())
     } else {
         args.uplinks.iter().map(|s| s.parse()).collect()
     }

@@ -87,7 +87,8 @@ pub struct StatusArgs {
     /// Machine-readable output (schema in the README).
     #[arg(long)]
     pub json: bool,
-    /// Uplinks to report on; default: $MULTIHOME_UPLINKS, else every uplink with owned objects.
+    /// Uplinks to report on; default: $MULTIHOME_UPLINKS, else MULTIHOME_UPLINKS in
+    /// /etc/default/multihome ($MULTIHOME_DEFAULTS), else every uplink with owned objects.
     #[arg(value_name = "UPLINK")]
     pub uplinks: Vec<String>,
     #[command(flatten)]
@@ -99,7 +100,8 @@ pub struct CheckArgs {
     /// Priority the daemon will use (to find conflicting rules).
     #[arg(long, default_value_t = 1000, value_name = "P")]
     pub priority: u32,
-    /// Uplinks to check; default: $MULTIHOME_UPLINKS.
+    /// Uplinks to check; default: $MULTIHOME_UPLINKS, else MULTIHOME_UPLINKS in
+    /// /etc/default/multihome ($MULTIHOME_DEFAULTS).
     #[arg(value_name = "UPLINK")]
     pub uplinks: Vec<String>,
     #[command(flatten)]

@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod defaults;
 pub mod diff;
 pub mod generate;
 pub mod guard;

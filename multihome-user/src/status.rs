@@ -11,7 +11,7 @@ use crate::netlink::Netlink;
 use crate::report::{report, Inputs, Report};
 use crate::state::State;
 use crate::view::KernelView;
-use crate::{plan, Fatal};
+use crate::{defaults, plan, Fatal};
 
 pub fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
     let protocol = config::protocol(args.owned.protocol).map_err(Fatal::usage)?;
@@ -62,7 +62,7 @@ pub fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
 }
 
 /// The daemon's configuration as far as status can know it: uplinks from the arguments, else
-/// $MULTIHOME_UPLINKS, else every device multihome owns something for (an `oif` rule, a table
+/// $MULTIHOME_UPLINKS or the unit's EnvironmentFile (see `defaults`), else every device multihome owns something for (an `oif` rule, a table
 /// route, a guard entry: an uplink whose rules were flushed must still be reported, as broken);
 /// each uplink's table from its owned `oif` rule or routes when the operator did not give one;
 /// rules expected unless the guard runs alone.
@@ -80,7 +80,7 @@ fn infer_config(
             .map(|s| s.parse())
             .collect::<Result<_, _>>()
             .map_err(Fatal::usage)?
-    } else if let Ok(list) = std::env::var("MULTIHOME_UPLINKS") {
+    } else if let Some(list) = defaults::uplink_list() {
         config::parse_uplink_list(&list).map_err(Fatal::usage)?
     } else {
         tables

@@ -3,6 +3,7 @@
 //! ARP flux) and the journald log format.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
@@ -39,15 +40,24 @@ fn bed() -> Bed {
     }
 }
 
-/// `multihome ARGS` inside `ns` (with `--pin-dir` of the namespace for commands that take it).
+/// `multihome ARGS` inside `ns` (with `--pin-dir` of the namespace for commands that take it),
+/// neither $MULTIHOME_UPLINKS nor an installed /etc/default/multihome in the way.
 fn multihome(ns: &Netns, args: &[&str]) -> Output {
+    multihome_with_defaults(ns, args, Path::new("/nonexistent"))
+}
+
+/// Like `multihome`, with `defaults` as the service's EnvironmentFile.
+fn multihome_with_defaults(ns: &Netns, args: &[&str], defaults: &Path) -> Output {
     let pins = ns.pin_dir();
     let mut cmd = ns.command(multihome_bin().to_str().unwrap());
     cmd.args(args);
     if matches!(args.first(), Some(&"status" | &"cleanup" | &"check")) {
         cmd.args(["--pin-dir", pins.to_str().unwrap()]);
     }
-    cmd.env_remove("MULTIHOME_UPLINKS").output().unwrap()
+    cmd.env_remove("MULTIHOME_UPLINKS")
+        .env("MULTIHOME_DEFAULTS", defaults)
+        .output()
+        .unwrap()
 }
 
 fn stdout(out: &Output) -> String {
@@ -271,6 +281,26 @@ fn status_fails_while_an_uplink_is_absent() {
     );
     assert_eq!(u["health"], "absent: waiting for the device to appear");
     assert_eq!(report["uplinks"][0]["ok"], true);
+
+    // From a shell, with no uplinks named: the service's EnvironmentFile says which uplinks
+    // there should be, so the vanished one (its objects gone with it) is still reported.
+    let defaults = std::env::temp_dir().join(format!("{}-default", ns.name()));
+    std::fs::write(&defaults, "# example\nMULTIHOME_UPLINKS=\"wan1 wan2\"\n").unwrap();
+    let out = multihome_with_defaults(ns, &["status"], &defaults);
+    let table = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("wan2")
+                && l.ends_with("absent: waiting for the device to appear")),
+        "{table}"
+    );
+    // Without it, status can only go by what multihome owns: wan1 alone, healthy.
+    let out = multihome(ns, &["status"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert_eq!(stdout(&out).lines().count(), 2, "{}", stdout(&out));
+    std::fs::remove_file(defaults).unwrap();
 }
 
 #[test]
