@@ -103,8 +103,10 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
     log::info!("running: {}", uplink_names(&reconciler.config));
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     let mut attempt = 0;
+    // A deadline, not a pause re-armed on every pass: watchdog ticks come more often than the
+    // longest pause and would otherwise postpone the retry for ever.
+    let mut retry_at = retry_deadline(failures, attempt);
     loop {
-        let pause = (failures > 0).then(|| RETRY_PAUSES[attempt.min(RETRY_PAUSES.len() - 1)]);
         let mut resync = Resync::default();
         tokio::select! {
             _ = sigterm.recv() => break,
@@ -113,7 +115,7 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
                 notify("WATCHDOG=1");
                 continue;
             }
-            _ = sleep_or_never(pause) => { resync.all = true; attempt += 1; }
+            _ = sleep_until_or_never(retry_at) => { resync.all = true; attempt += 1; }
             notice = events.next() => {
                 let mut notice = Some(notice);
                 // Take every notice already queued, so that a burst makes one pass.
@@ -133,6 +135,7 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
         if failures == 0 {
             attempt = 0;
         }
+        retry_at = retry_deadline(failures, attempt);
     }
     notify("STOPPING=1");
     if args.keep_on_exit {
@@ -213,9 +216,15 @@ async fn tick_or_never(interval: Option<&mut tokio::time::Interval>) {
     }
 }
 
-async fn sleep_or_never(pause: Option<Duration>) {
-    match pause {
-        Some(pause) => tokio::time::sleep(pause).await,
+/// When to retry after `failures` failed operations on attempt `attempt`; never without any.
+fn retry_deadline(failures: usize, attempt: usize) -> Option<tokio::time::Instant> {
+    (failures > 0)
+        .then(|| tokio::time::Instant::now() + RETRY_PAUSES[attempt.min(RETRY_PAUSES.len() - 1)])
+}
+
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

@@ -3,7 +3,8 @@
 //! then its sandbox is held against the real daemon in a namespace: the capability bounding
 //! set suffices to load the guard (and one less does not), and every system call and socket
 //! family the daemon uses from start to stop passes `SystemCallFilter=` and
-//! `RestrictAddressFamilies=`.
+//! `RestrictAddressFamilies=`; and it speaks the notify protocol `Type=notify` and
+//! `WatchdogSec=` expect (READY=1, WATCHDOG=1 at half the period, STOPPING=1).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -372,3 +373,52 @@ const ALLOWED_PATHS: &[&str] = &[
     "/usr/lib/",
     "/lib64/",
 ];
+
+#[test]
+fn the_daemon_speaks_sd_notify_ready_watchdog_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let (host, _router) = host();
+    let socket_path = std::env::temp_dir().join(format!("{}-notify", host.name()));
+    let _ = std::fs::remove_file(&socket_path);
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let notify = format!("NOTIFY_SOCKET={}", socket_path.display());
+    // WatchdogSec=200ms: a ping every 100 ms.
+    let daemon =
+        Daemon::start_wrapped(&host, &["env", &notify, "WATCHDOG_USEC=200000"], &["wan1"]).unwrap();
+    let mut next = || {
+        let mut buf = [0; 64];
+        let n = socket.recv(&mut buf).expect("a notification within 5 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // READY=1 comes once the first reconcile has installed the rules.
+    assert_eq!(next(), "READY=1");
+    assert!(host.sh("ip rule").unwrap().contains("lookup 1001 proto 77"));
+    let start = std::time::Instant::now();
+    for _ in 0..5 {
+        assert_eq!(next(), "WATCHDOG=1");
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(2),
+        "5 pings in {elapsed:?}"
+    );
+    assert!(daemon.stop().success());
+    let rest: Vec<String> = std::iter::from_fn(|| {
+        let mut buf = [0; 64];
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let n = socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .collect();
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("STOPPING=1"),
+        "{rest:?}"
+    );
+    std::fs::remove_file(socket_path).unwrap();
+}
