@@ -388,7 +388,7 @@ fn the_daemon_speaks_sd_notify_ready_watchdog_stopping() {
     // WatchdogSec=200ms: a ping every 100 ms.
     let daemon =
         Daemon::start_wrapped(&host, &["env", &notify, "WATCHDOG_USEC=200000"], &["wan1"]).unwrap();
-    let mut next = || {
+    let next = || {
         let mut buf = [0; 64];
         let n = socket.recv(&mut buf).expect("a notification within 5 s");
         String::from_utf8_lossy(&buf[..n]).into_owned()
