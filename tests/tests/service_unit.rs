@@ -3,8 +3,9 @@
 //! then its sandbox is held against the real daemon in a namespace: the capability bounding
 //! set suffices to load the guard (and one less does not), and every system call and socket
 //! family the daemon uses from start to stop passes `SystemCallFilter=` and
-//! `RestrictAddressFamilies=`; and it speaks the notify protocol `Type=notify` and
-//! `WatchdogSec=` expect (READY=1, WATCHDOG=1 at half the period, STOPPING=1).
+//! `RestrictAddressFamilies=`; it speaks the notify protocol `Type=notify` and
+//! `WatchdogSec=` expect (READY=1, WATCHDOG=1 at half the period, STOPPING=1); and iproute2
+//! prints protocol 77 as `multihome` with dist/rt_protos.d/multihome.conf.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -421,4 +422,25 @@ fn the_daemon_speaks_sd_notify_ready_watchdog_stopping() {
         "{rest:?}"
     );
     std::fs::remove_file(socket_path).unwrap();
+}
+
+#[test]
+fn iproute2_reads_the_protocol_name_from_rt_protos_d() {
+    require_root();
+    let ns = Netns::new("rt").unwrap();
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/rt_protos.d/multihome.conf");
+    // A private mount namespace with an /etc/iproute2 holding only our file: the host's stays
+    // untouched.
+    let script = format!(
+        "mount -t tmpfs tmpfs /etc/iproute2 && mkdir /etc/iproute2/rt_protos.d &&
+         cp {} /etc/iproute2/rt_protos.d/ &&
+         ip rule add from 192.0.2.1 lookup 1001 proto multihome && ip rule show && ip -N rule show",
+        conf.display()
+    );
+    let out = ns.run(&["unshare", "-m", "sh", "-c", &script]).unwrap();
+    assert!(
+        out.contains("from 192.0.2.1 lookup 1001 proto multihome")
+            && out.contains("from 192.0.2.1 lookup 1001 proto 77"),
+        "{out}"
+    );
 }
