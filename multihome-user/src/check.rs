@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use crate::cli::CheckArgs;
 use crate::config::{self, Config, Params};
 use crate::netlink::Netlink;
-use crate::privileges::{self, Capability, CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN};
+use crate::privileges::{self, Capability, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN};
 use crate::view::{Family, KernelView};
-use crate::{plan, Fatal};
+use crate::{defaults, plan, Fatal};
 
 /// One thing to fix, printed on one line.
 #[derive(Debug, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub fn findings(host: &Host) -> Vec<Finding> {
             "use a kernel built with CONFIG_DEBUG_INFO_BTF=y or run with --no-ebpf",
         );
     }
-    let mut needed: Vec<Capability> = vec![CAP_NET_ADMIN, CAP_BPF];
+    let mut needed: Vec<Capability> = vec![CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON];
     if !host.bpffs_mounted {
         needed.push(CAP_SYS_ADMIN);
         add(
@@ -210,7 +210,7 @@ fn network(addr: std::net::IpAddr, len: u8) -> std::net::IpAddr {
 pub fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
     let protocol = config::protocol(args.owned.protocol).map_err(Fatal::usage)?;
     let uplinks = if args.uplinks.is_empty() {
-        config::parse_uplink_list(&std::env::var("MULTIHOME_UPLINKS").unwrap_or_default())
+        config::parse_uplink_list(&defaults::uplink_list().unwrap_or_default())
     } else {
         args.uplinks.iter().map(|s| s.parse()).collect()
     }
@@ -382,6 +382,7 @@ mod tests {
             "no kernel BTF",
             "bpffs is not mounted",
             "missing capability CAP_BPF",
+            "missing capability CAP_PERFMON",
             "missing capability CAP_SYS_ADMIN",
             "vlan102: rp_filter is 1",
             "vlan101: shares a subnet",

@@ -46,7 +46,9 @@ async fn remove_routing(protocol: u8) -> Result<Vec<String>, Fatal> {
             .apply(&op)
             .await
             .map_err(|err| Fatal::failure(format!("{op}: {err}")))?;
-        removed.push(op.to_string());
+        // "delete ipv4 rule ..." reads "removed ipv4 rule ..." in the list.
+        let line = op.to_string();
+        removed.push(line.strip_prefix("delete ").unwrap_or(&line).to_owned());
     }
     Ok(removed)
 }

@@ -36,6 +36,9 @@ pub enum Command {
     Cleanup(Owned),
     /// Check the kernel, privileges and the host's settings, with the fix for each finding.
     Check(CheckArgs),
+    /// Write the man pages or shell completions (used by `cargo xtask install`).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
 }
 
 /// What identifies multihome's objects on this host.
@@ -84,7 +87,8 @@ pub struct StatusArgs {
     /// Machine-readable output (schema in the README).
     #[arg(long)]
     pub json: bool,
-    /// Uplinks to report on; default: $MULTIHOME_UPLINKS, else every uplink with owned objects.
+    /// Uplinks to report on; default: $MULTIHOME_UPLINKS, else MULTIHOME_UPLINKS in
+    /// /etc/default/multihome ($MULTIHOME_DEFAULTS), else every uplink with owned objects.
     #[arg(value_name = "UPLINK")]
     pub uplinks: Vec<String>,
     #[command(flatten)]
@@ -96,11 +100,32 @@ pub struct CheckArgs {
     /// Priority the daemon will use (to find conflicting rules).
     #[arg(long, default_value_t = 1000, value_name = "P")]
     pub priority: u32,
-    /// Uplinks to check; default: $MULTIHOME_UPLINKS.
+    /// Uplinks to check; default: $MULTIHOME_UPLINKS, else MULTIHOME_UPLINKS in
+    /// /etc/default/multihome ($MULTIHOME_DEFAULTS).
     #[arg(value_name = "UPLINK")]
     pub uplinks: Vec<String>,
     #[command(flatten)]
     pub owned: Owned,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: Generated,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Generated {
+    /// Man pages (multihome.1 and one per command) into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// The completion script for SHELL, on standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

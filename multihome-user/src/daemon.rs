@@ -16,9 +16,9 @@ use crate::config::{self, Config, GatewaySpec, Params};
 use crate::guard::{self, AttachMode, Guard};
 use crate::instance;
 use crate::netlink::{Events, Netlink, Notice, DEFAULT_RECEIVE_BUFFER};
-use crate::notify::notify;
+use crate::notify::{self, notify};
 use crate::plan;
-use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN};
+use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
 use crate::reconcile::Reconciler;
 use crate::Fatal;
 
@@ -34,7 +34,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Fatal> {
     let config = config_from(&args)?;
     let mut needed = vec![CAP_NET_ADMIN];
     if config.ebpf {
-        needed.push(CAP_BPF);
+        needed.extend([CAP_BPF, CAP_PERFMON]);
     }
     if let Some(cap) = privileges::missing(privileges::effective(), &needed).first() {
         return Err(Fatal::usage(format!(
@@ -114,14 +114,21 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
     let mut failures = reconciler.reconcile().await.failed;
     notify("READY=1");
     log::info!("running: {}", uplink_names(&reconciler.config));
+    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     let mut attempt = 0;
+    // A deadline, not a pause re-armed on every pass: watchdog ticks come more often than the
+    // longest pause and would otherwise postpone the retry for ever.
+    let mut retry_at = retry_deadline(failures, attempt);
     loop {
-        let pause = (failures > 0).then(|| RETRY_PAUSES[attempt.min(RETRY_PAUSES.len() - 1)]);
         let mut resync = Resync::default();
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = sleep_or_never(pause) => { resync.all = true; attempt += 1; }
+            _ = tick_or_never(watchdog.as_mut()) => {
+                notify("WATCHDOG=1");
+                continue;
+            }
+            _ = sleep_until_or_never(retry_at) => { resync.all = true; attempt += 1; }
             ready = readable_or_never(guard_log.as_ref()) => {
                 if let Some(guard) = reconciler.guard.as_mut() {
                     guard.flush_log();
@@ -150,6 +157,7 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
         if failures == 0 {
             attempt = 0;
         }
+        retry_at = retry_deadline(failures, attempt);
     }
     notify("STOPPING=1");
     if args.keep_on_exit {
@@ -230,9 +238,25 @@ async fn readable_or_never(
     }
 }
 
-async fn sleep_or_never(pause: Option<Duration>) {
-    match pause {
-        Some(pause) => tokio::time::sleep(pause).await,
+/// The next watchdog tick; never without a watchdog.
+async fn tick_or_never(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// When to retry after `failures` failed operations on attempt `attempt`; never without any.
+fn retry_deadline(failures: usize, attempt: usize) -> Option<tokio::time::Instant> {
+    (failures > 0)
+        .then(|| tokio::time::Instant::now() + RETRY_PAUSES[attempt.min(RETRY_PAUSES.len() - 1)])
+}
+
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

@@ -25,7 +25,12 @@ pub fn init(level: log::LevelFilter) {
                 log::Level::Info => 6,
                 log::Level::Debug | log::Level::Trace => 7,
             };
-            writeln!(out, "<{priority}>{}", record.args())
+            // journald makes one entry per line: each line of a multi-line message (aya's
+            // debug dumps) carries the priority, or it would land at the default level.
+            for line in record.args().to_string().lines() {
+                writeln!(out, "<{priority}>{line}")?;
+            }
+            Ok(())
         });
     } else {
         builder.format_target(false);

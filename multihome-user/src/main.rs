@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Status(args) => multihome::status::main(args),
         Command::Cleanup(args) => multihome::cleanup::main(args),
         Command::Check(args) => multihome::check::main(args),
+        Command::Generate(args) => multihome::generate::main(args),
     };
     match result {
         Ok(code) => code,

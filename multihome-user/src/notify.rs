@@ -3,6 +3,7 @@
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::Duration;
 
 /// Sends `state` (e.g. "READY=1") to the service manager; a no-op outside systemd. Failures
 /// are logged and otherwise ignored: readiness must never stop the daemon from working.
@@ -21,9 +22,37 @@ pub fn notify(state: &str) {
     }
 }
 
+/// How often to send WATCHDOG=1: half of systemd's `WatchdogSec=` ($WATCHDOG_USEC), when the
+/// watchdog is meant for this process ($WATCHDOG_PID unset or ours). The ping comes from the
+/// event loop itself, so a loop stuck in a netlink call stops it and systemd restarts us.
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec = std::env::var("WATCHDOG_USEC").ok();
+    let pid = std::env::var("WATCHDOG_PID").ok();
+    interval_for(usec.as_deref(), pid.as_deref(), std::process::id())
+}
+
+fn interval_for(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {
+    if pid.is_some_and(|pid| pid.parse() != Ok(me)) {
+        return None;
+    }
+    let usec: u64 = usec?.parse().ok().filter(|&u| u > 0)?;
+    Some(Duration::from_micros(usec / 2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchdog_pings_at_half_its_period_for_its_own_pid() {
+        let half = Some(Duration::from_secs(15));
+        assert_eq!(interval_for(Some("30000000"), None, 7), half);
+        assert_eq!(interval_for(Some("30000000"), Some("7"), 7), half);
+        assert_eq!(interval_for(Some("30000000"), Some("8"), 7), None);
+        assert_eq!(interval_for(None, None, 7), None);
+        assert_eq!(interval_for(Some("0"), None, 7), None);
+        assert_eq!(interval_for(Some("x"), None, 7), None);
+    }
 
     #[test]
     fn sends_the_state_to_the_socket() {

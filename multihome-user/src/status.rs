@@ -9,8 +9,9 @@ use crate::config::{self, Config, Params, UplinkSpec};
 use crate::guard::{self, PinnedMaps};
 use crate::netlink::Netlink;
 use crate::report::{report, Inputs, Report};
+use crate::state::State;
 use crate::view::KernelView;
-use crate::{plan, Fatal};
+use crate::{defaults, plan, Fatal};
 
 pub fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
     let protocol = config::protocol(args.owned.protocol).map_err(Fatal::usage)?;
@@ -36,7 +37,7 @@ pub fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
         .map(|(ifindex, kind)| (ifindex, kind.to_string()))
         .collect();
     owned.guarded = attach_modes.keys().copied().collect();
-    let config = infer_config(&args, protocol, &view, guard_pinned)?;
+    let config = infer_config(&args, protocol, &view, &owned, guard_pinned)?;
     let report = report(&Inputs {
         config: &config,
         view: &view,
@@ -61,44 +62,47 @@ pub fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
 }
 
 /// The daemon's configuration as far as status can know it: uplinks from the arguments, else
-/// $MULTIHOME_UPLINKS, else the `oif` rules multihome owns; each uplink's table from its owned
-/// `oif` rule when the operator did not give one; rules expected unless the guard runs alone.
+/// $MULTIHOME_UPLINKS or the unit's EnvironmentFile (see `defaults`), else every device multihome owns something for (an `oif` rule, a table
+/// route, a guard entry: an uplink whose rules were flushed must still be reported, as broken);
+/// each uplink's table from its owned `oif` rule or routes when the operator did not give one;
+/// rules expected unless the guard runs alone.
 fn infer_config(
     args: &StatusArgs,
     protocol: u8,
     view: &KernelView,
+    owned: &State,
     guard_pinned: bool,
 ) -> Result<Config, Fatal> {
-    let owned_oif_rules: BTreeMap<&str, u32> = view
-        .rules
-        .iter()
-        .filter(|r| r.protocol == protocol)
-        .filter_map(|r| Some((r.oif.as_deref()?, r.table?)))
-        .collect();
+    let tables = owned_tables(view, owned);
     let mut uplinks: Vec<UplinkSpec> = if !args.uplinks.is_empty() {
         args.uplinks
             .iter()
             .map(|s| s.parse())
             .collect::<Result<_, _>>()
             .map_err(Fatal::usage)?
-    } else if let Ok(list) = std::env::var("MULTIHOME_UPLINKS") {
+    } else if let Some(list) = defaults::uplink_list() {
         config::parse_uplink_list(&list).map_err(Fatal::usage)?
     } else {
-        owned_oif_rules
+        tables
             .keys()
             .map(|name| UplinkSpec {
-                name: (*name).to_owned(),
+                name: name.clone(),
                 table: None,
             })
             .collect()
     };
+    if uplinks.is_empty() {
+        return Err(Fatal::usage(
+            "no uplinks to report on: multihome owns nothing here; name them \
+             (multihome status wan1 wan2) or set MULTIHOME_UPLINKS",
+        ));
+    }
     for spec in &mut uplinks {
         if spec.table.is_none() {
-            spec.table = owned_oif_rules.get(spec.name.as_str()).copied();
+            spec.table = tables.get(&spec.name).copied().flatten();
         }
     }
-    let routing_owned = view.rules.iter().any(|r| r.protocol == protocol)
-        || view.routes.iter().any(|r| r.protocol == protocol);
+    let routing_owned = !owned.rules.is_empty() || !owned.routes.is_empty();
     Config::new(Params {
         uplinks,
         protocol: protocol.into(),
@@ -109,6 +113,28 @@ fn infer_config(
     .map_err(Fatal::usage)
 }
 
+/// Each device multihome owns something for, with its table when a rule or route tells it.
+fn owned_tables(view: &KernelView, owned: &State) -> BTreeMap<String, Option<u32>> {
+    let name = |ifindex: u32| view.links.get(&ifindex).map(|l| l.name.clone());
+    let mut tables = BTreeMap::new();
+    for ifindex in owned.entries.values().map(|e| e.uplink_ifindex) {
+        if let Some(name) = name(ifindex) {
+            tables.entry(name).or_insert(None);
+        }
+    }
+    for route in &owned.routes {
+        if let Some(name) = route.oif.and_then(name) {
+            tables.insert(name, Some(route.table));
+        }
+    }
+    for rule in &owned.rules {
+        if let (Some(oif), Some(table)) = (&rule.oif, rule.table) {
+            tables.insert(oif.clone(), Some(table));
+        }
+    }
+    tables
+}
+
 /// The human form: one aligned row per uplink.
 fn table(report: &Report) -> String {
     let header = [
@@ -116,6 +142,7 @@ fn table(report: &Report) -> String {
         "STATE",
         "ADDRESSES",
         "GATEWAY",
+        "LOWER",
         "TABLE",
         "RULES",
         "ROUTES",
@@ -123,6 +150,7 @@ fn table(report: &Report) -> String {
         "PASSED",
         "REDIRECTED",
         "FAILED",
+        "BYTES",
         "HEALTH",
     ];
     let mut rows = vec![header.map(str::to_owned).to_vec()];
@@ -139,6 +167,10 @@ fn table(report: &Report) -> String {
             u.state.to_owned(),
             or_dash(u.addresses.join(",")),
             or_dash(u.gateways.join(",")),
+            u.lower.as_ref().map_or("-".to_owned(), |l| match l.vlan {
+                Some(vlan) => format!("{}/vlan{vlan}", l.name),
+                None => l.name.clone(),
+            }),
             u.table.to_string(),
             format!("{}/{}", u.rules.present, u.rules.wanted),
             format!("{}/{}", u.routes.present, u.routes.wanted),
@@ -146,6 +178,7 @@ fn table(report: &Report) -> String {
             c.passed.to_string(),
             c.redirected.to_string(),
             (c.redirect_failed + c.dropped_too_big).to_string(),
+            c.bytes_redirected.to_string(),
             u.health.clone(),
         ]);
     }

@@ -63,17 +63,28 @@ impl Daemon {
 
     /// Like `start`, with a given pin directory (to restart a daemon on the same pins).
     pub fn start_with_pins(ns: &Netns, args: &[&str], pin_dir: &Path) -> Result<Daemon> {
+        Daemon::launch(ns, &[], args, pin_dir)
+    }
+
+    /// Like `start`, run through `wrapper` (e.g. `env VAR=x`, `setpriv ...`, `strace ...`);
+    /// `stop` and `kill` then signal the wrapper.
+    pub fn start_wrapped(ns: &Netns, wrapper: &[&str], args: &[&str]) -> Result<Daemon> {
+        Daemon::launch(ns, wrapper, args, &ns.pin_dir())
+    }
+
+    fn launch(ns: &Netns, wrapper: &[&str], args: &[&str], pin_dir: &Path) -> Result<Daemon> {
         let log = std::env::temp_dir().join(format!("{}-{}.log", ns.name(), unique()));
         let bin = multihome_bin();
         let pin_arg = pin_dir.display().to_string();
-        let mut argv = vec![
+        let mut argv = wrapper.to_vec();
+        argv.extend([
             bin.to_str().unwrap(),
             "--log-level",
             "debug",
             "run",
             "--pin-dir",
             pin_arg.as_str(),
-        ];
+        ]);
         argv.extend_from_slice(args);
         let process = ns.spawn_logged(&argv, &log)?;
         let mut daemon = Daemon {

@@ -2,6 +2,7 @@
 
 mod build;
 mod demo;
+mod install;
 mod proc;
 mod requirements;
 mod run;
@@ -41,6 +42,21 @@ enum Task {
     Test,
     /// Show multihome on the seed topology (planned).
     Demo,
+    /// Build release and install the binary, unit, protocol name, example config, man pages
+    /// and completions.
+    Install(InstallArgs),
+    /// Remove what install wrote (a modified /etc/default/multihome stays).
+    Uninstall(InstallArgs),
+}
+
+#[derive(clap::Args)]
+struct InstallArgs {
+    /// Where the binary, unit, man pages and completions go (configuration goes to /etc).
+    #[arg(long, default_value = "/usr/local")]
+    prefix: std::path::PathBuf,
+    /// Stage the whole tree under this directory instead of / (packaging).
+    #[arg(long)]
+    destdir: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +66,8 @@ fn main() -> ExitCode {
         Task::Run { release, args } => run::run(release, &args),
         Task::Test => test::run(),
         Task::Demo => demo::run(),
+        Task::Install(a) => install::install(&a.prefix, a.destdir.as_deref()),
+        Task::Uninstall(a) => install::uninstall(&a.prefix, a.destdir.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

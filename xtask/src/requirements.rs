@@ -28,6 +28,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "systemd",             // tier 3: systemd-networkd (part of systemd on bookworm), a DHCP client
     "kmod",                // tier 4: modprobe 8021q and module lookup in the VM's initramfs
     "cpio",                // tier 4: packs the VM's initramfs
+    "strace", // tier 3: the unit test holds the daemon's system calls to the unit's filter
 ];
 
 /// The Debian packages for nightly's LLVM major `llvm`.
