@@ -108,11 +108,13 @@ impl Clients {
         }
     }
 
-    /// A new lease now: `networkctl renew`, or dhclient restarted on its lease file (it asks
-    /// for the old address first, as after a reboot).
+    /// A new lease now. networkd: `networkctl reconfigure` (its `renew` sends the REQUEST
+    /// from a socket bound to the leased address, so dnsmasq's broadcast NAK of a refused
+    /// address never reaches it and it would wait for T2); dhclient: restarted on its lease
+    /// file (it asks for the old address first, as after a reboot).
     pub(super) fn renew(&mut self, host: &Netns, isp: Isp) -> Result<()> {
         match self {
-            Clients::Networkd { .. } => self.networkctl(&["renew", isp.uplink()]),
+            Clients::Networkd { .. } => self.networkctl(&["reconfigure", isp.uplink()]),
             Clients::Dhclient { running, .. } => {
                 if let Some(p) = running.remove(isp.uplink()) {
                     p.stop(libc::SIGKILL)?;

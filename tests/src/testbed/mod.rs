@@ -213,7 +213,7 @@ impl Testbed {
         }
     }
 
-    /// Asks the DHCP client for a new lease on the uplink now (networkd: `networkctl renew`;
+    /// Asks the DHCP client for a new lease on the uplink now (networkd: `networkctl reconfigure`;
     /// dhclient: restarted on its lease file, as a reboot would).
     pub fn renew(&mut self, isp: Isp) -> Result<()> {
         self.dhcp.renew(&self.host, isp)
@@ -251,6 +251,30 @@ impl Testbed {
             Isp::B => self.b.connect(host)?,
         }
         self.dhcp.link_returned(&self.host, isp)
+    }
+
+    /// multihome's rules on the host (protocol 77), both families, as `ip` prints them.
+    pub fn owned_rules(&self) -> String {
+        self.host
+            .sh("ip -4 rule; ip -6 rule")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("proto 77"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    /// The guard map's source addresses and their uplink ifindex (`pin_dir` of the daemon).
+    pub fn guard_entries(pin_dir: &Path) -> Vec<(IpAddr, u32)> {
+        multihome::guard::PinnedMaps::open(pin_dir)
+            .and_then(|m| m.entries())
+            .map(|entries| {
+                entries
+                    .into_iter()
+                    .map(|(addr, e)| (addr, e.uplink_ifindex))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// What the host has now (addresses, routes, rules): for failure messages.

@@ -143,3 +143,34 @@ pub fn udp_stream(host: &Netns, from: IpAddr, duration: Duration, interval: Dura
         Ok(sent)
     })
 }
+
+/// Waits (bounded) until `via` reaches the echo service through `want` over UDP, TCP and
+/// HTTP; returns how long that took. Panics with the last answers and `context` otherwise.
+pub fn wait_isp(
+    host: &Netns,
+    via: &Via,
+    v6: bool,
+    want: Isp,
+    within: Duration,
+    context: impl Fn() -> String,
+) -> Duration {
+    let start = Instant::now();
+    crate::daemon::wait_for(
+        &format!("{via:?} (v6={v6}) to leave through {want}"),
+        within,
+        || {
+            ALL_PROTOS
+                .iter()
+                .all(|p| isp(host, via, *p, v6) == Some(want))
+                .then_some(())
+        },
+        || {
+            let answers: Vec<String> = ALL_PROTOS
+                .iter()
+                .map(|p| format!("{p:?}: {:?}", ask(host, via, *p, v6)))
+                .collect();
+            format!("{}\n{}", answers.join("\n"), context())
+        },
+    );
+    start.elapsed()
+}
