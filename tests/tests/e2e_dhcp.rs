@@ -77,8 +77,8 @@ fn renumbering(client: Client) {
     run.bed
         .b
         .serve(Lease {
-            pool: (150, 199),
-            ..Lease::default()
+            pool: (200, 249),
+            ..Lease::initial(Isp::B)
         })
         .unwrap();
     run.bed.renew(Isp::B).unwrap();
@@ -142,7 +142,7 @@ fn lease_lost_and_back(client: Client) {
         || run.bed.describe(),
     );
     // Router B returns; only the DHCP client is asked, multihome is left alone.
-    run.bed.b.serve(Lease::default()).unwrap();
+    run.bed.b.serve(Lease::initial(Isp::B)).unwrap();
     run.bed.renew(Isp::B).unwrap();
     run.bed.wait_configured(Isp::B);
     run.assert_uplink(Isp::B, false);

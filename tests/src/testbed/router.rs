@@ -21,10 +21,18 @@ pub struct Lease {
     pub gateway: Ipv4Addr,
 }
 
-impl Default for Lease {
-    fn default() -> Lease {
+impl Lease {
+    /// What each router hands out at first: the same subnet and gateway, but distinct pools
+    /// (100-149 on A, 150-199 on B), since dnsmasq picks the address from a hash of the
+    /// client and the same address on both uplinks would make "the uplink of a source
+    /// address" meaningless.
+    pub fn initial(isp: Isp) -> Lease {
+        let pool = match isp {
+            Isp::A => (100, 149),
+            Isp::B => (150, 199),
+        };
         Lease {
-            pool: (100, 149),
+            pool,
             gateway: Ipv4Addr::new(192, 168, 0, 1),
         }
     }
@@ -75,7 +83,7 @@ impl Router {
             isp,
             dir,
             dnsmasq: None,
-            lease: Lease::default(),
+            lease: Lease::initial(isp),
         })
     }
 
@@ -165,10 +173,6 @@ impl Router {
             gateway,
             ..self.lease.clone()
         })
-    }
-
-    pub fn lease(&self) -> &Lease {
-        &self.lease
     }
 
     fn lan_addresses(&self) -> Result<Vec<Ipv4Addr>> {
