@@ -36,7 +36,14 @@ impl Run {
         let addr = if v6 { bed.v6(isp) } else { bed.v4(isp) };
         let ctx = || format!("{}\n{}", bed.describe(), self.daemon.log());
         let t = wait_isp(&bed.host, &Via::Addr(addr), v6, isp, FOLLOW, ctx);
-        wait_isp(&bed.host, &Via::Device(isp.uplink().into()), v6, isp, FOLLOW, ctx);
+        wait_isp(
+            &bed.host,
+            &Via::Device(isp.uplink().into()),
+            v6,
+            isp,
+            FOLLOW,
+            ctx,
+        );
         t
     }
 
@@ -133,14 +140,9 @@ fn lease_lost_and_back(client: Client) {
     run.wait_no_v4(Isp::B);
     run.assert_forgotten(old);
     run.assert_uplink(Isp::A, false);
-    wait_isp(
-        &run.bed.host,
-        &Via::Unbound,
-        false,
-        Isp::A,
-        FOLLOW,
-        || run.bed.describe(),
-    );
+    wait_isp(&run.bed.host, &Via::Unbound, false, Isp::A, FOLLOW, || {
+        run.bed.describe()
+    });
     // Router B returns; only the DHCP client is asked, multihome is left alone.
     run.bed.b.serve(Lease::initial(Isp::B)).unwrap();
     run.bed.renew(Isp::B).unwrap();
@@ -186,15 +188,17 @@ fn two_addresses(client: Client) {
         .unwrap();
     for (extra, v6) in [("192.168.0.250", false), ("2001:db8:b::250", true)] {
         let extra: IpAddr = extra.parse().unwrap();
-        for addr in [extra, if v6 { run.bed.v6(Isp::B) } else { run.bed.v4(Isp::B) }] {
-            wait_isp(
-                &run.bed.host,
-                &Via::Addr(addr),
-                v6,
-                Isp::B,
-                FOLLOW,
-                || run.bed.describe(),
-            );
+        for addr in [
+            extra,
+            if v6 {
+                run.bed.v6(Isp::B)
+            } else {
+                run.bed.v4(Isp::B)
+            },
+        ] {
+            wait_isp(&run.bed.host, &Via::Addr(addr), v6, Isp::B, FOLLOW, || {
+                run.bed.describe()
+            });
         }
     }
 }

@@ -50,7 +50,11 @@ fn egress(client: Client, mode: &[&str], families: &[bool]) {
     for &v6 in families {
         let via = Via::Addr(addr(&bed, Isp::B, v6));
         let got = probe::isp(&bed.host, &via, Proto::Udp, v6);
-        assert_ne!(got, Some(Isp::B), "without multihome {via:?} v6={v6} already works?");
+        assert_ne!(
+            got,
+            Some(Isp::B),
+            "without multihome {via:?} v6={v6} already works?"
+        );
     }
     let args: Vec<&str> = mode.iter().copied().chain(["wan1", "wan2"]).collect();
     let _daemon = Daemon::start(&bed.host, &args).unwrap();

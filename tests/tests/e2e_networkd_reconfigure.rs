@@ -23,7 +23,10 @@ const STREAM: Duration = Duration::from_secs(3);
 /// Streams from `src` (one datagram a millisecond) while `during` runs, and returns how many
 /// were sent and how many each router forwarded.
 fn stream(bed: &Testbed, src: IpAddr, during: impl FnOnce()) -> (u64, u64, u64) {
-    let (a0, b0) = (bed.a.forwarded_udp().unwrap(), bed.b.forwarded_udp().unwrap());
+    let (a0, b0) = (
+        bed.a.forwarded_udp().unwrap(),
+        bed.b.forwarded_udp().unwrap(),
+    );
     let sent = std::thread::scope(|s| {
         let stream = s.spawn(|| udp_stream(&bed.host, src, STREAM, Duration::from_millis(1)));
         std::thread::sleep(Duration::from_millis(300));
@@ -39,7 +42,10 @@ fn stream(bed: &Testbed, src: IpAddr, during: impl FnOnce()) -> (u64, u64, u64) 
 }
 
 fn assert_all_via_b((sent, a, b): (u64, u64, u64), what: &str) {
-    assert_eq!(a, 0, "{what}: datagrams from wan2's address left through ISP A");
+    assert_eq!(
+        a, 0,
+        "{what}: datagrams from wan2's address left through ISP A"
+    );
     assert_eq!(b, sent, "{what}: every datagram sent left through ISP B");
 }
 
@@ -53,9 +59,14 @@ fn bed_with_daemon(args: &[&str]) -> (Bed, Daemon) {
     let bed = Testbed::up(Client::Networkd).unwrap();
     let daemon = Daemon::start(&bed.host, args).unwrap();
     let src = bed.v4(Isp::B);
-    wait_isp(&bed.host, &Via::Addr(src), false, Isp::B, Duration::from_secs(10), || {
-        bed.describe()
-    });
+    wait_isp(
+        &bed.host,
+        &Via::Addr(src),
+        false,
+        Isp::B,
+        Duration::from_secs(10),
+        || bed.describe(),
+    );
     let rule = format!("from {src} lookup 1002");
     (Bed { bed, src, rule }, daemon)
 }
@@ -76,7 +87,12 @@ impl Bed {
 /// gone, the guard alone keeps the stream on ISP B, and a restarted multihome restores them.
 fn reconfigure_other_uplink(args: &[&str]) {
     let (bed, daemon) = bed_with_daemon(args);
-    let added = || daemon.log().matches(&format!("rule 1000: from {}/32", bed.src)).count();
+    let added = || {
+        daemon
+            .log()
+            .matches(&format!("rule 1000: from {}/32", bed.src))
+            .count()
+    };
     let before = added();
     let counts = stream(&bed.bed, bed.src, || bed.bed.reconfigure(Isp::A).unwrap());
     wait_for(
@@ -107,7 +123,9 @@ fn reconfigure_other_uplink_rules_and_guard() {
 /// The same without the guard must lose datagrams to ISP A once the rules are gone: the
 /// scenario can tell a working guard from none.
 #[test]
-#[should_panic(expected = "multihome crashed, rules deleted: datagrams from wan2's address left through ISP A")]
+#[should_panic(
+    expected = "multihome crashed, rules deleted: datagrams from wan2's address left through ISP A"
+)]
 fn reconfigure_other_uplink_rules_only_leaks() {
     reconfigure_other_uplink(&["--no-ebpf", "wan1", "wan2"]);
 }

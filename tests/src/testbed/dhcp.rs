@@ -88,7 +88,10 @@ impl Clients {
                 std::fs::write(dir.join("script"), DHCLIENT_SCRIPT)?;
                 std::fs::write(dir.join("conf"), DHCLIENT_CONF)?;
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(dir.join("script"), std::fs::Permissions::from_mode(0o755))?;
+                std::fs::set_permissions(
+                    dir.join("script"),
+                    std::fs::Permissions::from_mode(0o755),
+                )?;
                 let mut clients = Clients::Dhclient {
                     dir,
                     running: BTreeMap::new(),
@@ -247,7 +250,16 @@ fn start_networkd(host: &Netns, dir: &Path) -> Result<Clients> {
     let log = dir.join("networkd.log");
     let conf_arg = conf.display().to_string();
     let process = host.spawn_logged(
-        &["unshare", "-m", "sh", "-c", NETWORKD_SH, "sh", &conf_arg, NETWORKD],
+        &[
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            NETWORKD_SH,
+            "sh",
+            &conf_arg,
+            NETWORKD,
+        ],
         &log,
     )?;
     Ok(Clients::Networkd { process, log })

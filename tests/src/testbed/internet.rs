@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::daemon::wait_for;
+use crate::daemon::{built_bin, wait_for};
 use crate::netns::{Netns, Process};
 
-use super::{sibling_bin, Isp, ECHO_V4, ECHO_V6};
+use super::{Isp, ECHO_V4, ECHO_V6};
 
 pub struct Internet {
     pub ns: Netns,
@@ -23,7 +23,7 @@ impl Internet {
             "ip addr add {ECHO_V4}/32 dev lo && ip -6 addr add {ECHO_V6}/128 dev lo"
         ))?;
         let log = dir.join("echo.log");
-        let bin = sibling_bin("mh-echo");
+        let bin = built_bin("mh-echo");
         let echo = ns.spawn_logged(&[bin.to_str().unwrap()], &log)?;
         wait_for(
             "the echo service",

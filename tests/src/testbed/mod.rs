@@ -204,7 +204,15 @@ impl Testbed {
                 || {
                     let out = self
                         .host
-                        .run(&["ip", family, "route", "show", "default", "dev", isp.uplink()])
+                        .run(&[
+                            "ip",
+                            family,
+                            "route",
+                            "show",
+                            "default",
+                            "dev",
+                            isp.uplink(),
+                        ])
                         .unwrap_or_default();
                     (!out.trim().is_empty()).then_some(())
                 },
@@ -235,7 +243,8 @@ impl Testbed {
     /// Takes the uplink down and up again; the DHCP client notices the carrier (networkd) or
     /// is restarted as ifupdown would (dhclient, which does not watch links).
     pub fn flap(&mut self, isp: Isp) -> Result<()> {
-        self.host.run(&["ip", "link", "set", isp.uplink(), "down"])?;
+        self.host
+            .run(&["ip", "link", "set", isp.uplink(), "down"])?;
         std::thread::sleep(Duration::from_millis(500));
         self.host.run(&["ip", "link", "set", isp.uplink(), "up"])?;
         self.dhcp.link_returned(&self.host, isp)
@@ -305,16 +314,4 @@ impl Drop for ScratchDir {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
-}
-
-/// A program built beside the running executable (`target/<profile>/NAME`), found from a
-/// test executable in `deps/` as well as from a binary in the profile directory itself.
-pub fn sibling_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("executable path");
-    let dir = exe.parent().expect("executable directory");
-    [dir, dir.parent().unwrap_or(dir)]
-        .iter()
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} is missing next to {}: build the workspace first", exe.display()))
 }

@@ -118,7 +118,12 @@ fn bind(socket: &Socket, via: &Via) -> Result<()> {
 /// Sends UDP datagrams from `from` to the echo port every `interval` for `duration`
 /// (answers are not read): a steady stream whose packets the routers count. Returns how many
 /// the host's stack accepted.
-pub fn udp_stream(host: &Netns, from: IpAddr, duration: Duration, interval: Duration) -> Result<u64> {
+pub fn udp_stream(
+    host: &Netns,
+    from: IpAddr,
+    duration: Duration,
+    interval: Duration,
+) -> Result<u64> {
     host.enter(|| {
         let dst = echo_addr(from.is_ipv6());
         let domain = if from.is_ipv6() {

@@ -119,7 +119,8 @@ impl Router {
         self.stop_dhcp();
         let gw = lease.gateway;
         if !self.lan_addresses()?.contains(&gw) {
-            self.ns.run(&["ip", "addr", "add", &format!("{gw}/24"), "dev", "lan"])?;
+            self.ns
+                .run(&["ip", "addr", "add", &format!("{gw}/24"), "dev", "lan"])?;
         }
         let leases = self.dir.join("leases");
         let _ = std::fs::remove_file(&leases);
@@ -142,7 +143,10 @@ impl Router {
             format!("--dhcp-range=192.168.0.{first},192.168.0.{last},255.255.255.0,2m"),
             format!("--dhcp-option=option:router,{gw}"),
             "--enable-ra".into(),
-            format!("--dhcp-range=2001:db8:{}::,ra-only,64,10m", self.isp.letter()),
+            format!(
+                "--dhcp-range=2001:db8:{}::,ra-only,64,10m",
+                self.isp.letter()
+            ),
             "--ra-param=lan,high,4,600".into(),
         ];
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -176,7 +180,9 @@ impl Router {
     }
 
     fn lan_addresses(&self) -> Result<Vec<Ipv4Addr>> {
-        let out = self.ns.run(&["ip", "-o", "-4", "addr", "show", "dev", "lan"])?;
+        let out = self
+            .ns
+            .run(&["ip", "-o", "-4", "addr", "show", "dev", "lan"])?;
         Ok(out
             .lines()
             .filter_map(|l| l.split_whitespace().nth(3)?.split('/').next()?.parse().ok())
