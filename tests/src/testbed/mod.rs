@@ -295,7 +295,9 @@ impl Testbed {
     }
 }
 
-/// A scratch directory under the system's temp dir, removed on drop.
+/// A scratch directory under the system's temp dir (DHCP leases and logs, dnsmasq's and
+/// networkd's files), removed on drop; kept for a look when `MULTIHOME_KEEP_TESTBED` is set
+/// (failure messages carry the logs' ends anyway).
 struct ScratchDir(PathBuf);
 
 impl ScratchDir {
@@ -308,7 +310,7 @@ impl ScratchDir {
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::env::var_os("MULTIHOME_KEEP_TESTBED").is_some() {
             eprintln!("testbed files kept in {}", self.0.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.0);
