@@ -302,9 +302,30 @@ struct ScratchDir(PathBuf);
 
 impl ScratchDir {
     fn new(name: &str) -> Result<ScratchDir> {
+        ScratchDir::sweep();
         let path = std::env::temp_dir().join(format!("{name}-bed"));
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(ScratchDir(path))
+    }
+}
+
+impl ScratchDir {
+    /// Removes the directories of killed runs: `<namespace>-bed` whose namespace is gone
+    /// (`Netns::new` has just swept the namespaces of dead processes).
+    fn sweep() {
+        let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(ns) = name.strip_suffix("-bed").filter(|n| n.starts_with("mht")) {
+                if !Path::new("/run/netns").join(ns).exists()
+                    && std::env::var_os("MULTIHOME_KEEP_TESTBED").is_none()
+                {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
     }
 }
 
