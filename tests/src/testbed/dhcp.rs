@@ -104,13 +104,6 @@ impl Clients {
         }
     }
 
-    pub(super) fn kind(&self) -> Client {
-        match self {
-            Clients::Networkd { .. } => Client::Networkd,
-            Clients::Dhclient { .. } => Client::Dhclient,
-        }
-    }
-
     /// A new lease now. networkd: `networkctl reconfigure` (its `renew` sends the REQUEST
     /// from a socket bound to the leased address, so dnsmasq's broadcast NAK of a refused
     /// address never reaches it and it would wait for T2); dhclient: restarted on its lease

@@ -101,7 +101,7 @@ pub struct Testbed {
     pub b: Router,
     pub internet: internet::Internet,
     pub host: Netns,
-    dir: ScratchDir,
+    _dir: ScratchDir,
 }
 
 impl Testbed {
@@ -123,28 +123,12 @@ impl Testbed {
             b,
             internet,
             host,
-            dir,
+            _dir: dir,
         };
         for isp in [Isp::A, Isp::B] {
             bed.wait_configured(isp);
         }
         Ok(bed)
-    }
-
-    pub fn client(&self) -> Client {
-        self.dhcp.kind()
-    }
-
-    pub fn router(&mut self, isp: Isp) -> &mut Router {
-        match isp {
-            Isp::A => &mut self.a,
-            Isp::B => &mut self.b,
-        }
-    }
-
-    /// A directory for this testbed's files (logs, leases), removed on drop.
-    pub fn dir(&self) -> &Path {
-        &self.dir.0
     }
 
     /// The uplink's global addresses of one family, as the kernel has them now.

@@ -201,9 +201,4 @@ impl Router {
             .and_then(|n| n.parse().ok())
             .with_context(|| format!("no packet count in {out:?}"))
     }
-
-    /// dnsmasq's log, for failure messages.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
-    }
 }
