@@ -23,6 +23,7 @@ use crate::daemon::wait_for;
 use crate::netns::{require_root, Netns};
 
 pub use dhcp::Client;
+pub use internet::Internet;
 pub use router::{Lease, Router};
 
 /// The two ISPs; `A` is behind `wan1` (metric 10), `B` behind `wan2` (metric 20).
@@ -99,7 +100,7 @@ pub struct Testbed {
     dhcp: dhcp::Clients,
     pub a: Router,
     pub b: Router,
-    pub internet: internet::Internet,
+    pub internet: Internet,
     pub host: Netns,
     _dir: ScratchDir,
 }
@@ -111,7 +112,7 @@ impl Testbed {
         require_root();
         let host = Netns::new("h")?;
         let dir = ScratchDir::new(host.name())?;
-        let internet = internet::Internet::new(&dir.0)?;
+        let internet = Internet::new(&dir.0)?;
         let mut a = Router::new(Isp::A, &internet, &dir.0)?;
         let mut b = Router::new(Isp::B, &internet, &dir.0)?;
         a.connect(&host)?;
