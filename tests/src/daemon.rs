@@ -8,20 +8,26 @@ use anyhow::{bail, Result};
 
 use crate::netns::{Netns, Process};
 
-/// The workspace's `multihome` binary, next to the test executables' `deps/` directory.
+/// The workspace's `multihome` binary.
 pub fn multihome_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let bin = dir.join("multihome");
-    assert!(
-        bin.exists(),
-        "{} is missing: build the workspace first (`cargo xtask test` does)",
-        bin.display()
-    );
-    bin
+    built_bin("multihome")
+}
+
+/// A binary of the workspace in `target/<profile>/`, found from a test executable (in
+/// `deps/` below it) as well as from a binary in that directory itself (the demo).
+pub fn built_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    let bin = [dir, dir.parent().unwrap_or(dir)]
+        .iter()
+        .map(|d| d.join(name))
+        .find(|p| p.exists());
+    bin.unwrap_or_else(|| {
+        panic!(
+            "{name} is missing next to {}: build the workspace first (`cargo xtask test` does)",
+            exe.display()
+        )
+    })
 }
 
 /// Polls `probe` every 10 ms until it returns `Some`, or panics after `timeout` naming `what`

@@ -1,11 +1,24 @@
-//! `cargo xtask demo`: the operator's showcase of multihome (planned). Runs setup so the
-//! machine is ready, then says it is not built yet.
+//! `cargo xtask demo`: the operator's showcase. Runs setup so the machine is ready, builds the
+//! workspace, then runs the demo program (`mh-demo`, in the tests crate: the seed topology in
+//! network namespaces, before and after multihome, a live renumbering, `multihome status`),
+//! which removes everything it made.
 
-use anyhow::{bail, Result};
+use std::process::Command;
 
-use crate::setup;
+use anyhow::Result;
+
+use crate::proc::{self, OperatorError};
+use crate::{build, run, setup};
 
 pub fn run() -> Result<()> {
+    if !proc::is_root() {
+        return Err(OperatorError(
+            "demo: needs root (network namespaces, eBPF): run `sudo cargo xtask demo`".into(),
+        )
+        .into());
+    }
     setup::run()?;
-    bail!("demo: not built yet (planned: the seed topology in network namespaces, before and after multihome)")
+    build::run(false)?;
+    let demo = run::target_dir()?.join("debug").join("mh-demo");
+    proc::run(&mut Command::new(demo))
 }

@@ -40,7 +40,7 @@ enum Task {
     },
     /// Setup, build, fmt, clippy and every test tier (needs root).
     Test,
-    /// Show multihome on the seed topology (planned).
+    /// Show multihome on the seed topology: the problem, the fix, a live renumbering (root).
     Demo,
     /// Build release and install the binary, unit, protocol name, example config, man pages
     /// and completions.
