@@ -129,6 +129,7 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
                 continue;
             }
             _ = sleep_until_or_never(retry_at) => { resync.all = true; attempt += 1; }
+            _ = sleep_until_or_never(reconciler.deadline().map(Into::into)) => {}
             ready = readable_or_never(guard_log.as_ref()) => {
                 if let Some(guard) = reconciler.guard.as_mut() {
                     guard.flush_log();

@@ -13,6 +13,7 @@ pub mod diff;
 pub mod generate;
 pub mod guard;
 pub mod instance;
+pub mod linger;
 pub mod logging;
 pub mod netlink;
 pub mod notify;

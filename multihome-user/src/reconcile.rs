@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::diff::diff;
 use crate::guard::Guard;
+use crate::linger::Linger;
 use crate::netlink::Netlink;
 use crate::plan::{self, Assignments};
 use crate::state::{Op, State};
@@ -17,6 +18,8 @@ pub struct Reconciler {
     pub view: KernelView,
     /// The bindings last logged, so that only changes are logged.
     assignments: Assignments,
+    /// Guard entries of released addresses, removed a moment later.
+    linger: Linger,
 }
 
 /// How a pass went.
@@ -35,6 +38,7 @@ impl Reconciler {
             guard,
             view,
             assignments: Assignments::new(),
+            linger: Linger::default(),
         }
     }
 
@@ -55,7 +59,11 @@ impl Reconciler {
     /// Brings the kernel to the plan.
     pub async fn reconcile(&mut self) -> Outcome {
         let desired = plan::plan(&self.config, &self.view);
-        let outcome = self.converge(&desired).await;
+        let ops = diff(&desired, &self.owned());
+        let ops = self
+            .linger
+            .hold_back(ops, &desired, std::time::Instant::now());
+        let outcome = self.apply_all(ops).await;
         let assignments = plan::assignments(&self.config, &self.view);
         for line in plan::describe(&self.assignments, &assignments) {
             log::info!("{line}");
@@ -66,16 +74,21 @@ impl Reconciler {
 
     /// Removes everything owned (shutdown without --keep-on-exit).
     pub async fn teardown(&mut self) -> Outcome {
-        let outcome = self.converge(&State::default()).await;
+        let outcome = self.apply_all(diff(&State::default(), &self.owned())).await;
         for (addr, assignment) in std::mem::take(&mut self.assignments) {
             log::info!("{}: {addr} released", assignment.uplink);
         }
         outcome
     }
 
-    async fn converge(&mut self, desired: &State) -> Outcome {
+    /// When a held-back entry removal becomes due: the daemon reconciles again then.
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        self.linger.deadline()
+    }
+
+    async fn apply_all(&mut self, ops: Vec<Op>) -> Outcome {
         let mut outcome = Outcome::default();
-        for op in diff(desired, &self.owned()) {
+        for op in ops {
             match self.apply(&op).await {
                 Ok(()) => {
                     log::debug!("{op}");

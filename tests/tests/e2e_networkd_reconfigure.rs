@@ -131,14 +131,23 @@ fn reconfigure_other_uplink_rules_only_leaks() {
 }
 
 /// networkd drops wan2's address and adds it again ~30 ms later: from its return until
-/// multihome has reacted (~2 ms: no guard entry, no rule, wan2's default route not back
-/// yet), datagrams from it leave through ISP A (1-4 of ~2500, in 5 of 8 runs measured).
-/// Closing this needs multihome to keep a released address's guard entry for a while.
+/// multihome has reacted (~2 ms: no rule, wan2's default route not back yet) only the guard
+/// entry, kept for a moment after the address went (`linger`), stands between those datagrams
+/// and ISP A. Without it, 1-4 of ~2500 left through ISP A in 5 of 8 runs.
 #[test]
-#[ignore = "known gap: a re-added address is unguarded until multihome reacts (1-4 of ~2500 datagrams, in most runs)"]
 fn reconfigure_same_uplink() {
     let (bed, _daemon) = bed_with_daemon(&["wan1", "wan2"]);
-    let counts = stream(&bed.bed, bed.src, || bed.bed.reconfigure(Isp::B).unwrap());
+    let (sent, a, b) = stream(&bed.bed, bed.src, || bed.bed.reconfigure(Isp::B).unwrap());
     bed.wait_rule(true);
-    assert_all_via_b(counts, "wan2 reconfigured");
+    // While wan2 itself has no address and no route, a datagram the kernel still accepted can
+    // only be dropped (the guard redirects it to wan2, where nothing routes it): lost, but never
+    // through ISP A. A handful at most, in a window of ~30 ms.
+    assert_eq!(
+        a, 0,
+        "wan2 reconfigured: datagrams from wan2's address left through ISP A"
+    );
+    assert!(
+        b + 30 >= sent,
+        "wan2 reconfigured: {sent} sent, only {b} via ISP B"
+    );
 }
