@@ -7,7 +7,7 @@ use crate::guard::Guard;
 use crate::netlink::Netlink;
 use crate::plan::{self, Assignments};
 use crate::state::{Op, State};
-use crate::view::KernelView;
+use crate::view::{KernelView, Route};
 
 pub struct Reconciler {
     pub config: Config,
@@ -17,6 +17,8 @@ pub struct Reconciler {
     pub view: KernelView,
     /// The bindings last logged, so that only changes are logged.
     assignments: Assignments,
+    /// Foreign routes in our tables last warned about, so that each is reported once.
+    foreign: Vec<(u32, Route)>,
 }
 
 /// How a pass went.
@@ -35,6 +37,7 @@ impl Reconciler {
             guard,
             view,
             assignments: Assignments::new(),
+            foreign: Vec::new(),
         }
     }
 
@@ -61,7 +64,21 @@ impl Reconciler {
             log::info!("{line}");
         }
         self.assignments = assignments;
+        self.warn_foreign_routes();
         outcome
+    }
+
+    /// Someone put a route in one of our tables while we run (start-up refuses them): `plan`
+    /// yields its slot rather than overwrite it; the operator has to hear about it.
+    fn warn_foreign_routes(&mut self) {
+        let foreign = plan::foreign_routes_in_tables(&self.config, &self.view);
+        for (table, route) in foreign.iter().filter(|f| !self.foreign.contains(f)) {
+            log::warn!(
+                "table {table} holds a route that is not multihome's ({route}): left alone, the \
+                 guard keeps sources on their uplinks; delete it or give multihome another table"
+            );
+        }
+        self.foreign = foreign;
     }
 
     /// Removes everything owned (shutdown without --keep-on-exit).
