@@ -11,12 +11,16 @@ use crate::cli::{AttachChoice, RunArgs};
 use crate::config::{self, Config, GatewaySpec, Params};
 use crate::guard::{self, AttachMode, Guard};
 use crate::instance;
-use crate::netlink::{Events, Netlink, Notice, DEFAULT_RECEIVE_BUFFER};
+use crate::netlink::{Events, Netlink, Notice};
 use crate::notify::notify;
 use crate::plan;
 use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN};
 use crate::reconcile::Reconciler;
 use crate::Fatal;
+
+/// How often the guard's pins and attachments are checked: their removal (`rm` of a pin,
+/// `tc filter del`) sends no notification.
+const GUARD_AUDIT: Duration = Duration::from_secs(1);
 
 /// Pauses between attempts after an operation failed (doubling up to the last).
 const RETRY_PAUSES: [Duration; 4] = [
@@ -79,7 +83,7 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
     let _instance = instance::claim(config.protocol).map_err(Fatal::usage)?;
     // Subscribe before the dump, so that nothing that changes in between is missed.
     let mut events =
-        Events::subscribe(Some(DEFAULT_RECEIVE_BUFFER)).map_err(anyhow::Error::from)?;
+        Events::subscribe(Some(args.netlink_receive_buffer)).map_err(anyhow::Error::from)?;
     let netlink = Netlink::connect().map_err(anyhow::Error::from)?;
     let view = netlink.dump().await.map_err(anyhow::Error::from)?;
     if let Some((table, route)) = plan::foreign_routes_in_tables(&config, &view).first() {
@@ -102,6 +106,8 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
     notify("READY=1");
     log::info!("running: {}", uplink_names(&reconciler.config));
     let mut attempt = 0;
+    let mut audit = tokio::time::interval(GUARD_AUDIT);
+    audit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let pause = (failures > 0).then(|| RETRY_PAUSES[attempt.min(RETRY_PAUSES.len() - 1)]);
         let mut resync = Resync::default();
@@ -109,6 +115,11 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sleep_or_never(pause) => { resync.all = true; attempt += 1; }
+            _ = audit.tick(), if reconciler.guard.is_some() => {
+                if let Some(Err(err)) = reconciler.guard.as_ref().map(Guard::restore_pins) {
+                    log::warn!("restoring the guard's pins: {err:#}");
+                }
+            }
             notice = events.next() => {
                 let mut notice = Some(notice);
                 // Take every notice already queued, so that a burst makes one pass.

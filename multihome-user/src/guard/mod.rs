@@ -145,6 +145,31 @@ impl Guard {
     }
 
     /// Every hooked device, including those adopted from an earlier run.
+    /// Puts back the pin directory and the maps' pins when someone removed them (`rm -r` of
+    /// the directory detaches every TCX link with it; `attached` then reports them gone and the
+    /// reconciler attaches again), so that `status`, `cleanup` and a restart find them.
+    /// Whether anything had to be restored.
+    pub fn restore_pins(&self) -> Result<bool> {
+        let missing: Vec<&maps::Shape> = maps::SHAPES
+            .iter()
+            .filter(|shape| !self.pin_dir.join(shape.name).exists())
+            .collect();
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        pins::prepare(&self.pin_dir)?;
+        for shape in missing {
+            let path = self.pin_dir.join(shape.name);
+            self.ebpf
+                .map(shape.name)
+                .ok_or_else(|| anyhow!("the guard has no map {}", shape.name))?
+                .pin(&path)
+                .with_context(|| format!("cannot pin {} again", path.display()))?;
+            log::warn!("the pin {} was removed: pinned again", path.display());
+        }
+        Ok(true)
+    }
+
     pub fn attached(&self) -> BTreeSet<u32> {
         attachments(&self.pin_dir).into_keys().collect()
     }
