@@ -2,6 +2,7 @@
 
 mod build;
 mod demo;
+mod fuzz;
 mod proc;
 mod requirements;
 mod run;
@@ -41,6 +42,11 @@ enum Task {
     Test,
     /// Show multihome on the seed topology (planned).
     Demo,
+    /// Fuzz the guard's frame parser and decision for a bounded time (nightly, cargo-fuzz).
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +56,7 @@ fn main() -> ExitCode {
         Task::Run { release, args } => run::run(release, &args),
         Task::Test => test::run(),
         Task::Demo => demo::run(),
+        Task::Fuzz { seconds } => fuzz::run(seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
