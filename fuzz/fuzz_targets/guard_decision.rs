@@ -57,10 +57,16 @@ fuzz_target!(|input: Input| {
     match verdict {
         Verdict::Pass => {}
         Verdict::Redirect { ifindex, pop_tag } => {
-            assert_eq!(ifindex, entry.uplink_ifindex, "redirect elsewhere than the uplink");
+            assert_eq!(
+                ifindex, entry.uplink_ifindex,
+                "redirect elsewhere than the uplink"
+            );
             assert_ne!(ifindex, packet.ifindex, "redirect to the device it is on");
             assert_eq!(pop_tag, packet.vlan.is_some(), "a tag would leak");
-            assert!(packet.gso || packet.l3_len <= entry.mtu, "too big, redirected");
+            assert!(
+                packet.gso || packet.l3_len <= entry.mtu,
+                "too big, redirected"
+            );
             // On the target, without its tag, the packet passes: no redirect loop.
             let redirected = Packet {
                 ifindex,
@@ -71,7 +77,10 @@ fuzz_target!(|input: Input| {
         }
         Verdict::DropTooBig { ifindex } => {
             assert_eq!(ifindex, entry.uplink_ifindex);
-            assert_ne!(packet.ifindex, entry.uplink_ifindex, "dropped on its own uplink");
+            assert_ne!(
+                packet.ifindex, entry.uplink_ifindex,
+                "dropped on its own uplink"
+            );
             assert!(!packet.gso, "a GSO packet dropped for its length");
             assert!(packet.l3_len > entry.mtu, "dropped though it fits");
         }
