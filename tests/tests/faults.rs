@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{tc::TcAttachType, SchedClassifier};
 use multihome_tests::bed::*;
 use multihome_tests::daemon::{multihome_bin, wait_for, Daemon};
 use multihome_tests::netns::Netns;
@@ -93,6 +95,20 @@ impl Drop for Sender {
             let _ = thread.join();
         }
     }
+}
+
+/// Whether a program is attached to `ifname`'s TCX egress hook (bpftool 7.1 does not list TCX).
+fn tcx_attached(host: &Netns, ifname: &str) -> bool {
+    host.enter(|| SchedClassifier::query_tcx(ifname, TcAttachType::Egress))
+        .map(|(_, programs)| !programs.is_empty())
+        .unwrap_or_else(|e| panic!("querying the TCX programs of {ifname}: {e}"))
+}
+
+/// The pinned attachments as the daemon sees them (ifindexes of the host namespace).
+fn attachments(host: &Netns, pin_dir: &std::path::Path) -> BTreeSet<u32> {
+    host.enter(|| multihome::guard::attachments(pin_dir))
+        .into_keys()
+        .collect()
 }
 
 /// The bed with the daemon running and converged, arrivals counted at both routers and the
@@ -256,35 +272,69 @@ fn our_default_route_replaced_by_a_foreign_one() {
 fn guard_pins_removed() {
     let run = running(&[]);
     let pin_dir = run.daemon().pin_dir().to_path_buf();
-    let links = || {
-        multihome::guard::attachments(&pin_dir)
-            .into_keys()
-            .collect::<BTreeSet<u32>>()
-    };
-    let attached = links();
+    let attached = attachments(run.host(), &pin_dir);
     assert_eq!(attached.len(), 2, "{attached:?}");
+    assert!(tcx_attached(run.host(), "wan1"));
+    let wan1 = run.host().ifindex("wan1").unwrap();
+    let link_id = || {
+        PinnedLink::from_pin(pin_dir.join(format!("link_{wan1}")))
+            .ok()
+            .and_then(|link| FdLink::from(link).info().ok())
+            .map(|info| info.id())
+    };
+    let before = link_id().expect("wan1's link pin");
     std::fs::remove_dir_all(&pin_dir).unwrap();
     let removed = Instant::now();
-    // The guard is really gone from the devices: no TCX program on wan1 any more.
-    assert!(!run
-        .host()
-        .run(&["bpftool", "net", "show", "dev", "wan1"])
-        .unwrap()
-        .contains("multihome"));
+    // The kernel releases the unpinned link a moment later (deferred work).
+    wait_for(
+        "the guard detached",
+        Duration::from_millis(500),
+        || (!tcx_attached(run.host(), "wan1")).then_some(()),
+        || "still attached".into(),
+    );
     wait_for(
         "the guard attached again",
         REPAIR,
-        || (links() == attached && run.converged()).then_some(()),
-        || format!("{:?}\n{}", links(), run.daemon().log()),
+        || {
+            (attachments(run.host(), &pin_dir) == attached
+                && tcx_attached(run.host(), "wan1")
+                && run.converged())
+            .then_some(())
+        },
+        || run.daemon().log(),
     );
     let repair = removed.elapsed();
-    assert!(run
-        .host()
-        .run(&["bpftool", "net", "show", "dev", "wan1"])
-        .unwrap()
-        .contains("multihome"));
+    assert_ne!(
+        link_id(),
+        Some(before),
+        "the same link, not a new attachment"
+    );
     assert!(run.daemon().log().contains("was removed: pinned again"));
     run.finish("guard pins removed (TCX detached)", repair);
+}
+
+/// The guard's TCX link on wan1 detached by hand (`bpftool link detach`): the pin stays, the
+/// program is gone from the device. The audit sees it and attaches again.
+#[test]
+fn guard_link_detached_by_hand() {
+    let run = running(&[]);
+    let wan1 = run.host().ifindex("wan1").unwrap();
+    let pin = run.daemon().pin_dir().join(format!("link_{wan1}"));
+    let guarded = || tcx_attached(run.host(), "wan1");
+    assert!(guarded() && pin.exists());
+    run.host()
+        .run(&["bpftool", "link", "detach", "pinned", pin.to_str().unwrap()])
+        .unwrap();
+    let detached = Instant::now();
+    assert!(!guarded(), "bpftool link detach left the program attached");
+    wait_for(
+        "the guard attached to wan1 again",
+        REPAIR,
+        || (guarded() && run.converged()).then_some(()),
+        || run.daemon().log(),
+    );
+    let repair = detached.elapsed();
+    run.finish("guard's TCX link detached by hand", repair);
 }
 
 /// 100,000 address changes on wan2 in one `ip -batch` against a 64 KiB netlink receive buffer:

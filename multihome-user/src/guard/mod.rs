@@ -129,7 +129,7 @@ impl Guard {
     /// Hooks the egress of `ifindex` (in the calling thread's network namespace), replacing an
     /// attachment of an earlier run; [`Self::attach_mode_of`] tells how it is hooked.
     pub fn attach(&mut self, ifindex: u32) -> Result<()> {
-        if self.mine.contains(&ifindex) && self.attach_mode_of(ifindex).is_some() {
+        if self.mine.contains(&ifindex) && self.attached().contains(&ifindex) {
             return Ok(());
         }
         let kind = attach::attach(program(&mut self.ebpf)?, &self.pin_dir, ifindex, self.mode)?;
@@ -170,8 +170,25 @@ impl Guard {
         Ok(true)
     }
 
+    /// The devices the guard is attached to, from the pins, less the TCX links someone detached
+    /// by hand (`bpftool link detach` leaves the pin): the reconciler attaches those again.
+    /// Call it in the daemon's network namespace (ifindexes are per namespace).
     pub fn attached(&self) -> BTreeSet<u32> {
-        attachments(&self.pin_dir).into_keys().collect()
+        attachments(&self.pin_dir)
+            .into_iter()
+            .filter(|&(ifindex, kind)| {
+                let live = kind != AttachKind::Tcx
+                    || pins::tcx_link_attached(
+                        &pins::attachment_pin(&self.pin_dir, kind, ifindex),
+                        ifindex,
+                    );
+                if !live {
+                    log::warn!("the guard's TCX link on if{ifindex} was detached: attaching again");
+                }
+                live
+            })
+            .map(|(ifindex, _)| ifindex)
+            .collect()
     }
 
     /// How `ifindex` is hooked, if it is.
