@@ -192,7 +192,7 @@ impl Running {
     /// Lets the sender run a little longer, stops it, and asserts that packets went out and
     /// that none reached router A. Prints the fault's numbers.
     fn finish(mut self, what: &str, repair: Duration) -> Daemon {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(300));
         let sender = self.sender.take().unwrap();
         let sent = sender.sent();
         drop(sender);
