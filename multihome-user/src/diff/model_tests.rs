@@ -1,7 +1,7 @@
 //! Model-based tests of the reconciler: proptest generates sequences of what the world does to
-//! a host (DHCP, admins, other managers, udev) and the simulated kernel plays them. After every
-//! step, one reconcile must bring what multihome owns to exactly the plan, touch nothing that is
-//! not its own, and leave nothing for a second reconcile to do.
+//! a host (DHCP, admins, other managers, udev, a crash and restart) and the simulated kernel
+//! plays them. After every step, one reconcile must bring what multihome owns to exactly the
+//! plan, touch nothing that is not its own, and leave nothing for a second reconcile to do.
 //!
 //! Actions carry indices, resolved against the simulated kernel when they are played (pick the
 //! n-th address of the device, ...): every generated sequence is valid whatever came before,
@@ -102,6 +102,11 @@ enum Action {
     DelOurRoute {
         pick: usize,
     },
+    /// The daemon is killed and started again: the kernel keeps its rules and routes; the
+    /// guard's map and attachments survive only with their pins.
+    Restart {
+        pins_kept: bool,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -121,6 +126,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (900u32..1002, i(), i()).prop_map(|(priority, address, table)| Action::ForeignRule { priority, address, table }),
         2 => i().prop_map(|pick| Action::DelRule { pick }),
         2 => i().prop_map(|pick| Action::DelOurRoute { pick }),
+        1 => any::<bool>().prop_map(|pins_kept| Action::Restart { pins_kept }),
     ]
 }
 
@@ -290,6 +296,15 @@ fn events(action: &Action, sim: &Sim, next_ifindex: &mut u32) -> Vec<Event> {
                 .collect();
             pick(&ours, n).map(Event::DelRoute).into_iter().collect()
         }
+        Action::Restart { .. } => vec![],
+    }
+}
+
+/// What a restart does to the simulated guard (the kernel's tables and rules stay).
+fn restart(action: &Action, sim: &mut Sim) {
+    if let Action::Restart { pins_kept: false } = action {
+        sim.entries.clear();
+        sim.guarded.clear();
     }
 }
 
@@ -334,6 +349,7 @@ fn check(config: &Config, steps: &[Vec<Action>]) -> Result<(), TestCaseError> {
             for event in events(action, &sim, &mut next_ifindex) {
                 sim.event(event);
             }
+            restart(action, &mut sim);
         }
         let owned = sim.owned();
         let before = foreign(&sim);
