@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::netlink::DEFAULT_RECEIVE_BUFFER;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/multihome";
@@ -75,6 +76,9 @@ pub struct RunArgs {
     /// How the guard attaches to devices.
     #[arg(long, value_enum, default_value_t = AttachChoice::Auto)]
     pub attach: AttachChoice,
+    /// SO_RCVBUF of the netlink subscription (tests shrink it to provoke lost notifications).
+    #[arg(long, hide = true, default_value_t = DEFAULT_RECEIVE_BUFFER, value_name = "BYTES")]
+    pub netlink_receive_buffer: usize,
     #[command(flatten)]
     pub owned: Owned,
     /// Uplinks as IFNAME or IFNAME=TABLE; default: $MULTIHOME_UPLINKS.

@@ -1,5 +1,7 @@
 //! `multihome run`: the event loop. Everything it does is driven by the kernel's own
-//! notifications and signals; the only timer is the retry pause after a failed operation.
+//! notifications and signals. Its only timers run when there is something to time: the retry
+//! pause after a failed operation, the linger of a released address's guard entry, and the
+//! watchdog when systemd asks for one (which also audits the guard's pins).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use crate::cli::{AttachChoice, RunArgs};
 use crate::config::{self, Config, GatewaySpec, Params};
 use crate::guard::{self, AttachMode, Guard};
 use crate::instance;
-use crate::netlink::{Events, Netlink, Notice, DEFAULT_RECEIVE_BUFFER};
+use crate::netlink::{Events, Netlink, Notice};
 use crate::notify::{self, notify};
 use crate::plan;
 use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
@@ -83,7 +85,7 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
     let _instance = instance::claim(config.protocol).map_err(Fatal::usage)?;
     // Subscribe before the dump, so that nothing that changes in between is missed.
     let mut events =
-        Events::subscribe(Some(DEFAULT_RECEIVE_BUFFER)).map_err(anyhow::Error::from)?;
+        Events::subscribe(Some(args.netlink_receive_buffer)).map_err(anyhow::Error::from)?;
     let netlink = Netlink::connect().map_err(anyhow::Error::from)?;
     let view = netlink.dump().await.map_err(anyhow::Error::from)?;
     if let Some((table, route)) = plan::foreign_routes_in_tables(&config, &view).first() {
@@ -126,7 +128,12 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
             _ = sigint.recv() => break,
             _ = tick_or_never(watchdog.as_mut()) => {
                 notify("WATCHDOG=1");
-                continue;
+                // The watchdog's wake-up doubles as the guard's audit: removing a pin or
+                // detaching a TCX link by hand sends no notification, and a timer of our own
+                // would wake an idle daemon. The reconcile below re-attaches what was detached.
+                if let Some(Err(err)) = reconciler.guard.as_ref().map(Guard::restore_pins) {
+                    log::warn!("restoring the guard's pins: {err:#}");
+                }
             }
             _ = sleep_until_or_never(retry_at) => { resync.all = true; attempt += 1; }
             _ = sleep_until_or_never(reconciler.deadline().map(Into::into)) => {}

@@ -13,6 +13,8 @@ use crate::state::{Op, State};
 use crate::view::{Family, Route};
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 pub mod sim;
 #[cfg(test)]
 mod tests;

@@ -37,6 +37,17 @@ pub fn plan(config: &Config, view: &KernelView) -> State {
             uplink.route(config, &mut state);
         }
     }
+    // A route of someone else's in the slot of one of ours (`ip route replace ... table T` at
+    // run time): multihome never overwrites what is not its own. It yields the slot (the
+    // reconciler warns about foreign routes in its tables) and takes it back once the other
+    // route is gone; meanwhile the guard keeps sources on their uplinks.
+    let held: BTreeSet<_> = view
+        .routes
+        .iter()
+        .filter(|r| r.protocol != config.protocol)
+        .map(Route::slot)
+        .collect();
+    state.routes.retain(|r| !held.contains(&r.slot()));
     state
 }
 

@@ -8,7 +8,7 @@ use crate::linger::Linger;
 use crate::netlink::Netlink;
 use crate::plan::{self, Assignments};
 use crate::state::{Op, State};
-use crate::view::KernelView;
+use crate::view::{KernelView, Route};
 
 pub struct Reconciler {
     pub config: Config,
@@ -20,6 +20,8 @@ pub struct Reconciler {
     assignments: Assignments,
     /// Guard entries of released addresses, removed a moment later.
     linger: Linger,
+    /// Foreign routes in our tables last warned about, so that each is reported once.
+    foreign: Vec<(u32, Route)>,
 }
 
 /// How a pass went.
@@ -39,6 +41,7 @@ impl Reconciler {
             view,
             assignments: Assignments::new(),
             linger: Linger::default(),
+            foreign: Vec::new(),
         }
     }
 
@@ -69,7 +72,21 @@ impl Reconciler {
             log::info!("{line}");
         }
         self.assignments = assignments;
+        self.warn_foreign_routes();
         outcome
+    }
+
+    /// Someone put a route in one of our tables while we run (start-up refuses them): `plan`
+    /// yields its slot rather than overwrite it; the operator has to hear about it.
+    fn warn_foreign_routes(&mut self) {
+        let foreign = plan::foreign_routes_in_tables(&self.config, &self.view);
+        for (table, route) in foreign.iter().filter(|f| !self.foreign.contains(f)) {
+            log::warn!(
+                "table {table} holds a route that is not multihome's ({route}): left alone, the \
+                 guard keeps sources on their uplinks; delete it or give multihome another table"
+            );
+        }
+        self.foreign = foreign;
     }
 
     /// Removes everything owned (shutdown without --keep-on-exit).

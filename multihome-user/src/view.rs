@@ -101,6 +101,18 @@ impl Route {
     pub fn is_default(&self) -> bool {
         self.dst_len == 0
     }
+
+    /// The kernel's identity of a route in a table: what a replace (NLM_F_REPLACE) overwrites
+    /// and what a delete names.
+    pub fn slot(&self) -> (u32, Family, IpAddr, u8, u32) {
+        (
+            self.table,
+            self.family(),
+            self.dst,
+            self.dst_len,
+            self.metric,
+        )
+    }
 }
 
 /// A routing policy rule, reduced to the selectors multihome uses. `other_selectors` marks a rule
@@ -151,8 +163,10 @@ impl KernelView {
                 // their source (measured on 6.18).
                 redump_routes: true,
             },
-            Event::NewRoute(route) => Effect::changed(upsert(&mut self.routes, route, route_key)),
-            Event::DelRoute(route) => Effect::changed(remove(&mut self.routes, &route, route_key)),
+            Event::NewRoute(route) => Effect::changed(upsert(&mut self.routes, route, Route::slot)),
+            Event::DelRoute(route) => {
+                Effect::changed(remove(&mut self.routes, &route, Route::slot))
+            }
             Event::NewRule(rule) => Effect::changed(upsert(&mut self.rules, rule, Rule::clone)),
             Event::DelRule(rule) => Effect::changed(remove(&mut self.rules, &rule, Rule::clone)),
         }
@@ -227,10 +241,6 @@ impl Effect {
 
 fn address_key(a: &Address) -> (u32, IpAddr, u8) {
     (a.ifindex, a.addr, a.prefix_len)
-}
-
-fn route_key(r: &Route) -> (u32, Family, IpAddr, u8, u32) {
-    (r.table, r.family(), r.dst, r.dst_len, r.metric)
 }
 
 /// Inserts or replaces the item with `item`'s identity; whether anything changed.

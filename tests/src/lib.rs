@@ -1,4 +1,5 @@
 //! Shared test machinery: network namespaces and the processes started in them.
+pub mod bed;
 pub mod daemon;
 pub mod netns;
 pub mod testbed;

@@ -98,7 +98,7 @@ fn a_later_process_finds_maps_counters_and_attachments_and_removes_them() {
     let mut second = Guard::load(pins.path(), AttachMode::Tcx).unwrap();
     assert_eq!(second.entries().unwrap().len(), 1);
     assert_eq!(second.counters().unwrap()[&wan2].passed, 1);
-    assert_eq!(second.attached(), [wan1, wan2].into());
+    assert_eq!(ns.enter(|| second.attached()), [wan1, wan2].into());
     ns.enter(|| -> anyhow::Result<()> {
         second.attach(wan1)?;
         second.attach(wan2)?;

@@ -124,7 +124,10 @@ fn scenario(mode: AttachMode, want_kind: AttachKind, tag: &str) {
         })
         .unwrap();
     assert_eq!(guard.attach_mode_of(bed.up_a), Some(want_kind));
-    assert_eq!(guard.attached(), [bed.up_a, bed.up_b].into());
+    assert_eq!(
+        bed.host.enter(|| guard.attached()),
+        [bed.up_a, bed.up_b].into()
+    );
 
     // Guarded: the first packet, towards an unresolved gateway, arrives at B and only there.
     send_from(&bed, ADDR_B, "first");
@@ -188,7 +191,7 @@ fn scenario(mode: AttachMode, want_kind: AttachKind, tag: &str) {
             guard.detach(bed.up_b)
         })
         .unwrap();
-    assert!(guard.attached().is_empty());
+    assert!(bed.host.enter(|| guard.attached()).is_empty());
     send_from(&bed, ADDR_B, "detached");
     assert_eq!(received(&rx_a, Duration::from_secs(2)), ["detached"]);
     assert!(received(&rx_b, Duration::from_millis(300)).is_empty());

@@ -2,6 +2,7 @@
 
 mod build;
 mod demo;
+mod fuzz;
 mod install;
 mod proc;
 mod requirements;
@@ -47,6 +48,11 @@ enum Task {
     Install(InstallArgs),
     /// Remove what install wrote (a modified /etc/default/multihome stays).
     Uninstall(InstallArgs),
+    /// Fuzz the guard's frame parser and decision for a bounded time (nightly, cargo-fuzz).
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
 }
 
 #[derive(clap::Args)]
@@ -68,6 +74,7 @@ fn main() -> ExitCode {
         Task::Demo => demo::run(),
         Task::Install(a) => install::install(&a.prefix, a.destdir.as_deref()),
         Task::Uninstall(a) => install::uninstall(&a.prefix, a.destdir.as_deref()),
+        Task::Fuzz { seconds } => fuzz::run(seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

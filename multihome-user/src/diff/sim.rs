@@ -144,7 +144,7 @@ impl Sim {
             .view
             .routes
             .iter()
-            .any(|r| same_slot(r, route) && r.protocol != self.protocol)
+            .any(|r| r.slot() == route.slot() && r.protocol != self.protocol)
         {
             return Err(format!("{op}: would replace a foreign route"));
         }
@@ -158,7 +158,7 @@ impl Sim {
             .view
             .routes
             .iter()
-            .any(|r| same_slot(r, route) && r.protocol == self.protocol)
+            .any(|r| r.slot() == route.slot() && r.protocol == self.protocol)
         {
             return Err(format!("{op}: No such process"));
         }
@@ -181,12 +181,6 @@ impl Sim {
             .cloned()
             .collect()
     }
-}
-
-/// The kernel's identity of a route in a table (what NLM_F_REPLACE overwrites).
-fn same_slot(a: &Route, b: &Route) -> bool {
-    (a.table, a.family(), a.dst, a.dst_len, a.metric)
-        == (b.table, b.family(), b.dst, b.dst_len, b.metric)
 }
 
 /// Fixtures: the seed's topology. `eth0` is the trunk with a static address in the same subnet,

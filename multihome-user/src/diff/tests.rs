@@ -410,6 +410,20 @@ fn scenarios() {
             }],
         ),
         (
+            "a foreign default replaces ours in our table: left alone, ours back once it goes",
+            both.clone(),
+            vec![
+                Step {
+                    events: vec![Event::NewRoute(Route { protocol: RTPROT_STATIC, oif: Some(WAN1), ..route(1002, "0.0.0.0/0", Some("192.168.0.254"), 0) })],
+                    want: &[],
+                },
+                Step {
+                    events: vec![Event::DelRoute(Route { protocol: RTPROT_STATIC, oif: Some(WAN1), ..route(1002, "0.0.0.0/0", Some("192.168.0.254"), 0) })],
+                    want: &["set route default via 192.168.0.1 dev if12 table 1002 proto 77 metric 0"],
+                },
+            ],
+        ),
+        (
             "an admin flushes our rules: repaired",
             both.clone(),
             vec![Step {

@@ -113,7 +113,7 @@ fn remove_pin(path: &Path) -> Result<()> {
 }
 
 /// The name of `ifindex` in this thread's network namespace.
-fn ifname(ifindex: u32) -> Result<String> {
+pub(super) fn ifname(ifindex: u32) -> Result<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: the buffer has the IF_NAMESIZE bytes if_indextoname requires.
     let ret = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };

@@ -129,7 +129,7 @@ impl Guard {
     /// Hooks the egress of `ifindex` (in the calling thread's network namespace), replacing an
     /// attachment of an earlier run; [`Self::attach_mode_of`] tells how it is hooked.
     pub fn attach(&mut self, ifindex: u32) -> Result<()> {
-        if self.mine.contains(&ifindex) && self.attach_mode_of(ifindex).is_some() {
+        if self.mine.contains(&ifindex) && self.attached().contains(&ifindex) {
             return Ok(());
         }
         let kind = attach::attach(program(&mut self.ebpf)?, &self.pin_dir, ifindex, self.mode)?;
@@ -144,9 +144,50 @@ impl Guard {
         attach::detach(&self.pin_dir, ifindex)
     }
 
-    /// Every hooked device, including those adopted from an earlier run.
+    /// Puts back the pin directory and the maps' pins when someone removed them (`rm -r` of
+    /// the directory detaches every TCX link with it; `attached` then reports them gone and the
+    /// reconciler attaches again), so that `status`, `cleanup` and a restart find them.
+    /// Whether anything had to be restored.
+    pub fn restore_pins(&self) -> Result<bool> {
+        let missing: Vec<&maps::Shape> = maps::SHAPES
+            .iter()
+            .filter(|shape| !self.pin_dir.join(shape.name).exists())
+            .collect();
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        pins::prepare(&self.pin_dir)?;
+        for shape in missing {
+            let path = self.pin_dir.join(shape.name);
+            self.ebpf
+                .map(shape.name)
+                .ok_or_else(|| anyhow!("the guard has no map {}", shape.name))?
+                .pin(&path)
+                .with_context(|| format!("cannot pin {} again", path.display()))?;
+            log::warn!("the pin {} was removed: pinned again", path.display());
+        }
+        Ok(true)
+    }
+
+    /// The devices the guard is attached to, from the pins, less the TCX links someone detached
+    /// by hand (`bpftool link detach` leaves the pin): the reconciler attaches those again.
+    /// Call it in the daemon's network namespace (ifindexes are per namespace).
     pub fn attached(&self) -> BTreeSet<u32> {
-        attachments(&self.pin_dir).into_keys().collect()
+        attachments(&self.pin_dir)
+            .into_iter()
+            .filter(|&(ifindex, kind)| {
+                let live = kind != AttachKind::Tcx
+                    || pins::tcx_link_attached(
+                        &pins::attachment_pin(&self.pin_dir, kind, ifindex),
+                        ifindex,
+                    );
+                if !live {
+                    log::warn!("the guard's TCX link on if{ifindex} was detached: attaching again");
+                }
+                live
+            })
+            .map(|(ifindex, _)| ifindex)
+            .collect()
     }
 
     /// How `ifindex` is hooked, if it is.
