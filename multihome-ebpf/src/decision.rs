@@ -27,17 +27,22 @@ pub enum Verdict {
     /// Send it out of `ifindex` instead, first removing the VLAN tag it carries, if any: a stale
     /// tag must not leak into the target device.
     ///
-    /// `via` is the next hop to hand `bpf_redirect_neigh`, `None` to let the kernel route the
-    /// packet again with `oif = ifindex`. It is `Some(gateway)` only for an IPv6 packet whose
-    /// destination is off-link (outside the source address's prefix) and whose entry knows the
-    /// gateway: the kernel's IPv6 re-route (`__bpf_redirect_neigh_v6` ->
-    /// `ipv6_dst_lookup_flow`, no socket) treats the oif as a mere preference for a global
-    /// destination, so without multihome's `oif U` rule (guard-only mode) it returns the
-    /// lower-metric default route of another uplink and solicits that uplink's (link-local)
-    /// gateway on `ifindex`, which never answers. IPv4 keeps `None`: its re-route
-    /// (`ip_route_output_flow`) honours the oif, and an explicit next hop would keep the wrong
-    /// device's route on the packet (the kernel skips the lookup then), which loses the first
-    /// packet towards an unresolved neighbour (measured, see DESIGN.md).
+    /// `via` is the next hop handed to `bpf_redirect_neigh`; `None` (NULL) lets the kernel route
+    /// the packet again with `oif = ifindex` and attach that new route. It is `Some(gateway)`
+    /// only for an IPv6 packet whose destination is off-link (outside the source address's
+    /// prefix) and whose entry knows the gateway. Why IPv6 differs (net/core/filter.c,
+    /// `__bpf_redirect_neigh_v6`): its re-route is `ipv6_dst_lookup_flow` without a socket, where
+    /// the oif of a global destination is only a preference (no `RT6_LOOKUP_F_IFACE`), so in
+    /// guard-only mode (no `oif U` rule) the lower-metric default route of another uplink wins
+    /// and the kernel solicits that uplink's link-local gateway on `ifindex`, which never answers.
+    /// IPv4's `ip_route_output_flow` honours the oif, so IPv4 keeps NULL.
+    ///
+    /// The price of a next hop, for either family: the kernel skips the lookup and the packet
+    /// keeps its old route. A packet that has to wait for the gateway's neighbour entry is
+    /// queued on the right device's entry, but `neigh_update` re-sends it through the neighbour
+    /// of that old route: it leaves `ifindex` with the other uplink's MAC addresses and is lost
+    /// (measured). So only packets towards an unresolved gateway are at risk; a router's
+    /// advertisements keep its entry resolved (STALE is enough).
     Redirect {
         ifindex: u32,
         pop_tag: bool,
@@ -383,7 +388,10 @@ mod tests {
         assert_eq!(via(decide(&v6_packet(V6_SRC), Some(&entry(128)))), None);
         let mut host = V6_SRC;
         host[15] ^= 1;
-        assert_eq!(via(decide(&v6_packet(host), Some(&entry(128)))), Some(V6_GW));
+        assert_eq!(
+            via(decide(&v6_packet(host), Some(&entry(128)))),
+            Some(V6_GW)
+        );
         assert_eq!(via(decide(&v6_packet(host), Some(&entry(127)))), None);
         assert_eq!(via(decide(&v6_packet(host), Some(&entry(0)))), None);
     }

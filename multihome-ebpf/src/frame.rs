@@ -201,7 +201,9 @@ mod tests {
         arp.extend_from_slice(&[0; 28]);
         assert_eq!(parse(arp.as_slice(), None), None);
         let mut v6 = eth(ETH_P_IPV6);
-        v6.extend(ipv6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]));
+        v6.extend(ipv6([
+            0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+        ]));
         // The destination ends 40 bytes into the IPv6 header.
         for cut in 0..ETH_HLEN + 40 {
             assert_eq!(parse(&v6[..cut], None), None, "IPv6 cut at {cut}");

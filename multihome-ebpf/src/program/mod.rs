@@ -91,23 +91,17 @@ fn execute(ctx: &TcContext, verdict: Verdict, entry: &Egress) -> i32 {
 
 /// `bpf_redirect_neigh` to `ifindex`. Without `via` (IPv4, on-link IPv6, unknown gateway) the
 /// next hop is NULL: the kernel routes the packet again with `oif = ifindex` and replaces its
-/// route (see DESIGN.md). With `via` (off-link IPv6, see `Verdict::Redirect`) the kernel skips
-/// that lookup and resolves the given gateway on `ifindex` directly: the IPv6 lookup would have
-/// preferred another uplink's default route in guard-only mode.
+/// route (see DESIGN.md). With `via` (off-link IPv6) the kernel skips that lookup and resolves
+/// the given gateway on `ifindex` directly, because the IPv6 lookup would have preferred another
+/// uplink's default route in guard-only mode; `Verdict::Redirect` says why, and what it costs.
 #[inline(always)]
 fn redirect_neigh(ifindex: u32, via: Option<[u8; 16]>) -> i64 {
     let Some(gateway) = via else {
         // SAFETY: a NULL next hop with length 0 is the helper's documented "route it" form.
         return unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
     };
-    let word = |i: usize| {
-        u32::from_ne_bytes([
-            gateway[i],
-            gateway[i + 1],
-            gateway[i + 2],
-            gateway[i + 3],
-        ])
-    };
+    let word =
+        |i: usize| u32::from_ne_bytes([gateway[i], gateway[i + 1], gateway[i + 2], gateway[i + 3]]);
     // 20 bytes on the stack; the address words keep network byte order in memory.
     let mut next_hop = bpf_redir_neigh {
         nh_family: AF_INET6,
