@@ -31,12 +31,15 @@ impl FrameBytes for [u8] {
     }
 }
 
-/// A packet's source address, network byte order.
+/// A packet's source (or destination) address, network byte order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
     V4([u8; 4]),
     V6([u8; 16]),
 }
+
+/// A packet's destination address: the same shape as its source.
+pub type Destination = Source;
 
 /// What the decision needs to know about a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,11 +50,14 @@ pub struct Frame {
     /// Whether a tag sits in the packet bytes (as opposed to only in `skb->vlan_tci`).
     pub tag_in_packet: bool,
     pub src: Source,
+    /// Of the same family as `src`; the decision needs it to tell on-link from off-link.
+    pub dst: Destination,
     /// Bytes from the network header to the end of the frame.
     pub l3_len: u32,
 }
 
-/// Parses Ethernet, up to two 802.1Q/802.1ad tags, and the IPv4 or IPv6 source address.
+/// Parses Ethernet, up to two 802.1Q/802.1ad tags, and the IPv4 or IPv6 source and destination
+/// addresses.
 /// `skb_vlan` is the id of a tag the kernel holds outside the packet bytes (`skb->vlan_tci`).
 #[inline(always)]
 pub fn parse<B: FrameBytes + ?Sized>(bytes: &B, skb_vlan: Option<u16>) -> Option<Frame> {
@@ -70,20 +76,26 @@ pub fn parse<B: FrameBytes + ?Sized>(bytes: &B, skb_vlan: Option<u16>) -> Option
         ethertype = u16::from_be_bytes(bytes.read(offset + 2)?);
         offset += 4;
     }
-    let src = match ethertype {
+    let (src, dst) = match ethertype {
         ETH_P_IP => {
             let [version_ihl] = bytes.read::<1>(offset)?;
             if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
                 return None;
             }
-            Source::V4(bytes.read(offset + 12)?)
+            (
+                Source::V4(bytes.read(offset + 12)?),
+                Source::V4(bytes.read(offset + 16)?),
+            )
         }
         ETH_P_IPV6 => {
             let [version] = bytes.read::<1>(offset)?;
             if version >> 4 != 6 {
                 return None;
             }
-            Source::V6(bytes.read(offset + 8)?)
+            (
+                Source::V6(bytes.read(offset + 8)?),
+                Source::V6(bytes.read(offset + 24)?),
+            )
         }
         _ => return None,
     };
@@ -92,6 +104,7 @@ pub fn parse<B: FrameBytes + ?Sized>(bytes: &B, skb_vlan: Option<u16>) -> Option
         vlan: skb_vlan.or(in_packet_vlan),
         tag_in_packet: in_packet_vlan.is_some(),
         src,
+        dst,
         l3_len: (bytes.len() - offset) as u32,
     })
 }
@@ -131,6 +144,7 @@ mod tests {
         f.extend(ipv4([192, 168, 0, 100]));
         let p = parse(f.as_slice(), None).unwrap();
         assert_eq!(p.src, Source::V4([192, 168, 0, 100]));
+        assert_eq!(p.dst, Source::V4([203, 0, 113, 10]));
         assert_eq!(p.src_mac, SRC_MAC);
         assert_eq!(p.vlan, None);
         assert!(!p.tag_in_packet);
@@ -146,6 +160,10 @@ mod tests {
         f.extend(ipv6(src));
         let p = parse(f.as_slice(), None).unwrap();
         assert_eq!(p.src, Source::V6(src));
+        assert_eq!(
+            p.dst,
+            Source::V6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10])
+        );
         assert_eq!(p.vlan, Some(102));
         assert!(p.tag_in_packet);
         assert_eq!(p.l3_len, 48);
@@ -175,12 +193,22 @@ mod tests {
     fn truncated_and_foreign_frames_are_not_parsed() {
         let mut f = eth(ETH_P_IP);
         f.extend(ipv4([192, 168, 0, 100]));
-        for cut in 0..ETH_HLEN + 16 {
+        // The destination ends 20 bytes into the IPv4 header.
+        for cut in 0..ETH_HLEN + 20 {
             assert_eq!(parse(&f[..cut], None), None, "cut at {cut}");
         }
         let mut arp = eth(0x0806);
         arp.extend_from_slice(&[0; 28]);
         assert_eq!(parse(arp.as_slice(), None), None);
+        let mut v6 = eth(ETH_P_IPV6);
+        v6.extend(ipv6([
+            0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+        ]));
+        // The destination ends 40 bytes into the IPv6 header.
+        for cut in 0..ETH_HLEN + 40 {
+            assert_eq!(parse(&v6[..cut], None), None, "IPv6 cut at {cut}");
+        }
+        assert!(parse(&v6[..ETH_HLEN + 40], None).is_some());
         let mut bad_version = eth(ETH_P_IP);
         bad_version.extend(ipv6([0; 16]));
         assert_eq!(parse(bad_version.as_slice(), None), None);

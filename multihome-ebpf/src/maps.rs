@@ -29,8 +29,9 @@ pub struct SrcV6 {
 
 /// Where a packet with a given source address must leave.
 ///
-/// `prefix_len` and `gateway` are not used by the decision (the kernel picks the next hop after
-/// the redirect); they are kept so that a `bpftool map dump` tells the whole story of an entry.
+/// `prefix_len` and `gateway` matter to IPv6 only: an off-link IPv6 packet is redirected with the
+/// gateway as explicit next hop (see `Verdict::Redirect`); for IPv4 the kernel picks the next hop
+/// after the redirect, and they are kept so that a `bpftool map dump` tells the whole story.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -49,7 +50,8 @@ pub struct Egress {
     /// The uplink's own MAC address.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
-    /// The uplink's gateway; IPv4 in the first four bytes, all zero when unknown.
+    /// The uplink's gateway; IPv4 in the first four bytes, all zero when unknown. For IPv6
+    /// usually the router's link-local address, which names a neighbour on the uplink itself.
     pub gateway: [u8; 16],
 }
 

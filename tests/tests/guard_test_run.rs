@@ -68,6 +68,9 @@ fn crafted_frames_get_the_designed_verdicts_and_move_the_counters() {
     let mac_child: Ipv4Addr = "192.168.0.77".parse().unwrap();
     let small: Ipv4Addr = "192.168.0.99".parse().unwrap();
     let v6: Ipv6Addr = "2001:db8:2::2".parse().unwrap();
+    // A /64 with router B's link-local gateway: frames to 2001:db8:ffff::1 are off-link and
+    // redirected with an explicit next hop.
+    let v6_routed: Ipv6Addr = "2001:db8:2::3".parse().unwrap();
     let foreign: Ipv4Addr = "198.51.100.7".parse().unwrap();
     guard.put_entry(plain.into(), &egress(wan2, 1500)).unwrap();
     guard
@@ -93,7 +96,10 @@ fn crafted_frames_get_the_designed_verdicts_and_move_the_counters() {
         .unwrap();
     guard.put_entry(small.into(), &egress(wan2, 100)).unwrap();
     guard.put_entry(v6.into(), &egress(wan2, 1500)).unwrap();
-    assert_eq!(guard.entries().unwrap().len(), 5);
+    guard
+        .put_entry(v6_routed.into(), &egress_v6(wan2, 64, ROUTER_B_LL))
+        .unwrap();
+    assert_eq!(guard.entries().unwrap().len(), 6);
 
     let v4 = |src, tags: &[u16], mac| frame(mac, tags, ETH_P_IP, &ipv4(src, 60));
     #[derive(Debug, Clone, Copy, PartialEq)]
@@ -194,6 +200,27 @@ fn crafted_frames_get_the_designed_verdicts_and_move_the_counters() {
             Redirected,
         ),
         (
+            "IPv6 off-link, wrong device: explicit next hop",
+            frame(MAC_ETH0, &[], ETH_P_IPV6, &ipv6(v6_routed, 80)),
+            SkbCtx::on(wan1),
+            TC_ACT_REDIRECT,
+            Redirected,
+        ),
+        (
+            "IPv6 off-link, wrong tag on the parent: explicit next hop",
+            frame(MAC_ETH0, &[101], ETH_P_IPV6, &ipv6(v6_routed, 80)),
+            SkbCtx::on(eth0),
+            TC_ACT_REDIRECT,
+            Redirected,
+        ),
+        (
+            "IPv6 off-link, right device",
+            frame(MAC_ETH0, &[], ETH_P_IPV6, &ipv6(v6_routed, 80)),
+            SkbCtx::on(wan2),
+            TC_ACT_UNSPEC,
+            Passed,
+        ),
+        (
             "IPv6, right device",
             frame(MAC_ETH0, &[], ETH_P_IPV6, &ipv6(v6, 80)),
             SkbCtx::on(wan2),
@@ -273,8 +300,11 @@ impl Rng {
     }
 }
 
+/// Where the model says a frame is redirected: the target and the explicit next hop, if any.
+type Target = (u32, Option<[u8; 16]>);
+
 /// What the program must return for `frame` on `ifindex`: the host's own parse and decision.
-fn model(entries: &BTreeMap<IpAddr, Egress>, frame: &[u8], ifindex: u32) -> (i32, Option<u32>) {
+fn model(entries: &BTreeMap<IpAddr, Egress>, frame: &[u8], ifindex: u32) -> (i32, Option<Target>) {
     let Some(parsed) = parse(frame, None) else {
         return (TC_ACT_UNSPEC, None);
     };
@@ -287,12 +317,14 @@ fn model(entries: &BTreeMap<IpAddr, Egress>, frame: &[u8], ifindex: u32) -> (i32
         ifindex,
         vlan: parsed.vlan,
         src_mac: parsed.src_mac,
+        src: parsed.src,
+        dst: parsed.dst,
         l3_len: parsed.l3_len,
         gso: false,
     };
     match decide(&packet, entry) {
         Verdict::Pass => (TC_ACT_UNSPEC, None),
-        Verdict::Redirect { ifindex, .. } => (TC_ACT_REDIRECT, Some(ifindex)),
+        Verdict::Redirect { ifindex, via, .. } => (TC_ACT_REDIRECT, Some((ifindex, via))),
         Verdict::DropTooBig { .. } => (TC_ACT_SHOT, None),
     }
 }
@@ -336,8 +368,10 @@ fn random_and_truncated_frames_agree_with_the_host_model() {
             },
         )
         .unwrap();
+    // An IPv6 /64 with a link-local gateway: its frames (to 2001:db8:ffff::1, or wherever the
+    // noise sends them) take both redirect forms, with and without an explicit next hop.
     guard
-        .put_entry(sources[2], &egress(bed.wan1, 1500))
+        .put_entry(sources[2], &egress_v6(bed.wan1, 64, ROUTER_B_LL))
         .unwrap();
     guard.put_entry(sources[3], &egress(bed.wan1, 120)).unwrap();
     let entries = guard.entries().unwrap();
@@ -346,6 +380,7 @@ fn random_and_truncated_frames_agree_with_the_host_model() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut expected_redirects = 0u64;
     let mut redirects_seen = 0u64;
+    let mut via_next_hop = 0u64;
     let mut refused = 0usize;
     let frames: Vec<(Vec<u8>, u32)> = (0..FRAMES)
         .map(|_| {
@@ -393,16 +428,24 @@ fn random_and_truncated_frames_agree_with_the_host_model() {
             assert_eq!(got, want, "frame {i} on ifindex {ifindex}: {frame:02x?}");
             if got == TC_ACT_REDIRECT {
                 redirects_seen += 1;
-                assert!(target.is_some());
+                let (_, via) = target.expect("a redirect has a target");
+                via_next_hop += u64::from(via.is_some());
                 expected_redirects += 1;
             }
         }
     });
-    eprintln!("{FRAMES} frames: {redirects_seen} redirected, {refused} refused by test_run");
+    eprintln!(
+        "{FRAMES} frames: {redirects_seen} redirected ({via_next_hop} with a next hop), \
+         {refused} refused by test_run"
+    );
     assert!(refused < FRAMES / 10, "test_run refused {refused} frames");
     assert!(
         redirects_seen > 1000,
         "the noise must exercise redirects too: {redirects_seen}"
+    );
+    assert!(
+        via_next_hop > 1000 && redirects_seen - via_next_hop > 1000,
+        "both redirect forms must be exercised: {via_next_hop} of {redirects_seen}"
     );
     let total: u64 = guard
         .counters()

@@ -5,7 +5,7 @@ mod maps;
 mod skb;
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
+    bindings::{bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1, TC_ACT_UNSPEC},
     helpers::generated::{bpf_redirect_neigh, bpf_skb_vlan_pop},
     macros::classifier,
     programs::TcContext,
@@ -19,6 +19,8 @@ use skb::Skb;
 // From uapi pkt_cls.h (aya's bindings give them different integer types on different hosts).
 const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
+// From the uapi socket.h.
+const AF_INET6: u32 = 10;
 
 /// The program's name (kernel program names have at most 15 characters); the loader finds
 /// clsact filters left by an earlier run by it.
@@ -40,6 +42,8 @@ fn guard(ctx: &TcContext) -> i32 {
         ifindex: skb.ifindex(),
         vlan: frame.vlan,
         src_mac: frame.src_mac,
+        src: frame.src,
+        dst: frame.dst,
         l3_len: frame.l3_len,
         gso: skb.is_gso(),
     };
@@ -60,13 +64,15 @@ fn execute(ctx: &TcContext, verdict: Verdict, entry: &Egress) -> i32 {
             maps::count(uplink, Counter::DroppedTooBig, 0);
             TC_ACT_SHOT
         }
-        Verdict::Redirect { ifindex, pop_tag } => {
+        Verdict::Redirect {
+            ifindex,
+            pop_tag,
+            via,
+        } => {
             let len = ctx.len();
-            // SAFETY: the helper gets the program's own skb state; a NULL next hop lets the
-            // kernel route the packet again on the target device (see DESIGN.md).
             let popped = !pop_tag || strip_tags(ctx, &skb::Skb(ctx));
             let ret = if popped {
-                unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) }
+                redirect_neigh(ifindex, via)
             } else {
                 -1
             };
@@ -80,6 +86,37 @@ fn execute(ctx: &TcContext, verdict: Verdict, entry: &Egress) -> i32 {
                 TC_ACT_SHOT
             }
         }
+    }
+}
+
+/// `bpf_redirect_neigh` to `ifindex`. Without `via` (IPv4, on-link IPv6, unknown gateway) the
+/// next hop is NULL: the kernel routes the packet again with `oif = ifindex` and replaces its
+/// route (see DESIGN.md). With `via` (off-link IPv6) the kernel skips that lookup and resolves
+/// the given gateway on `ifindex` directly, because the IPv6 lookup would have preferred another
+/// uplink's default route in guard-only mode; `Verdict::Redirect` says why, and what it costs.
+#[inline(always)]
+fn redirect_neigh(ifindex: u32, via: Option<[u8; 16]>) -> i64 {
+    let Some(gateway) = via else {
+        // SAFETY: a NULL next hop with length 0 is the helper's documented "route it" form.
+        return unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
+    };
+    let word =
+        |i: usize| u32::from_ne_bytes([gateway[i], gateway[i + 1], gateway[i + 2], gateway[i + 3]]);
+    // 20 bytes on the stack; the address words keep network byte order in memory.
+    let mut next_hop = bpf_redir_neigh {
+        nh_family: AF_INET6,
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+            ipv6_nh: [word(0), word(4), word(8), word(12)],
+        },
+    };
+    // SAFETY: the helper copies the struct (of exactly the size given) before returning.
+    unsafe {
+        bpf_redirect_neigh(
+            ifindex,
+            &mut next_hop,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        )
     }
 }
 

@@ -123,3 +123,16 @@ pub fn egress(uplink: u32, mtu: u32) -> Egress {
         gateway: [192, 168, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
     }
 }
+
+/// Router B's link-local address, the usual IPv6 gateway (learned from its router
+/// advertisement).
+pub const ROUTER_B_LL: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xb];
+
+/// An entry for an IPv6 address of a plain uplink, in a `/prefix_len` with `gateway`.
+pub fn egress_v6(uplink: u32, prefix_len: u8, gateway: [u8; 16]) -> Egress {
+    Egress {
+        prefix_len,
+        gateway,
+        ..egress(uplink, 1500)
+    }
+}
