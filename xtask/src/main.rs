@@ -8,6 +8,7 @@ mod run;
 mod setup;
 mod summary;
 mod test;
+mod vm;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -37,6 +38,15 @@ enum Task {
     Test,
     /// Show multihome on the seed topology (planned).
     Demo,
+    /// Tier 4: the seed's VLAN topology in a Debian 6.1 kernel under qemu (needs root).
+    Vm {
+        /// Use KVM instead of TCG (nested KVM crashes guests on the build machines).
+        #[arg(long)]
+        kvm: bool,
+        /// Kill the guest and fail after this many seconds (default 600).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +56,9 @@ fn main() -> ExitCode {
         Task::Run { release, args } => run::run(release, &args),
         Task::Test => test::run(),
         Task::Demo => demo::run(),
+        Task::Vm { kvm, timeout } => {
+            vm::run(if kvm { vm::Accel::Kvm } else { vm::Accel::Tcg }, timeout)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -28,6 +28,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "systemd",             // tier 3: systemd-networkd (part of systemd on bookworm), a DHCP client
     "kmod",                // tier 4: modprobe 8021q and module lookup in the VM's initramfs
     "cpio",                // tier 4: packs the VM's initramfs
+    "busybox-static",      // tier 4: the guest's shell and small tools (static: no libraries)
+    "binutils",            // tier 4: strips multihome's debug info for the initramfs
 ];
 
 /// The Debian packages for nightly's LLVM major `llvm`.
