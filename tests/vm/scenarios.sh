@@ -25,7 +25,7 @@ check() { if [ "$2" = "$3" ]; then ok "$1"; else fail "$1" "expected '$2', got '
 step() { echo "VM-STEP: [$(cut -d' ' -f1 /proc/uptime) s] $*"; }
 ns() { n=$1; shift; nsenter --net="/run/netns/$n" "$@"; }
 # What the echo service saw as the caller, for curl with these options.
-caller() { curl -s -m 5 --connect-timeout 3 "$@" "$ECHO" || echo "no answer"; }
+caller() { curl -s -m 8 --connect-timeout 5 "$@" "$ECHO" || echo "no answer"; }
 addr4() { ip -4 -o addr show dev "$1" scope global | awk '{ split($4, a, "/"); print a[1]; exit }'; }
 # wait_for SECONDS COMMAND...: polls every 0.2 s.
 wait_for() {
@@ -164,10 +164,10 @@ check "bound to vlan102's address: black-holed via A" "$ISP_A" "$(caller --inter
 lan_name() { curl -s -m 4 --connect-timeout 3 --interface "host!$1" http://192.168.0.1:8080/ || echo "no answer"; }
 mac_of() { ns "$1" ip -o link show dev lan | sed 's/.*link\/ether \([^ ]*\).*/\1/'; }
 # raw_frame VID PORT DST_MAC: an 802.1Q frame tagged VID carrying a UDP datagram
-# ADDR_B:PORT -> 192.168.0.1:7, written straight to eth0 (AF_PACKET); prints the first answer.
+# ADDR_B:PORT -> GW_B:7, written straight to eth0 (AF_PACKET); prints the first answer.
 raw_frame() {
     vid=$1 port=$2 dst=$3
-    set -- $(echo "$ADDR_B" | tr . ' ') 192 168 0 1
+    set -- $(echo "$ADDR_B $GW_B" | tr . ' ')
     sum=$((0x4500 + 33 + 0x0001 + 0x4000 + 0x4011 + ($1 << 8 | $2) + ($3 << 8 | $4) + ($5 << 8 | $6) + ($7 << 8 | $8)))
     sum=$(((sum & 0xffff) + (sum >> 16)))
     sum=$(((sum & 0xffff) + (sum >> 16)))
@@ -189,6 +189,17 @@ raw_frame() {
     wait "$listener"
     head -n 1 /run/frame.reply
 }
+# guard_moves_wrong_tag LABEL: the guard (whatever the rules do) moves a frame tagged 101 from
+# vlan102's current address to vlan102's current device, and counts it.
+guard_moves_wrong_tag() {
+    before=$(counter vlan102 redirected)
+    check "$1: frame tagged 101 from $ADDR_B is moved to router B" router-b \
+        "$(raw_frame 101 $((40010 + passed)) "$MAC_A")"
+    after=$(counter vlan102 redirected)
+    [ "$after" -gt "$before" ] && ok "$1: the guard counted the redirect ($before -> $after)" ||
+        fail "$1: the guard counted the redirect" "redirected $before -> $after"
+}
+GW_B=192.168.0.1
 MAC_A=$(mac_of ra)
 MAC_B=$(mac_of rb)
 # In the seed, eth0's untagged port reaches no router, so the kernel would hold the packet in
@@ -245,7 +256,8 @@ step "scenario 3: vlan102 renumbered and its gateway moved"
 stop_dhclient vlan102
 ns rb ip addr flush dev lan
 ns rb ip addr add 192.168.0.254/24 dev lan
-dhcp rb 192.168.0.101 192.168.0.254
+GW_B=192.168.0.254
+dhcp rb 192.168.0.101 "$GW_B"
 ip -4 addr flush dev vlan102
 dhclient -4 -sf /vm/dhclient-script -cf /vm/dhclient.conf -lf /run/vlan102.lease \
     -pf /run/dhclient.vlan102.pid -v vlan102
@@ -260,6 +272,7 @@ check "no rule for the old address" "" "$(owned | grep 192.168.0.100)"
 check "renumbered: curl --interface vlan102 answered as ISP B" "$ISP_B" "$(caller --interface vlan102)"
 check "renumbered: bound to the new address answered as ISP B" "$ISP_B" "$(caller --interface "host!$ADDR_B")"
 check "renumbered: vlan101 still ISP A" "$ISP_A" "$(caller --interface "host!$ADDR_A")"
+guard_moves_wrong_tag "renumbered"
 
 step "scenario 4: vlan102 deleted and re-created"
 old_index=$(cat /sys/class/net/vlan102/ifindex)
@@ -277,6 +290,7 @@ wait_for 15 healthy && ok "healthy after re-creation" || fail "healthy after re-
 check "re-created: guard re-attached by clsact" "clsact clsact " "$(modes vlan102)"
 tc filter show dev vlan102 egress | grep -q bpf && ok "re-created: tc shows the guard on the new vlan102" ||
     fail "re-created: tc shows the guard on the new vlan102" "$(tc filter show dev vlan102 egress)"
+guard_moves_wrong_tag "re-created"
 check "re-created: curl --interface vlan102 answered as ISP B" "$ISP_B" "$(caller --interface vlan102)"
 check "re-created: bound to vlan102's address answered as ISP B" "$ISP_B" "$(caller --interface "host!$ADDR_B")"
 stop_daemon
