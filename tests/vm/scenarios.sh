@@ -46,12 +46,13 @@ owned() { ip rule show | grep 'proto 77'; ip route show table all | grep 'proto 
 owned_rules() { ip rule show | grep -c 'proto 77'; }
 healthy() { multihome status $UPLINKS >/dev/null 2>&1; }
 
+# The daemon's log is shown when a check failed while it ran.
 start_daemon() {
+    failed_before=$failed
     multihome run "$@" $UPLINKS >/run/multihome.log 2>&1 &
     daemon=$!
     if wait_for 30 healthy; then ok "daemon healthy ($*)"; else
         fail "daemon healthy ($*)" "status: $(multihome status $UPLINKS 2>&1 | tr '\n' ' ')"
-        cat /run/multihome.log
     fi
 }
 stop_daemon() {
@@ -59,8 +60,7 @@ stop_daemon() {
     wait "$daemon"
     check "daemon exits cleanly on SIGTERM" 0 "$?"
     check "nothing owned left after exit" "" "$(owned)"
-    [ -n "$VERBOSE" ] || return 0
-    cat /run/multihome.log
+    [ "$failed" = "$failed_before" ] || cat /run/multihome.log
 }
 
 # ---- the testbed ----
