@@ -39,32 +39,34 @@ impl Kernel {
 
 /// The pinned kernel from `cache`, downloading and extracting it first if needed.
 pub fn fetch(cache: &Path) -> Result<Kernel> {
-    let abi = match cached(cache, PINNED_ABI) {
-        Some(kernel) => return Ok(kernel),
-        None if apt_has(PINNED_ABI)? => PINNED_ABI.to_string(),
-        None => {
-            let search = proc::stdout_of(Command::new("apt-cache").args([
-                "search",
-                "--names-only",
-                "^linux-image-6.1.0-[0-9]+-amd64$",
-            ]))?;
-            let Some(newest) = newest_abi(&search) else {
-                bail!(
-                    "vm: apt offers no linux-image-6.1.0-N-amd64 (pinned {PINNED_ABI}): \
-                     run `apt-get update` or add Debian 12's (security) archive"
-                );
-            };
-            eprintln!(
-                "vm: WARNING: the pinned kernel {PINNED_ABI} is not downloadable any more; \
-                 using the newest apt offers, {newest}: update PINNED_ABI in xtask/src/vm/kernel.rs"
-            );
-            newest
-        }
-    };
-    if let Some(kernel) = cached(cache, &abi) {
+    if let Some(kernel) = cached(cache, PINNED_ABI) {
         return Ok(kernel);
     }
-    download(cache, &abi)
+    if apt_has(PINNED_ABI)? {
+        match download(cache, PINNED_ABI) {
+            Ok(kernel) => return Ok(kernel),
+            Err(err) => eprintln!("vm: WARNING: the pinned kernel {PINNED_ABI}: {err:#}"),
+        }
+    }
+    let search = proc::stdout_of(Command::new("apt-cache").args([
+        "search",
+        "--names-only",
+        "^linux-image-6.1.0-[0-9]+-amd64$",
+    ]))?;
+    let Some(newest) = newest_abi(&search).filter(|abi| abi != PINNED_ABI) else {
+        bail!(
+            "vm: apt offers no usable linux-image-6.1.0-N-amd64 (pinned {PINNED_ABI}): \
+             run `apt-get update` or add Debian 12's (security) archive"
+        );
+    };
+    eprintln!(
+        "vm: WARNING: the pinned kernel {PINNED_ABI} cannot be downloaded any more; using the \
+         newest apt offers, {newest}: update PINNED_ABI in xtask/src/vm/kernel.rs"
+    );
+    match cached(cache, &newest) {
+        Some(kernel) => Ok(kernel),
+        None => download(cache, &newest),
+    }
 }
 
 /// A kernel extracted and indexed by an earlier run.

@@ -29,6 +29,17 @@ pub struct Boot {
     pub timed_out: bool,
 }
 
+impl Boot {
+    /// Passed and failed checks; a guest that hung or ended without its summary counts as one
+    /// more failure, so the run's total never reads as clean.
+    pub fn tally(&self) -> (u32, u32) {
+        let (passed, failed) = self.result.map_or((0, 0), |v| (v.passed, v.failed));
+        let failed = failed.max(u32::try_from(self.failures.len()).unwrap_or(u32::MAX));
+        let incomplete = self.result.is_none() || self.timed_out;
+        (passed, failed + u32::from(incomplete))
+    }
+}
+
 /// The guest's own count of its checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
@@ -150,6 +161,26 @@ mod tests {
         );
         assert_eq!(parse_result("VM-RESULT: twelve passed, 0 failed"), None);
         assert_eq!(parse_result("VM-CHECK ok vlan102"), None);
+    }
+
+    #[test]
+    fn a_hung_or_silent_guest_counts_as_a_failure() {
+        let mut boot = Boot {
+            result: Some(Verdict {
+                passed: 5,
+                failed: 0,
+            }),
+            failures: Vec::new(),
+            timed_out: false,
+        };
+        assert_eq!(boot.tally(), (5, 0));
+        boot.failures.push("VM-CHECK FAIL boot: insmod x".into());
+        assert_eq!(boot.tally(), (5, 1));
+        boot.timed_out = true;
+        assert_eq!(boot.tally(), (5, 2));
+        boot.result = None;
+        boot.timed_out = false;
+        assert_eq!(boot.tally(), (0, 2));
     }
 
     #[test]
