@@ -100,7 +100,7 @@ dhcp() { # ROUTER LEASE_ADDR GATEWAY: (re)starts the router's DHCP server
     fi
     rm -f "/run/$1.leases"
     ns "$1" dnsmasq -u root --port=0 --interface=lan --bind-interfaces --dhcp-authoritative \
-        --dhcp-range="$2,$2,255.255.255.0,1h" --dhcp-option=option:router,"$3" \
+        --dhcp-range="$2,$2,255.255.255.0,1h" --dhcp-option=option:router,"$3" --no-ping \
         --dhcp-leasefile="/run/$1.leases" --pid-file="/run/$1.dnsmasq.pid" \
         --log-dhcp --log-facility="/run/$1.dnsmasq.log"
 }
@@ -212,6 +212,9 @@ check "TCP from vlan102's address leaves untagged eth0: lost" "no answer" "$(lan
 check "frame tagged 101 from vlan102's address reaches router A" router-a "$(raw_frame 101 40002 "$MAC_A")"
 
 step "scenario 2: guard only (--no-rules), clsact on a 6.1 kernel"
+multihome check $UPLINKS 2>&1 | grep -q "6.1 has no TCX: the guard attaches through clsact" &&
+    ok "multihome check: 6.1 has no TCX, clsact" ||
+    fail "multihome check: 6.1 has no TCX, clsact" "$(multihome check $UPLINKS 2>&1 | tr '\n' ' ')"
 start_daemon --no-rules
 check "vlan101 guard attached by clsact (uplink, parent)" "clsact clsact " "$(modes vlan101)"
 check "vlan102 guard attached by clsact (uplink, parent)" "clsact clsact " "$(modes vlan102)"
