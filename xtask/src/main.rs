@@ -10,6 +10,7 @@ mod run;
 mod setup;
 mod summary;
 mod test;
+mod vm;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -53,6 +54,15 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
+    /// Tier 4: the seed's VLAN topology in a Debian 6.1 kernel under qemu (needs root).
+    Vm {
+        /// Use KVM instead of TCG (nested KVM crashes guests on the build machines).
+        #[arg(long)]
+        kvm: bool,
+        /// Kill the guest and fail after this many seconds (default 600).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -75,6 +85,9 @@ fn main() -> ExitCode {
         Task::Install(a) => install::install(&a.prefix, a.destdir.as_deref()),
         Task::Uninstall(a) => install::uninstall(&a.prefix, a.destdir.as_deref()),
         Task::Fuzz { seconds } => fuzz::run(seconds),
+        Task::Vm { kvm, timeout } => {
+            vm::run(if kvm { vm::Accel::Kvm } else { vm::Accel::Tcg }, timeout)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

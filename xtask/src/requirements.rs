@@ -29,6 +29,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "kmod",                // tier 4: modprobe 8021q and module lookup in the VM's initramfs
     "cpio",                // tier 4: packs the VM's initramfs
     "strace", // tier 3: the unit test holds the daemon's system calls to the unit's filter
+    "busybox-static", // tier 4: the guest's shell and small tools (static: no libraries)
+    "binutils", // tier 4: strips multihome's debug info for the initramfs
 ];
 
 /// The Debian packages for nightly's LLVM major `llvm`.

@@ -44,6 +44,11 @@ const STEPS: &[Step] = &[
         name: "test",
         args: &["test", "--workspace", "--no-fail-fast"],
     },
+    // Tier 4: the seed's 802.1Q topology in a Debian 6.1 kernel under qemu.
+    Step {
+        name: "vm",
+        args: &["xtask", "vm"],
+    },
 ];
 
 pub fn run() -> Result<()> {
