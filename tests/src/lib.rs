@@ -1,3 +1,4 @@
 //! Shared test machinery: network namespaces and the processes started in them.
+pub mod bench;
 pub mod daemon;
 pub mod netns;

@@ -1,5 +1,6 @@
 //! multihome's development tasks: `cargo xtask <task>` (alias in `.cargo/config.toml`).
 
+mod bench;
 mod build;
 mod demo;
 mod proc;
@@ -41,6 +42,12 @@ enum Task {
     Test,
     /// Show multihome on the seed topology (planned).
     Demo,
+    /// Build release and run the benchmarks (needs root), writing target/bench/report.{md,json}.
+    Bench {
+        /// Passed to mh-bench (e.g. `--only convergence,datapath`, `--renumberings 100`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +57,7 @@ fn main() -> ExitCode {
         Task::Run { release, args } => run::run(release, &args),
         Task::Test => test::run(),
         Task::Demo => demo::run(),
+        Task::Bench { args } => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,7 +24,7 @@ pub fn run(release: bool, args: &[OsString]) -> Result<()> {
 }
 
 /// The workspace's target directory as cargo resolves it (`CARGO_TARGET_DIR`, config, default).
-fn target_dir() -> Result<PathBuf> {
+pub(crate) fn target_dir() -> Result<PathBuf> {
     let out = proc::stdout_of(&mut proc::cargo([
         "metadata",
         "--format-version",
