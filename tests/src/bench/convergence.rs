@@ -242,9 +242,10 @@ fn replay(
         let old = IpAddr::V4(step.old);
         let settled = Instant::now() + PATIENCE;
         match system {
-            System::Multihome { .. } => watcher.wait(settled, |n| {
-                matches!(n, Note::Rule { added: false, src: Some(s), .. } if *s == old)
-            }),
+            System::Multihome { .. } => watcher.wait(
+                settled,
+                |n| matches!(n, Note::Rule { added: false, src: Some(s), .. } if *s == old),
+            ),
             System::Baseline => watcher.wait(
                 settled,
                 |n| matches!(n, Note::Addr { added: false, addr, .. } if *addr == old),
@@ -300,8 +301,7 @@ pub fn section(results: &Results, n: usize) -> Section {
         ]
     };
     let mut rows = vec![
-        Row::new("multihome", Figure::Dist(mh, "ms"))
-            .goal("p99 < 1 ms", mh.map(|s| s.p99 < 1.0)),
+        Row::new("multihome", Figure::Dist(mh, "ms")).goal("p99 < 1 ms", mh.map(|s| s.p99 < 1.0)),
         Row::new("baseline (ip monitor + sh hook)", Figure::Dist(base, "ms")),
         Row::new("baseline p50 / multihome p50", Figure::Value(speedup, "x"))
             .goal(">= 10x", speedup.map(|r| r >= 10.0)),
@@ -338,7 +338,9 @@ mod tests {
         let s = steps(25);
         assert_eq!(s[0].old.to_string(), "192.168.0.20");
         assert_eq!(s[0].new.to_string(), "192.168.0.30");
-        assert!(s.windows(2).all(|w| w[0].new == w[1].old && w[1].old != w[1].new));
+        assert!(s
+            .windows(2)
+            .all(|w| w[0].new == w[1].old && w[1].old != w[1].new));
         let switches: Vec<String> = s
             .iter()
             .filter_map(|s| s.gateway.map(|g| g.to_string()))

@@ -47,7 +47,7 @@ fn pin_empty_program(path: &Path) -> Result<()> {
     pin[0..8].copy_from_slice(&(cpath.as_ptr() as u64).to_ne_bytes());
     pin[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
     let pinned = bpf(6, &mut pin); // BPF_OBJ_PIN
-    // SAFETY: closing the fd BPF_PROG_LOAD gave us; the pin holds the program.
+                                   // SAFETY: closing the fd BPF_PROG_LOAD gave us; the pin holds the program.
     unsafe { libc::close(fd) };
     pinned.context("BPF_OBJ_PIN of the empty program")?;
     Ok(())
@@ -81,7 +81,11 @@ pub fn run() -> Result<Results> {
     for (a, b) in [("eth0", "eth0p"), ("wan1", "wan1p"), ("wan2", "wan2p")] {
         veth(&ns, a, &ns, b)?;
     }
-    let (eth0, wan1, wan2) = (ns.ifindex("eth0")?, ns.ifindex("wan1")?, ns.ifindex("wan2")?);
+    let (eth0, wan1, wan2) = (
+        ns.ifindex("eth0")?,
+        ns.ifindex("wan1")?,
+        ns.ifindex("wan2")?,
+    );
     let pin_dir = ns.pin_dir();
     let mut guard = Guard::load(&pin_dir, AttachMode::Clsact)?;
     ns.enter(|| guard.attach(wan2))?;
@@ -188,7 +192,10 @@ pub fn section(results: &Results) -> Section {
     let empty = results.ns.first().and_then(|(_, ns)| *ns);
     let mut rows = Vec::new();
     for (name, ns) in &results.ns {
-        rows.push(Row::new(format!("{name}: ns/packet"), Figure::Value(*ns, "ns")));
+        rows.push(Row::new(
+            format!("{name}: ns/packet"),
+            Figure::Value(*ns, "ns"),
+        ));
         if empty.is_some() && *ns != empty {
             let r = ratio(*ns, empty);
             let row = Row::new(format!("{name}: / empty"), Figure::Value(r, "x"));

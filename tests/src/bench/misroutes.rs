@@ -134,15 +134,17 @@ pub fn run(bin: &Path) -> Result<Results> {
         let sender = Sender::start(&bed.host, current)?;
         std::thread::sleep(Duration::from_millis(200)); // ARP for the gateway
         let (a0, b0) = (counter(&bed.a)?, counter(&bed.b)?);
+        let sent0 = sender.sent.load(Ordering::Relaxed);
         for _ in 0..RENUMBERINGS {
             let new = Ipv4Addr::new(192, 168, 0, next_host);
             next_host = if next_host >= 229 { 30 } else { next_host + 1 };
             watcher.drain();
             batch.send(&format!("addr add {new}/24 dev wan2"))?;
             let t0 = watcher
-                .wait(Instant::now() + PATIENCE, |n| {
-                    matches!(n, Note::Addr { added: true, addr, .. } if *addr == new)
-                })
+                .wait(
+                    Instant::now() + PATIENCE,
+                    |n| matches!(n, Note::Addr { added: true, addr, .. } if *addr == new),
+                )
                 .context("the new address was not announced")?;
             sleep_until(t0 + SWITCH_AFTER);
             sender.switch(new);
@@ -154,7 +156,7 @@ pub fn run(bin: &Path) -> Result<Results> {
         let a1 = counter(&bed.a)?;
         flushes(&bed, &watcher, current)?;
         let (a2, b2) = (counter(&bed.a)?, counter(&bed.b)?);
-        let sent = sender.sent.load(Ordering::Relaxed);
+        let sent = sender.sent.load(Ordering::Relaxed) - sent0;
         drop(sender);
         modes.push(Mode {
             sent,
@@ -176,9 +178,10 @@ fn flushes(bed: &TwoUplinks, watcher: &Watcher, current: Ipv4Addr) -> Result<()>
         watcher.drain();
         bed.host.sh("ip -4 rule flush protocol 77")?;
         watcher
-            .wait(Instant::now() + PATIENCE, |n| {
-                matches!(n, Note::Rule { added: true, src: Some(s), .. } if *s == src)
-            })
+            .wait(
+                Instant::now() + PATIENCE,
+                |n| matches!(n, Note::Rule { added: true, src: Some(s), .. } if *s == src),
+            )
             .context("multihome did not restore its rule after a flush")?;
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -215,8 +218,14 @@ pub fn section(r: &Results) -> Section {
                 renumber,
                 flush,
                 Row::new(
-                    format!("{name}: packets sent / at ISP B"),
-                    Figure::Text(format!("{} / {}", m.sent, m.at_b)),
+                    format!("{name}: packets sent / at ISP B / at neither"),
+                    Figure::Text(format!(
+                        "{} / {} / {}",
+                        m.sent,
+                        m.at_b,
+                        m.sent
+                            .saturating_sub(m.at_b + m.renumber_at_a + m.flush_at_a)
+                    )),
                 ),
             ]
         })

@@ -137,7 +137,7 @@ impl Figure {
                 number(s.max),
                 s.n
             ),
-            Figure::Value(Some(v), unit) if unit.is_empty() => number(*v),
+            Figure::Value(Some(v), "") => number(*v),
             Figure::Value(Some(v), unit) => format!("{} {unit}", number(*v)),
             Figure::Dist(None, _) | Figure::Value(None, _) => "not measured".to_owned(),
             Figure::Count(n) => n.to_string(),
@@ -268,7 +268,10 @@ mod tests {
         );
         assert!(md.contains("| wrong end states | 3 |  |"), "{md}");
         assert!(md.contains("| ratio | 12.3 |  |"), "{md}");
-        assert!(md.contains("| missing | not measured | NOT met: x |"), "{md}");
+        assert!(
+            md.contains("| missing | not measured | NOT met: x |"),
+            "{md}"
+        );
     }
 
     #[test]

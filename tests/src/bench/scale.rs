@@ -70,7 +70,12 @@ fn bed(n: usize) -> Result<(Netns, Netns)> {
 
 /// Starts the daemon on `n` uplinks; returns it with the time until every `from ADDR` rule was
 /// announced.
-fn start(host: &Netns, watcher: &Watcher, bin: &Path, n: usize) -> Result<(Multihome, Option<f64>)> {
+fn start(
+    host: &Netns,
+    watcher: &Watcher,
+    bin: &Path,
+    n: usize,
+) -> Result<(Multihome, Option<f64>)> {
     let names: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
     let args: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut pending: BTreeSet<IpAddr> = (0..n).map(|i| addr(i, 2)).collect();
@@ -115,17 +120,22 @@ fn changes(host: &Netns, watcher: &Watcher, n: usize) -> Result<Vec<f64>> {
         watcher.drain();
         batch.send(&format!("addr add {new}/64 dev u{i} nodad"))?;
         let deadline = Instant::now() + PATIENCE;
-        let t0 = watcher.wait(deadline, |n| matches!(n, Note::Addr { added: true, addr, .. } if *addr == new));
-        let rule = watcher.wait(deadline, |n| {
-            matches!(n, Note::Rule { added: true, src: Some(s), .. } if *s == new)
-        });
+        let t0 = watcher.wait(
+            deadline,
+            |n| matches!(n, Note::Addr { added: true, addr, .. } if *addr == new),
+        );
+        let rule = watcher.wait(
+            deadline,
+            |n| matches!(n, Note::Rule { added: true, src: Some(s), .. } if *s == new),
+        );
         if let (Some(t0), Some(rule)) = (t0, rule) {
             times.push(rule.saturating_duration_since(t0).as_secs_f64() * 1e3);
         }
         batch.send(&format!("addr del {old}/64 dev u{i}"))?;
-        watcher.wait(Instant::now() + PATIENCE, |n| {
-            matches!(n, Note::Rule { added: false, src: Some(s), .. } if *s == old)
-        });
+        watcher.wait(
+            Instant::now() + PATIENCE,
+            |n| matches!(n, Note::Rule { added: false, src: Some(s), .. } if *s == old),
+        );
         old = new;
     }
     Ok(times)
@@ -198,7 +208,10 @@ pub fn section(r: &Results) -> Section {
                 Figure::Value(growth, "x"),
             )
             .goal("does not grow (<= 2x)", growth.map(|g| g <= 2.0)),
-            Row::new("CPU time while idle 10 s", Figure::Value(r.idle_cpu_ms, "ms")),
+            Row::new(
+                "CPU time while idle 10 s",
+                Figure::Value(r.idle_cpu_ms, "ms"),
+            ),
             Row::new(
                 "context switches while idle 10 s",
                 Figure::Value(r.idle_switches.map(|n| n as f64), ""),

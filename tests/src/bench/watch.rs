@@ -161,9 +161,8 @@ impl Watcher {
             let mut buf = vec![0u8; 1 << 16];
             while !stopping.load(Ordering::Relaxed) {
                 // SAFETY: recv into a buffer we own, of its length.
-                let n = unsafe {
-                    libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-                };
+                let n =
+                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
                 let now = Instant::now();
                 if n <= 0 {
                     continue; // timeout (checks `stop`) or ENOBUFS (a lost note shows as a timeout)
@@ -281,7 +280,7 @@ mod tests {
         m.extend_from_slice(&kind.to_ne_bytes());
         m.extend_from_slice(&[0; 10]);
         m.extend_from_slice(body);
-        while m.len() % 4 != 0 {
+        while !m.len().is_multiple_of(4) {
             m.push(0);
         }
         m
@@ -291,7 +290,7 @@ mod tests {
         let mut a = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
         a.extend_from_slice(&kind.to_ne_bytes());
         a.extend_from_slice(value);
-        while a.len() % 4 != 0 {
+        while !a.len().is_multiple_of(4) {
             a.push(0);
         }
         a

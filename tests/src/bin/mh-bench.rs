@@ -29,7 +29,10 @@ fn args() -> Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{arg} needs a value; {USAGE}"));
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{arg} needs a value; {USAGE}"))
+        };
         match arg.as_str() {
             "--multihome" => args.multihome = value()?.into(),
             "--out" => args.out = value()?.into(),
@@ -58,18 +61,29 @@ fn loadavg() -> String {
 }
 
 fn run(args: &Args) -> Result<Report> {
-    let wanted = |name: &str| args.only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
+    let wanted = |name: &str| {
+        args.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|n| n == name))
+    };
     let started = Instant::now();
     let mut report = Report::default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     report.context.push(("kernel".into(), kernel.trim().into()));
     report.context.push((
         "cpus".into(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()).to_string(),
+        std::thread::available_parallelism()
+            .map_or(0, |n| n.get())
+            .to_string(),
     ));
-    report.context.push(("load average at start".into(), loadavg()));
+    report
+        .context
+        .push(("load average at start".into(), loadavg()));
     if wanted("convergence") {
-        eprintln!("mh-bench: convergence ({} renumberings each)", args.renumberings);
+        eprintln!(
+            "mh-bench: convergence ({} renumberings each)",
+            args.renumberings
+        );
         let results = convergence::run(&args.multihome, args.renumberings)?;
         report
             .sections
@@ -81,11 +95,15 @@ fn run(args: &Args) -> Result<Report> {
     }
     if wanted("throughput") {
         eprintln!("mh-bench: throughput");
-        report.sections.push(throughput::section(&throughput::run()?));
+        report
+            .sections
+            .push(throughput::section(&throughput::run()?));
     }
     if wanted("scale") {
         eprintln!("mh-bench: scale ({} uplinks)", scale::UPLINKS);
-        report.sections.push(scale::section(&scale::run(&args.multihome)?));
+        report
+            .sections
+            .push(scale::section(&scale::run(&args.multihome)?));
     }
     if wanted("misroutes") {
         eprintln!("mh-bench: misroutes");
@@ -93,7 +111,9 @@ fn run(args: &Args) -> Result<Report> {
             .sections
             .push(misroutes::section(&misroutes::run(&args.multihome)?));
     }
-    report.context.push(("load average at end".into(), loadavg()));
+    report
+        .context
+        .push(("load average at end".into(), loadavg()));
     report.context.push((
         "duration".into(),
         format!("{:.0} s", started.elapsed().as_secs_f64()),
