@@ -95,6 +95,7 @@ fn run(args: &Args) -> Result<Report> {
     report
         .context
         .push(("load average at start".into(), loadavg()));
+    report.context.push(("priority".into(), priority()));
     if wanted("convergence") {
         eprintln!(
             "mh-bench: convergence ({} renumberings each)",
