@@ -32,6 +32,11 @@ pub struct Mode {
     pub renumber_at_a: u64,
     pub flush_at_a: u64,
     pub at_b: u64,
+    /// Renumberings in which multihome's rule for the new address was not announced by the time
+    /// the sender switched to it.
+    pub late: u64,
+    /// The guard's counters over the mode (redirected, redirect failed), when it ran.
+    pub guard_counts: Option<(u64, u64)>,
 }
 
 pub struct Results {
@@ -133,8 +138,9 @@ pub fn run(bin: &Path) -> Result<Results> {
         let daemon = Multihome::start(&bed.host, bin, args)?;
         let sender = Sender::start(&bed.host, current)?;
         std::thread::sleep(Duration::from_millis(200)); // ARP for the gateway
-        let (a0, b0) = (counter(&bed.a)?, counter(&bed.b)?);
         let sent0 = sender.sent.load(Ordering::Relaxed);
+        let (a0, b0) = (counter(&bed.a)?, counter(&bed.b)?);
+        let mut late = 0;
         for _ in 0..RENUMBERINGS {
             let new = Ipv4Addr::new(192, 168, 0, next_host);
             next_host = if next_host >= 229 { 30 } else { next_host + 1 };
@@ -148,6 +154,10 @@ pub fn run(bin: &Path) -> Result<Results> {
                 .context("the new address was not announced")?;
             sleep_until(t0 + SWITCH_AFTER);
             sender.switch(new);
+            let src = std::net::IpAddr::V4(new);
+            let ruled = watcher
+                .seen(|n| matches!(n, Note::Rule { added: true, src: Some(s), .. } if *s == src));
+            late += u64::from(ruled.is_none_or(|at| at > t0 + SWITCH_AFTER));
             sleep_until(t0 + 2 * SWITCH_AFTER);
             batch.send(&format!("addr del {current}/24 dev wan2"))?;
             current = new;
@@ -155,14 +165,26 @@ pub fn run(bin: &Path) -> Result<Results> {
         }
         let a1 = counter(&bed.a)?;
         flushes(&bed, &watcher, current)?;
+        let total = sender.sent.clone();
+        drop(sender); // joins the sending thread: the count is final
+        let sent = total.load(Ordering::Relaxed) - sent0;
+        std::thread::sleep(Duration::from_millis(20)); // in flight
         let (a2, b2) = (counter(&bed.a)?, counter(&bed.b)?);
-        let sent = sender.sent.load(Ordering::Relaxed) - sent0;
-        drop(sender);
+        let guard_counts = multihome::guard::PinnedMaps::open(&bed.host.pin_dir())
+            .and_then(|maps| maps.counters())
+            .ok()
+            .map(|all| {
+                all.values().fold((0, 0), |(r, f), c| {
+                    (r + c.redirected, f + c.redirect_failed)
+                })
+            });
         modes.push(Mode {
             sent,
             renumber_at_a: a1 - a0,
             flush_at_a: a2 - a1,
             at_b: b2 - b0,
+            late,
+            guard_counts,
         });
         daemon.stop()?;
     }
@@ -195,7 +217,7 @@ fn sleep_until(t: Instant) {
 }
 
 pub fn section(r: &Results) -> Section {
-    let rows = [("guard", &r.guard), ("--no-ebpf", &r.no_ebpf)]
+    let rows: Vec<Row> = [("guard", &r.guard), ("--no-ebpf", &r.no_ebpf)]
         .into_iter()
         .flat_map(|(name, m)| {
             let renumber = Row::new(
@@ -214,11 +236,22 @@ pub fn section(r: &Results) -> Section {
             } else {
                 (renumber, flush)
             };
+            let counts = Row::new(
+                format!("{name}: guard's redirects / failed redirects"),
+                Figure::Text(
+                    m.guard_counts
+                        .map_or("no guard".into(), |(r, f)| format!("{r} / {f}")),
+                ),
+            );
             [
                 renumber,
+                Row::new(
+                    format!("{name}: renumberings with the rule not yet there at the switch"),
+                    Figure::Count(m.late),
+                ),
                 flush,
                 Row::new(
-                    format!("{name}: packets sent / at ISP B / at neither"),
+                    format!("{name}: packets sent / at ISP B / at neither (lost)"),
                     Figure::Text(format!(
                         "{} / {} / {}",
                         m.sent,
@@ -227,6 +260,7 @@ pub fn section(r: &Results) -> Section {
                             .saturating_sub(m.at_b + m.renumber_at_a + m.flush_at_a)
                     )),
                 ),
+                counts,
             ]
         })
         .collect();
