@@ -16,6 +16,15 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
+/// The measurements, in the order they run.
+const MEASUREMENTS: [&str; 5] = [
+    "convergence",
+    "datapath",
+    "throughput",
+    "scale",
+    "misroutes",
+];
+
 const USAGE: &str =
     "usage: mh-bench [--multihome BIN] [--out DIR] [--renumberings N] [--only NAME,...]";
 
@@ -41,7 +50,16 @@ fn args() -> Result<Args> {
                     .parse()
                     .with_context(|| format!("--renumberings takes a count; {USAGE}"))?
             }
-            "--only" => args.only = Some(value()?.split(',').map(str::to_owned).collect()),
+            "--only" => {
+                let names: Vec<String> = value()?.split(',').map(str::to_owned).collect();
+                if let Some(bad) = names.iter().find(|n| !MEASUREMENTS.contains(&n.as_str())) {
+                    bail!(
+                        "--only: no measurement {bad}; choose from {}",
+                        MEASUREMENTS.join(",")
+                    );
+                }
+                args.only = Some(names);
+            }
             other => bail!("unknown argument {other}; {USAGE}"),
         }
     }
