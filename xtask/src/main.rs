@@ -1,5 +1,6 @@
 //! multihome's development tasks: `cargo xtask <task>` (alias in `.cargo/config.toml`).
 
+mod bench;
 mod build;
 mod demo;
 mod fuzz;
@@ -63,6 +64,12 @@ enum Task {
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<u64>,
     },
+    /// Build release and run the benchmarks (needs root), writing target/bench/report.{md,json}.
+    Bench {
+        /// Passed to mh-bench (e.g. `--only convergence,datapath`, `--renumberings 100`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -88,6 +95,7 @@ fn main() -> ExitCode {
         Task::Vm { kvm, timeout } => {
             vm::run(if kvm { vm::Accel::Kvm } else { vm::Accel::Tcg }, timeout)
         }
+        Task::Bench { args } => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
