@@ -134,6 +134,7 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
                 if let Some(Err(err)) = reconciler.guard.as_ref().map(Guard::restore_pins) {
                     log::warn!("restoring the guard's pins: {err:#}");
                 }
+                reconciler.reread_guard();
             }
             _ = sleep_until_or_never(retry_at) => { resync.all = true; attempt += 1; }
             _ = sleep_until_or_never(reconciler.deadline().map(Into::into)) => {}
@@ -158,6 +159,7 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
         let netlink = &reconciler.netlink;
         if resync.all {
             reconciler.view = netlink.dump().await.map_err(anyhow::Error::from)?;
+            reconciler.reread_guard();
         } else if resync.routes {
             reconciler.view.routes = netlink.dump_routes().await.map_err(anyhow::Error::from)?;
         }
