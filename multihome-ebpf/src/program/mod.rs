@@ -31,7 +31,7 @@ pub fn multihome_guard(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn guard(ctx: &TcContext) -> i32 {
-    let skb = Skb(ctx);
+    let skb = Skb::new(ctx);
     let Some(frame) = parse(&skb, skb.accelerated_vlan()) else {
         return TC_ACT_UNSPEC;
     };
@@ -47,12 +47,12 @@ fn guard(ctx: &TcContext) -> i32 {
         l3_len: frame.l3_len,
         gso: skb.is_gso(),
     };
-    execute(ctx, decide(&packet, Some(entry)), entry)
+    execute(ctx, &skb, decide(&packet, Some(entry)), entry)
 }
 
 /// Carries out a verdict and counts it on the entry's uplink.
 #[inline(always)]
-fn execute(ctx: &TcContext, verdict: Verdict, entry: &Egress) -> i32 {
+fn execute(ctx: &TcContext, skb: &Skb, verdict: Verdict, entry: &Egress) -> i32 {
     let uplink = entry.uplink_ifindex;
     match verdict {
         Verdict::Pass => {
@@ -70,7 +70,7 @@ fn execute(ctx: &TcContext, verdict: Verdict, entry: &Egress) -> i32 {
             via,
         } => {
             let len = ctx.len();
-            let popped = !pop_tag || strip_tags(ctx, &skb::Skb(ctx));
+            let popped = !pop_tag || strip_tags(ctx, skb);
             let ret = if popped {
                 redirect_neigh(ifindex, via)
             } else {
