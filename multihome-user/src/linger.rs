@@ -52,24 +52,13 @@ impl Linger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use multihome_ebpf::Egress;
 
     fn addr(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    fn entry() -> Egress {
-        Egress {
-            uplink_ifindex: 12,
-            lower_ifindex: 0,
-            mtu: 1500,
-            vlan_id: 0,
-            match_mac: 0,
-            prefix_len: 24,
-            mac: [0; 6],
-            _pad: [0; 2],
-            gateway: [0; 16],
-        }
+    fn entry() -> multihome_ebpf::Egress {
+        crate::diff::sim::fixtures::egress(12)
     }
 
     #[test]

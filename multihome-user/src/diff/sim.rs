@@ -200,6 +200,21 @@ pub mod fixtures {
     pub const RTPROT_RA: u8 = 9;
     pub const RTPROT_DHCP: u8 = 16;
 
+    /// A plain guard entry for an uplink without a parent.
+    pub fn egress(uplink_ifindex: u32) -> multihome_ebpf::Egress {
+        multihome_ebpf::Egress {
+            uplink_ifindex,
+            lower_ifindex: 0,
+            mtu: 1500,
+            vlan_id: 0,
+            match_mac: 0,
+            prefix_len: 24,
+            mac: [0; 6],
+            _pad: [0; 2],
+            gateway: [0; 16],
+        }
+    }
+
     pub fn ip(s: &str) -> IpAddr {
         s.parse().unwrap_or_else(|_| panic!("bad address {s}"))
     }

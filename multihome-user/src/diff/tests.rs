@@ -58,17 +58,7 @@ fn rule(src: &str, table: u32) -> Rule {
 }
 
 fn entry(uplink_ifindex: u32) -> Egress {
-    Egress {
-        uplink_ifindex,
-        lower_ifindex: 0,
-        mtu: 1500,
-        vlan_id: 0,
-        match_mac: 0,
-        prefix_len: 24,
-        mac: [0; 6],
-        _pad: [0; 2],
-        gateway: [0; 16],
-    }
+    super::sim::fixtures::egress(uplink_ifindex)
 }
 
 fn state(routes: &[Route], rules: &[Rule], entries: &[(&str, Egress)], guarded: &[u32]) -> State {
