@@ -131,6 +131,21 @@ pub fn wait_map(daemon: &Daemon, expected: &[(&str, u32)]) {
     );
 }
 
+/// Waits for the map the bed's addresses give: both uplinks' IPv4 and IPv6 addresses.
+pub fn wait_bed_map(daemon: &Daemon, host: &Netns) {
+    let wan1 = host.ifindex("wan1").unwrap();
+    let wan2 = host.ifindex("wan2").unwrap();
+    wait_map(
+        daemon,
+        &[
+            ("192.168.0.10", wan1),
+            ("192.168.0.20", wan2),
+            ("2001:db8:a::10", wan1),
+            ("2001:db8:b::20", wan2),
+        ],
+    );
+}
+
 pub const RULES_BOTH: &str = "
     1000: from 192.168.0.10 lookup 1001 proto 77
     1000: from 192.168.0.20 lookup 1002 proto 77

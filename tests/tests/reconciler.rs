@@ -22,19 +22,7 @@ fn installs_tables_rules_and_map_then_removes_them_on_sigterm() {
          2001:db8:a::/64 dev wan1 proto 77 src 2001:db8:a::10 metric 1024 pref medium
          default via 2001:db8:a::1 dev wan1 proto 77 metric 1024 pref medium",
     );
-    let (wan1, wan2) = (
-        bed.host.ifindex("wan1").unwrap(),
-        bed.host.ifindex("wan2").unwrap(),
-    );
-    wait_map(
-        &daemon,
-        &[
-            ("192.168.0.10", wan1),
-            ("192.168.0.20", wan2),
-            ("2001:db8:a::10", wan1),
-            ("2001:db8:b::20", wan2),
-        ],
-    );
+    wait_bed_map(&daemon, &bed.host);
     let pin_dir = daemon.pin_dir().to_path_buf();
     assert!(daemon.stop().success());
     assert_eq!(
@@ -288,17 +276,7 @@ fn adopts_what_a_killed_daemon_left_without_duplicates() {
     let again = Daemon::start_with_pins(host, &["wan1", "wan2"], &pin_dir).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(everything_owned(host), before, "adopted, no duplicates");
-    let wan1 = host.ifindex("wan1").unwrap();
-    let wan2 = host.ifindex("wan2").unwrap();
-    wait_map(
-        &again,
-        &[
-            ("192.168.0.10", wan1),
-            ("192.168.0.20", wan2),
-            ("2001:db8:a::10", wan1),
-            ("2001:db8:b::20", wan2),
-        ],
-    );
+    wait_bed_map(&again, host);
     assert_eq!(again.stop().code(), Some(0));
     assert_eq!(everything_owned(host), "");
 }
@@ -351,17 +329,7 @@ fn rules_only_and_guard_only_modes() {
     assert_eq!(rules_only.stop().code(), Some(0));
 
     let guard_only = Daemon::start(host, &["--no-rules", "wan1", "wan2"]).unwrap();
-    let wan1 = host.ifindex("wan1").unwrap();
-    let wan2 = host.ifindex("wan2").unwrap();
-    wait_map(
-        &guard_only,
-        &[
-            ("192.168.0.10", wan1),
-            ("192.168.0.20", wan2),
-            ("2001:db8:a::10", wan1),
-            ("2001:db8:b::20", wan2),
-        ],
-    );
+    wait_bed_map(&guard_only, host);
     assert_eq!(
         everything_owned(host),
         "",
