@@ -19,7 +19,7 @@ use crate::view::{
 
 mod describe;
 
-pub use describe::{assignments, describe, Assignment, Assignments};
+pub use describe::{describe, Assignment, Assignments};
 
 /// The metric the kernel gives an IPv6 route added without one (IP6_RT_PRIO_USER); IPv4 routes
 /// get 0.
@@ -28,8 +28,22 @@ const IPV6_DEFAULT_METRIC: u32 = 1024;
 /// What multihome wants in the kernel. `entries` and `guarded` stay empty unless the guard is
 /// enabled; routes and rules stay empty unless rules are.
 pub fn plan(config: &Config, view: &KernelView) -> State {
+    desired(config, view, &uplinks(config, view))
+}
+
+/// The plan and the operator's view of it (`assignments`), from one look at the view: the
+/// reconciler and `status` need both on every pass.
+pub fn plan_and_assignments(config: &Config, view: &KernelView) -> (State, Assignments) {
+    let present = uplinks(config, view);
+    (
+        desired(config, view, &present),
+        describe::of(config, &present),
+    )
+}
+
+fn desired(config: &Config, view: &KernelView, present: &[Uplink]) -> State {
     let mut state = State::default();
-    for uplink in uplinks(config, view) {
+    for uplink in present {
         if config.ebpf {
             uplink.guard(&mut state);
         }

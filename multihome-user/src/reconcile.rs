@@ -87,13 +87,12 @@ impl Reconciler {
 
     /// Brings the kernel to the plan.
     pub async fn reconcile(&mut self) -> Outcome {
-        let desired = plan::plan(&self.config, &self.view);
+        let (desired, assignments) = plan::plan_and_assignments(&self.config, &self.view);
         let ops = diff(&desired, &self.owned());
         let ops = self
             .linger
             .hold_back(ops, &desired, std::time::Instant::now());
         let outcome = self.apply_all(ops).await;
-        let assignments = plan::assignments(&self.config, &self.view);
         for line in plan::describe(&self.assignments, &assignments) {
             log::info!("{line}");
         }

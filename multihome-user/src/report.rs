@@ -107,12 +107,12 @@ pub struct Inputs<'a> {
 }
 
 pub fn report(inputs: &Inputs) -> Report {
-    let desired = plan::plan(inputs.config, inputs.view);
+    let (desired, assignments) = plan::plan_and_assignments(inputs.config, inputs.view);
     let uplinks: Vec<UplinkReport> = inputs
         .config
         .uplinks
         .iter()
-        .map(|uplink| uplink_report(inputs, &desired, &uplink.name, uplink.table))
+        .map(|uplink| uplink_report(inputs, &desired, &assignments, &uplink.name, uplink.table))
         .collect();
     Report {
         version: SCHEMA_VERSION,
@@ -123,7 +123,13 @@ pub fn report(inputs: &Inputs) -> Report {
     }
 }
 
-fn uplink_report(inputs: &Inputs, desired: &State, name: &str, table: u32) -> UplinkReport {
+fn uplink_report(
+    inputs: &Inputs,
+    desired: &State,
+    assignments: &plan::Assignments,
+    name: &str,
+    table: u32,
+) -> UplinkReport {
     let view = inputs.view;
     let Some(link) = view.link_by_name(name) else {
         return UplinkReport {
@@ -144,7 +150,6 @@ fn uplink_report(inputs: &Inputs, desired: &State, name: &str, table: u32) -> Up
         };
     };
     let ifindex = link.ifindex;
-    let assignments = plan::assignments(inputs.config, view);
     let mine: Vec<_> = assignments
         .iter()
         .filter(|(_, a)| a.uplink == name)

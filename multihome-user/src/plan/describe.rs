@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::{uplinks, Path};
+use super::{Path, Uplink};
 use crate::config::Config;
-use crate::view::{Family, KernelView};
+use crate::view::Family;
 
 /// Where a source address leaves, as the plan decided it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,9 +21,9 @@ pub struct Assignment {
 pub type Assignments = BTreeMap<IpAddr, Assignment>;
 
 /// Every usable address of every present uplink, with the uplink that won it.
-pub fn assignments(config: &Config, view: &KernelView) -> Assignments {
+pub(super) fn of(config: &Config, present: &[Uplink]) -> Assignments {
     let mut all = Assignments::new();
-    for uplink in uplinks(config, view) {
+    for uplink in present {
         for address in uplink.distinct_addresses() {
             all.insert(
                 address.addr,

@@ -537,7 +537,7 @@ fn foreign_routes_in_our_tables() {
 #[test]
 fn describes_changes() {
     let config = config(&["vlan101", "vlan102"]);
-    let before = assignments(&config, &seed());
+    let before = plan_and_assignments(&config, &seed()).1;
     type Case = (&'static str, fn(&mut KernelView), &'static [&'static str]);
     let cases: &[Case] = &[
         ("nothing changed", |_| {}, &[]),
@@ -576,7 +576,7 @@ fn describes_changes() {
         let mut view = seed();
         edit(&mut view);
         assert_eq!(
-            describe(&before, &assignments(&config, &view)),
+            describe(&before, &plan_and_assignments(&config, &view).1),
             *want,
             "{what}"
         );
@@ -597,7 +597,10 @@ fn describes_changes() {
         },
     );
     assert_eq!(
-        describe(&Assignments::new(), &assignments(&guard_only, &seed())),
+        describe(
+            &Assignments::new(),
+            &plan_and_assignments(&guard_only, &seed()).1
+        ),
         ["vlan101: 192.168.0.100 -> guard only (--no-rules)"]
     );
 }
