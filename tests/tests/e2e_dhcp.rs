@@ -68,6 +68,23 @@ impl Run {
         );
     }
 
+    /// After wan2 was asked to renumber: it gets an address other than `old`, `old` goes, B's
+    /// traffic follows and nothing names `old`; A is unaffected. Returns the new address.
+    fn follow_renumbering(&self, old: IpAddr) -> IpAddr {
+        let new = self.bed.wait_address(Isp::B, false, |a| a != old);
+        wait_for(
+            "the old address to go",
+            DHCP_TIMEOUT,
+            || (!self.bed.addresses(Isp::B, false).contains(&old)).then_some(()),
+            || self.bed.describe(),
+        );
+        let took = self.assert_uplink(Isp::B, false);
+        eprintln!("renumbered {old} -> {new}: right again {took:?} after the old address went");
+        self.assert_forgotten(old);
+        self.assert_uplink(Isp::A, false);
+        new
+    }
+
     fn wait_no_v4(&self, isp: Isp) {
         wait_for(
             &format!("{} to lose its IPv4 lease", isp.uplink()),
@@ -80,7 +97,8 @@ impl Run {
 
 fn renumbering(client: Client) {
     let mut run = start(client);
-    let old = run.bed.v4(Isp::B);
+    let first = run.bed.v4(Isp::B);
+    // The router's pool moves (an authoritative server refuses the address it no longer has).
     run.bed
         .b
         .serve(Lease {
@@ -89,17 +107,17 @@ fn renumbering(client: Client) {
         })
         .unwrap();
     run.bed.renew(Isp::B).unwrap();
-    let new = run.bed.wait_address(Isp::B, false, |a| a != old);
-    wait_for(
-        "the old address to go",
-        DHCP_TIMEOUT,
-        || (!run.bed.addresses(Isp::B, false).contains(&old)).then_some(()),
-        || run.bed.describe(),
+    let second = run.follow_renumbering(first);
+    // The router reserves another address for the host ("static lease available").
+    run.bed
+        .renumber(Isp::B, Ipv4Addr::new(192, 168, 0, 250))
+        .unwrap();
+    let new = run.follow_renumbering(second);
+    assert_eq!(
+        new,
+        IpAddr::from([192, 168, 0, 250]),
+        "the reserved address"
     );
-    let took = run.assert_uplink(Isp::B, false);
-    eprintln!("renumbered {old} -> {new}: right again {took:?} after the old address went");
-    run.assert_forgotten(old);
-    run.assert_uplink(Isp::A, false);
 }
 
 fn gateway_change(client: Client) {

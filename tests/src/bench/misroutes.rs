@@ -1,30 +1,38 @@
-//! Misroutes: a 10,000 packets/s UDP stream from a socket bound to wan2's address, towards an
-//! "internet" address, while (a) wan2 is renumbered 100 times, the sender moving to the new
-//! address 5 ms after it appears and the old one going 5 ms later, and (b) multihome's rules are
-//! flushed 100 times (`ip rule flush protocol 77`), each time until the daemon has put them back.
-//! Packets that reach router A (nftables counter at its prerouting hook) went out the wrong
-//! uplink. Run with the guard and with `--no-ebpf`, on the same bed, one after the other.
+//! Misroutes: a 10,000 packets/s UDP stream from a socket bound to wan2's address, towards the
+//! "internet", on the end-to-end testbed (routers with dnsmasq and NAT, dhclient on the host),
+//! while (a) wan2 is renumbered 100 times through DHCP, the sender moving to the new address
+//! 5 ms after it appears, and (b) multihome's rules are flushed 100 times (`ip rule flush
+//! protocol 77`), each time until the daemon has put them back. Datagrams router A forwarded
+//! went out the wrong uplink. Run with the guard and with `--no-ebpf`, on the same testbed, one
+//! after the other.
 //!
-//! The bed is the static two-uplink bed (the DHCP testbed is another branch's): what matters
-//! here is the window between a change and its repair, which a DHCP client does not alter.
+//! dhclient rather than networkd: a renumbering here is router B reserving another address for
+//! wan2 and the client asking again, refused its address (DHCPNAK) and offered the new one, as
+//! when an ISP router's pool changes. networkd can only be made to ask again by
+//! `networkctl reconfigure` (its renewal never hears the NAK, see the testbed's `renew`), which
+//! is a lease dropped and taken anew rather than a renumbering.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
-use super::bed::{two_uplinks, Batch, Multihome, TwoUplinks, WAN2_ADDR};
-use super::report::{Figure, Row, Section};
+use super::bed::Multihome;
+use super::report::{Figure, Row, Section, Summary};
 use super::watch::{Note, Watcher, PATIENCE};
 use crate::netns::Netns;
+use crate::testbed::probe::{echo_addr, ECHO_PORT};
+use crate::testbed::{Client, Isp, Testbed, DHCP_TIMEOUT};
 
 pub const RENUMBERINGS: usize = 100;
 pub const FLUSHES: usize = 100;
-const PORT: u16 = 9999;
 const SWITCH_AFTER: Duration = Duration::from_millis(5);
+/// The addresses router B reserves for wan2 in turn: outside both routers' pools, so each one
+/// differs from the address wan2 holds.
+const RENUMBER_TO: std::ops::RangeInclusive<u8> = 200..=249;
 
 #[derive(Debug, Default, Clone)]
 pub struct Mode {
@@ -35,6 +43,8 @@ pub struct Mode {
     /// Renumberings in which multihome's rule for the new address was not announced by the time
     /// the sender switched to it.
     pub late: u64,
+    /// From asking the client for a new lease to the new address on wan2, per renumbering.
+    pub renumber_ms: Vec<f64>,
     /// The guard's counters over the mode (redirected, redirect failed), when it ran.
     pub guard_counts: Option<(u64, u64)>,
 }
@@ -64,7 +74,7 @@ impl Sender {
             // SAFETY: setns on a namespace fd only changes this thread's namespace.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let to: SocketAddr = (Ipv4Addr::new(203, 0, 113, 10), PORT).into();
+            let to = SocketAddr::new(echo_addr(false), ECHO_PORT);
             let mut bound = None::<(Ipv4Addr, UdpSocket)>;
             let mut next = Instant::now();
             while !st.load(Ordering::Relaxed) {
@@ -107,69 +117,52 @@ impl Drop for Sender {
     }
 }
 
-fn counter(router: &Netns) -> Result<u64> {
-    let out = router.sh("nft list chain inet bench pre")?;
-    out.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no counter in {out}"))
-}
-
-fn count_udp(router: &Netns) -> Result<()> {
-    router.sh(&format!(
-        "nft add table inet bench && \
-         nft add chain inet bench pre '{{ type filter hook prerouting priority -300; }}' && \
-         nft add rule inet bench pre udp dport {PORT} counter"
-    ))?;
-    Ok(())
-}
-
 pub fn run(bin: &Path) -> Result<Results> {
-    let bed = two_uplinks()?;
-    count_udp(&bed.a)?;
-    count_udp(&bed.b)?;
+    let mut bed = Testbed::up(Client::Dhclient)?;
     let watcher = Watcher::start(&bed.host)?;
-    let mut batch = Batch::start(&bed.host)?;
-    let mut current: Ipv4Addr = WAN2_ADDR.parse()?;
-    let mut next_host = 30u8;
+    let mut current = v4(bed.v4(Isp::B))?;
+    let mut next = RENUMBER_TO.cycle();
     let mut modes = Vec::new();
     for args in [&["wan1", "wan2"][..], &["--no-ebpf", "wan1", "wan2"]] {
         let daemon = Multihome::start(&bed.host, bin, args)?;
         let sender = Sender::start(&bed.host, current)?;
         std::thread::sleep(Duration::from_millis(200)); // ARP for the gateway
         let sent0 = sender.sent.load(Ordering::Relaxed);
-        let (a0, b0) = (counter(&bed.a)?, counter(&bed.b)?);
+        let (a0, b0) = (bed.a.forwarded_udp()?, bed.b.forwarded_udp()?);
         let mut late = 0;
+        let mut renumber_ms = Vec::new();
         for _ in 0..RENUMBERINGS {
-            let new = Ipv4Addr::new(192, 168, 0, next_host);
-            next_host = if next_host >= 229 { 30 } else { next_host + 1 };
+            let new = Ipv4Addr::new(192, 168, 0, next.next().unwrap());
             watcher.drain();
-            batch.send(&format!("addr add {new}/24 dev wan2"))?;
+            let asked = Instant::now();
+            bed.renumber(Isp::B, new)?;
             let t0 = watcher
                 .wait(
-                    Instant::now() + PATIENCE,
+                    Instant::now() + DHCP_TIMEOUT,
                     |n| matches!(n, Note::Addr { added: true, addr, .. } if *addr == new),
                 )
-                .context("the new address was not announced")?;
+                .with_context(|| {
+                    format!("wan2 was not renumbered to {new}:\n{}", bed.describe())
+                })?;
+            renumber_ms.push(t0.duration_since(asked).as_secs_f64() * 1e3);
             sleep_until(t0 + SWITCH_AFTER);
             sender.switch(new);
-            let src = std::net::IpAddr::V4(new);
+            let src = IpAddr::V4(new);
             let ruled = watcher
                 .seen(|n| matches!(n, Note::Rule { added: true, src: Some(s), .. } if *s == src));
             late += u64::from(ruled.is_none_or(|at| at > t0 + SWITCH_AFTER));
-            sleep_until(t0 + 2 * SWITCH_AFTER);
-            batch.send(&format!("addr del {current}/24 dev wan2"))?;
             current = new;
-            std::thread::sleep(Duration::from_millis(10));
         }
-        let a1 = counter(&bed.a)?;
-        flushes(&bed, &watcher, current)?;
+        if bed.addresses(Isp::B, false) != [IpAddr::V4(current)] {
+            bail!("wan2 should hold only {current} now:\n{}", bed.describe());
+        }
+        let a1 = bed.a.forwarded_udp()?;
+        flushes(&bed.host, &watcher, current)?;
         let total = sender.sent.clone();
         drop(sender); // joins the sending thread: the count is final
         let sent = total.load(Ordering::Relaxed) - sent0;
         std::thread::sleep(Duration::from_millis(20)); // in flight
-        let (a2, b2) = (counter(&bed.a)?, counter(&bed.b)?);
+        let (a2, b2) = (bed.a.forwarded_udp()?, bed.b.forwarded_udp()?);
         let guard_counts = multihome::guard::PinnedMaps::open(&bed.host.pin_dir())
             .and_then(|maps| maps.counters())
             .ok()
@@ -184,6 +177,7 @@ pub fn run(bin: &Path) -> Result<Results> {
             flush_at_a: a2 - a1,
             at_b: b2 - b0,
             late,
+            renumber_ms,
             guard_counts,
         });
         daemon.stop()?;
@@ -194,11 +188,18 @@ pub fn run(bin: &Path) -> Result<Results> {
     })
 }
 
-fn flushes(bed: &TwoUplinks, watcher: &Watcher, current: Ipv4Addr) -> Result<()> {
-    let src = std::net::IpAddr::V4(current);
+fn v4(addr: IpAddr) -> Result<Ipv4Addr> {
+    match addr {
+        IpAddr::V4(a) => Ok(a),
+        IpAddr::V6(a) => bail!("{a} is not an IPv4 address"),
+    }
+}
+
+fn flushes(host: &Netns, watcher: &Watcher, current: Ipv4Addr) -> Result<()> {
+    let src = IpAddr::V4(current);
     for _ in 0..FLUSHES {
         watcher.drain();
-        bed.host.sh("ip -4 rule flush protocol 77")?;
+        host.sh("ip -4 rule flush protocol 77")?;
         watcher
             .wait(
                 Instant::now() + PATIENCE,
@@ -249,6 +250,10 @@ pub fn section(r: &Results) -> Section {
                     format!("{name}: renumberings with the rule not yet there at the switch"),
                     Figure::Count(m.late),
                 ),
+                Row::new(
+                    format!("{name}: one renumbering, new lease asked for to new address on wan2"),
+                    Figure::Dist(Summary::of(&m.renumber_ms), "ms"),
+                ),
                 flush,
                 Row::new(
                     format!("{name}: packets sent / at ISP B / at neither (lost)"),
@@ -267,13 +272,23 @@ pub fn section(r: &Results) -> Section {
     Section {
         title: "Misroutes",
         method: format!(
-            "10,000 UDP packets/s (10 every ms) from a socket bound to wan2's address to \
-             203.0.113.10, on the static two-uplink bed (wan1 metric 10 is the main default). \
-             (a) {RENUMBERINGS} renumberings of wan2: new address added, the sender switches to \
-             it 5 ms after its RTM_NEWADDR, the old one is deleted 5 ms later. (b) {FLUSHES} \
-             `ip -4 rule flush protocol 77`, each until multihome has restored its rule. Packets \
-             counted by nftables at router A's prerouting hook. Same bed, guard first, then \
-             `--no-ebpf`."
+            "10,000 UDP packets/s (10 every ms) from a socket bound to wan2's address to the \
+             echo service (203.0.113.10 port 7) on the end-to-end testbed: routers A and B \
+             hand out 192.168.0.0/24 with gateway 192.168.0.1 by dnsmasq and masquerade to the \
+             \"internet\"; dhclient on the host (wan1 metric 10 is main's default). (a) \
+             {RENUMBERINGS} DHCP renumberings of wan2: router B reserves the next address of \
+             192.168.0.200-249 for wan2 (dhcp-host, SIGHUP) and dhclient asks again (restarted \
+             on its lease file); refused its address (DHCPNAK), it drops the address and its \
+             default route, and binds the address offered, adding the route back a few ms after \
+             the address. The sender switches to the new address 5 ms after its RTM_NEWADDR. \
+             Without the guard, what leaks here leaks in that gap: multihome's rule for the new \
+             address is in place before the switch (\"rule not yet there\" counts the \
+             exceptions), but wan2's table has no default route until the client's returns, so \
+             the lookup falls through to main, i.e. wan1. (b) \
+             {FLUSHES} `ip -4 rule flush protocol 77`, each until multihome has restored its \
+             rule. Packets counted by nftables in each router's forward hook (lost: forwarded by \
+             neither, such as the guard's redirects to wan2 while it has no route). Same \
+             testbed, guard first, then `--no-ebpf`."
         ),
         rows,
     }

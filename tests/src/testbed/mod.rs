@@ -13,7 +13,7 @@ pub mod probe;
 mod router;
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -210,6 +210,25 @@ impl Testbed {
     /// dhclient: restarted on its lease file, as a reboot would).
     pub fn renew(&mut self, isp: Isp) -> Result<()> {
         self.dhcp.renew(&self.host, isp)
+    }
+
+    /// Renumbers the uplink through DHCP: its router reserves `addr` for the uplink's MAC
+    /// address and the client is asked for a new lease; refused the address it holds, it
+    /// discovers again and is offered `addr`. Returns without waiting for the new address.
+    pub fn renumber(&mut self, isp: Isp, addr: Ipv4Addr) -> Result<()> {
+        let link = self
+            .host
+            .run(&["ip", "-br", "link", "show", isp.uplink()])?;
+        let mac = link
+            .split_whitespace()
+            .nth(2)
+            .with_context(|| format!("no MAC address in {link:?}"))?;
+        let router = match isp {
+            Isp::A => &self.a,
+            Isp::B => &self.b,
+        };
+        router.reserve(mac, addr)?;
+        self.renew(isp)
     }
 
     /// `networkctl reconfigure` (networkd only): networkd re-applies the link's configuration

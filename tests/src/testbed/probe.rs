@@ -31,7 +31,8 @@ pub enum Proto {
 pub const ALL_PROTOS: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Http];
 
 const TIMEOUT: Duration = Duration::from_millis(1500);
-const ECHO_PORT: u16 = 7;
+/// The echo service's port (TCP and UDP); the routers count the datagrams they forward to it.
+pub const ECHO_PORT: u16 = 7;
 
 pub fn echo_addr(v6: bool) -> IpAddr {
     if v6 { ECHO_V6 } else { ECHO_V4 }.parse().unwrap()

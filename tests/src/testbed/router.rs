@@ -4,12 +4,15 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::daemon::wait_for;
 use crate::netns::{veth, Netns, Process};
 
 use super::internet::Internet;
+use super::probe::ECHO_PORT;
 use super::Isp;
 
 /// What dnsmasq hands out.
@@ -46,8 +49,8 @@ pub struct Router {
     lease: Lease,
 }
 
-/// The echo port whose forwarded UDP datagrams the router counts.
-const COUNTED_PORT: u16 = 7;
+/// How long dnsmasq may take to read its hosts file.
+const RESERVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Router {
     pub(super) fn new(isp: Isp, internet: &Internet, dir: &Path) -> Result<Router> {
@@ -67,7 +70,7 @@ impl Router {
                 counter echo_udp {{}}
                 chain forward {{
                     type filter hook forward priority 0;
-                    iifname \"lan\" udp dport {COUNTED_PORT} counter name echo_udp
+                    iifname \"lan\" udp dport {ECHO_PORT} counter name echo_udp
                 }}
                 chain postrouting {{
                     type nat hook postrouting priority srcnat;
@@ -112,9 +115,9 @@ impl Router {
         self.serve(lease)
     }
 
-    /// (Re)starts dnsmasq handing out `lease`, forgetting earlier leases: a client renewing an
-    /// address outside the new pool is refused (dnsmasq is authoritative) and gets a new one.
-    /// The LAN side gets the gateway address if it lacks it.
+    /// (Re)starts dnsmasq handing out `lease`, forgetting earlier leases and reservations: a
+    /// client renewing an address outside the new pool is refused (dnsmasq is authoritative)
+    /// and gets a new one. The LAN side gets the gateway address if it lacks it.
     pub fn serve(&mut self, lease: Lease) -> Result<()> {
         self.stop_dhcp();
         let gw = lease.gateway;
@@ -124,6 +127,7 @@ impl Router {
         }
         let leases = self.dir.join("leases");
         let _ = std::fs::remove_file(&leases);
+        std::fs::write(self.hosts_file(), "")?;
         let (first, last) = lease.pool;
         let args = [
             "dnsmasq".to_string(),
@@ -139,6 +143,7 @@ impl Router {
             "--log-dhcp".into(),
             "--dhcp-authoritative".into(),
             format!("--dhcp-leasefile={}", leases.display()),
+            format!("--dhcp-hostsfile={}", self.hosts_file().display()),
             format!("--pid-file={}", self.dir.join("pid").display()),
             format!("--dhcp-range=192.168.0.{first},192.168.0.{last},255.255.255.0,2m"),
             format!("--dhcp-option=option:router,{gw}"),
@@ -157,6 +162,43 @@ impl Router {
         );
         self.lease = lease;
         Ok(())
+    }
+
+    /// Reserves `addr` for the device with MAC address `mac` (a `dhcp-host` line), replacing
+    /// any earlier reservation, and returns once dnsmasq has re-read it (SIGHUP): renumbering
+    /// one client without restarting the server. Its next request for the address it holds is
+    /// refused ("static lease available") and its next discovery is offered `addr`.
+    pub fn reserve(&self, mac: &str, addr: Ipv4Addr) -> Result<()> {
+        let dnsmasq = self.dnsmasq.as_ref().context("dnsmasq is not running")?;
+        let log = self.dir.join("dnsmasq.log");
+        let marker = format!("read {}", self.hosts_file().display());
+        let reads = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches(&marker)
+                .count()
+        };
+        // dnsmasq reads the (empty) file once at start: wait for that before counting.
+        let before = wait_for(
+            "dnsmasq's first read of its hosts file",
+            RESERVE_TIMEOUT,
+            || Some(reads()).filter(|n| *n > 0),
+            || format!("no {marker:?} in {}", log.display()),
+        );
+        std::fs::write(self.hosts_file(), format!("{mac},{addr}\n"))?;
+        // SAFETY: kill on our own child's pid, which has not been reaped (we hold it).
+        unsafe { libc::kill(dnsmasq.pid() as i32, libc::SIGHUP) };
+        wait_for(
+            "dnsmasq to re-read its hosts file",
+            RESERVE_TIMEOUT,
+            || (reads() > before).then_some(()),
+            || format!("no new {marker:?} in {}", log.display()),
+        );
+        Ok(())
+    }
+
+    fn hosts_file(&self) -> PathBuf {
+        self.dir.join("hosts")
     }
 
     /// Stops answering DHCP (the router is gone as far as the host's client can tell).
