@@ -45,6 +45,9 @@ pub struct Mode {
     pub late: u64,
     /// From asking the client for a new lease to the new address on wan2, per renumbering.
     pub renumber_ms: Vec<f64>,
+    /// From the new address to the client's default route via wan2 in `main` (which multihome
+    /// needs for wan2's table), per renumbering.
+    pub route_ms: Vec<f64>,
     /// The guard's counters over the mode (redirected, redirect failed), when it ran.
     pub guard_counts: Option<(u64, u64)>,
 }
@@ -131,6 +134,7 @@ pub fn run(bin: &Path) -> Result<Results> {
         let (a0, b0) = (bed.a.forwarded_udp()?, bed.b.forwarded_udp()?);
         let mut late = 0;
         let mut renumber_ms = Vec::new();
+        let mut route_ms = Vec::new();
         for _ in 0..RENUMBERINGS {
             let new = Ipv4Addr::new(192, 168, 0, next.next().unwrap());
             watcher.drain();
@@ -147,10 +151,15 @@ pub fn run(bin: &Path) -> Result<Results> {
             renumber_ms.push(t0.duration_since(asked).as_secs_f64() * 1e3);
             sleep_until(t0 + SWITCH_AFTER);
             sender.switch(new);
-            let src = IpAddr::V4(new);
-            let ruled = watcher
-                .seen(|n| matches!(n, Note::Rule { added: true, src: Some(s), .. } if *s == src));
+            let (ruled, routed) = rule_and_route(&watcher, new, t0 + PATIENCE);
             late += u64::from(ruled.is_none_or(|at| at > t0 + SWITCH_AFTER));
+            let routed = routed.with_context(|| {
+                format!(
+                    "dhclient did not put wan2's default route back:\n{}",
+                    bed.describe()
+                )
+            })?;
+            route_ms.push(routed.duration_since(t0).as_secs_f64() * 1e3);
             current = new;
         }
         if bed.addresses(Isp::B, false) != [IpAddr::V4(current)] {
@@ -178,6 +187,7 @@ pub fn run(bin: &Path) -> Result<Results> {
             at_b: b2 - b0,
             late,
             renumber_ms,
+            route_ms,
             guard_counts,
         });
         daemon.stop()?;
@@ -194,6 +204,44 @@ fn v4(addr: IpAddr) -> Result<Ipv4Addr> {
         IpAddr::V6(a) => bail!("{a} is not an IPv4 address"),
     }
 }
+
+/// When, after a renumbering to `new`, multihome's rule for it and the client's IPv4 default
+/// route in `main` were announced (`None`: not by `deadline`). Only wan2 changes, so a default
+/// route in `main` is wan2's.
+fn rule_and_route(
+    watcher: &Watcher,
+    new: Ipv4Addr,
+    deadline: Instant,
+) -> (Option<Instant>, Option<Instant>) {
+    let (mut ruled, mut routed) = (None, None);
+    while ruled.is_none() || routed.is_none() {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        let Ok((at, note)) = watcher.notes.recv_timeout(left) else {
+            break;
+        };
+        match note {
+            Note::Rule {
+                added: true,
+                src: Some(src),
+                ..
+            } if src == IpAddr::V4(new) => ruled = ruled.or(Some(at)),
+            Note::Route {
+                added: true,
+                table: MAIN,
+                dst_len: 0,
+                gateway: Some(IpAddr::V4(_)),
+                ..
+            } => routed = routed.or(Some(at)),
+            _ => {}
+        }
+    }
+    (ruled, routed)
+}
+
+/// The kernel's `main` routing table.
+const MAIN: u32 = 254;
 
 fn flushes(host: &Netns, watcher: &Watcher, current: Ipv4Addr) -> Result<()> {
     let src = IpAddr::V4(current);
@@ -254,6 +302,10 @@ pub fn section(r: &Results) -> Section {
                     format!("{name}: one renumbering, new lease asked for to new address on wan2"),
                     Figure::Dist(Summary::of(&m.renumber_ms), "ms"),
                 ),
+                Row::new(
+                    format!("{name}: new address to the client's default route via wan2"),
+                    Figure::Dist(Summary::of(&m.route_ms), "ms"),
+                ),
                 flush,
                 Row::new(
                     format!("{name}: packets sent / at ISP B / at neither (lost)"),
@@ -284,7 +336,9 @@ pub fn section(r: &Results) -> Section {
              Without the guard, what leaks here leaks in that gap: multihome's rule for the new \
              address is in place before the switch (\"rule not yet there\" counts the \
              exceptions), but wan2's table has no default route until the client's returns, so \
-             the lookup falls through to main, i.e. wan1. (b) \
+             the lookup falls through to main, i.e. wan1; how much leaks depends on how often \
+             the client takes longer than the sender's 5 ms (dhclient's script forks `ip` for \
+             each step, slower on a loaded machine). (b) \
              {FLUSHES} `ip -4 rule flush protocol 77`, each until multihome has restored its \
              rule. Packets counted by nftables in each router's forward hook (lost: forwarded by \
              neither, such as the guard's redirects to wan2 while it has no route). Same \

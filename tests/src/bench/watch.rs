@@ -193,17 +193,6 @@ impl Watcher {
         }
     }
 
-    /// The first note already received that matches `want` (others are consumed), without
-    /// waiting.
-    pub fn seen(&self, want: impl Fn(&Note) -> bool) -> Option<Instant> {
-        while let Ok((at, note)) = self.notes.try_recv() {
-            if want(&note) {
-                return Some(at);
-            }
-        }
-        None
-    }
-
     /// Waits until no note has arrived for `gap` (or `deadline` passed): whatever reacts to the
     /// last change is done.
     pub fn quiet(&self, gap: Duration, deadline: Instant) {
