@@ -43,7 +43,8 @@ pub struct Mode {
     /// Renumberings in which multihome's rule for the new address was not announced by the time
     /// the sender switched to it.
     pub late: u64,
-    /// From asking the client for a new lease to the new address on wan2, per renumbering.
+    /// From router B's new reservation to the new address on wan2, per renumbering: the pace of
+    /// the DHCP side (dnsmasq re-reading its hosts, dhclient restarted, NAK, DISCOVER to ACK).
     pub renumber_ms: Vec<f64>,
     /// From the new address to the client's default route via wan2 in `main` (which multihome
     /// needs for wan2's table), per renumbering.
@@ -299,7 +300,7 @@ pub fn section(r: &Results) -> Section {
                     Figure::Count(m.late),
                 ),
                 Row::new(
-                    format!("{name}: one renumbering, new lease asked for to new address on wan2"),
+                    format!("{name}: one renumbering, reservation to new address on wan2"),
                     Figure::Dist(Summary::of(&m.renumber_ms), "ms"),
                 ),
                 Row::new(

@@ -23,7 +23,7 @@ use super::report::{median, percentile, ratio, Figure, Row, Section};
 use crate::netns::{veth, Netns};
 
 /// Pairs of adjacent segments, one detached and one attached, in ABBA order.
-const PAIRS: usize = 60;
+const PAIRS: usize = 100;
 /// A segment's measured part, after `SETTLE` left out past each change of the guard.
 const SEGMENT: Duration = Duration::from_millis(200);
 const SETTLE: Duration = Duration::from_millis(20);
