@@ -99,7 +99,7 @@ fn egress(e: &Entry, frame: &Frame) -> Egress {
         match_mac: u8::from(e.match_mac),
         prefix_len: 24,
         mac: if e.mac_of_frame { frame.src_mac } else { e.mac },
-        _pad: [0; 2],
+        counter_slot: 0,
         gateway: [0; 16],
     }
 }
