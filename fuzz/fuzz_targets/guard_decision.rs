@@ -45,6 +45,8 @@ fuzz_target!(|input: Input| {
         ifindex: u32::from(input.device % 4) + 1,
         vlan: frame.vlan,
         src_mac: frame.src_mac,
+        src: frame.src,
+        dst: frame.dst,
         l3_len: frame.l3_len,
         gso: input.gso,
     };
@@ -56,7 +58,7 @@ fuzz_target!(|input: Input| {
     };
     match verdict {
         Verdict::Pass => {}
-        Verdict::Redirect { ifindex, pop_tag } => {
+        Verdict::Redirect { ifindex, pop_tag, .. } => {
             assert_eq!(
                 ifindex, entry.uplink_ifindex,
                 "redirect elsewhere than the uplink"
@@ -99,7 +101,7 @@ fn egress(e: &Entry, frame: &Frame) -> Egress {
         match_mac: u8::from(e.match_mac),
         prefix_len: 24,
         mac: if e.mac_of_frame { frame.src_mac } else { e.mac },
-        _pad: [0; 2],
+        counter_slot: 0,
         gateway: [0; 16],
     }
 }

@@ -154,7 +154,7 @@ mod tests {
             match_mac: 0,
             prefix_len: 24,
             mac: MAC_ETH0,
-            _pad: [0; 2],
+            counter_slot: 0,
             gateway: [192, 168, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         }
     }

@@ -9,4 +9,4 @@ pub mod maps;
 
 pub use decision::{decide, Packet, Verdict};
 pub use frame::{parse, Frame, FrameBytes, Source};
-pub use maps::{Counters, Egress, SrcV4, SrcV6, UplinkKey};
+pub use maps::{CounterSlot, Counters, Egress, SrcV4, SrcV6};

@@ -292,7 +292,8 @@ impl Uplink<'_> {
             match_mac,
             prefix_len: address.prefix_len,
             mac: self.link.mac,
-            _pad: [0; 2],
+            // The guard's map layer assigns the slot when it writes the entry.
+            counter_slot: 0,
             gateway,
         }
     }

@@ -159,3 +159,140 @@ fn a_pinned_map_of_another_layout_is_replaced() {
         "{show}"
     );
 }
+
+/// Runs one IPv4 frame from `src` leaving through `ifindex` and returns the verdict.
+fn pass_one(guard: &mut Guard, ns: &Netns, src: &str, ifindex: u32) -> i32 {
+    let frame = frame(
+        [2, 0, 0, 0, 0, 1],
+        &[],
+        0x0800,
+        &ipv4(src.parse().unwrap(), 40),
+    );
+    ns.enter(|| guard.test_run(&frame, &SkbCtx::on(ifindex).bytes()))
+        .map(|(ret, _)| ret)
+        .unwrap()
+}
+
+#[test]
+fn an_older_counters_map_is_replaced_and_the_kept_entries_are_counted_again() {
+    require_root();
+    let ns = Netns::new("gu").unwrap();
+    veth(&ns, "wan2", &ns, "wan2p").unwrap();
+    let wan2 = ns.ifindex("wan2").unwrap();
+    let pins = PinDir::new("pu");
+    let addr: IpAddr = "192.168.0.20".parse().unwrap();
+    let mut first = Guard::load(pins.path(), AttachMode::Auto).unwrap();
+    first.put_entry(addr, &egress(wan2, 1500)).unwrap();
+    drop(first);
+
+    // The counters map of the version before slots: a per-CPU hash keyed by ifindex.
+    let counters = pins.path().join("COUNTERS");
+    std::fs::remove_file(&counters).unwrap();
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&counters)
+        .args([
+            "type",
+            "percpu_hash",
+            "key",
+            "4",
+            "value",
+            "40",
+            "entries",
+            "1024",
+            "name",
+            "COUNTERS",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut second = Guard::load(pins.path(), AttachMode::Auto).unwrap();
+    let show = Command::new("bpftool")
+        .args(["map", "show", "pinned"])
+        .arg(&counters)
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("percpu_array"), "{show}");
+    // The entry survived in its own map, and counts in a slot of its uplink again.
+    assert_eq!(
+        second.entries().unwrap().get(&addr),
+        Some(&egress(wan2, 1500))
+    );
+    assert_eq!(
+        pass_one(&mut second, &ns, "192.168.0.20", wan2),
+        TC_ACT_UNSPEC
+    );
+    assert_eq!(second.counters().unwrap()[&wan2].passed, 1);
+    let dump = Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(&counters)
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.contains(&format!("\"uplink_ifindex\": {wan2}")) && dump.contains("\"passed\": 1"),
+        "{dump}"
+    );
+}
+
+#[test]
+fn counters_slots_of_uplinks_without_entries_are_taken_back_when_all_are_taken() {
+    require_root();
+    let ns = Netns::new("gs").unwrap();
+    veth(&ns, "wan2", &ns, "wan2p").unwrap();
+    let wan2 = ns.ifindex("wan2").unwrap();
+    let pins = PinDir::new("ps");
+    let mut guard = Guard::load(pins.path(), AttachMode::Auto).unwrap();
+    let gone_uplink = 100_000;
+    let addr = |i: u32| {
+        IpAddr::from(std::net::Ipv6Addr::from(
+            0x2001_0db8_u128 << 96 | u128::from(i),
+        ))
+    };
+    // Every slot but one to uplinks that do not exist; one of them loses its only address.
+    for i in 0..multihome_ebpf::maps::MAX_UPLINKS - 2 {
+        guard
+            .put_entry(addr(i), &egress(gone_uplink + i, 1500))
+            .unwrap();
+    }
+    guard.remove_entry(addr(0)).unwrap();
+    // The last free slot, then the one no entry points at.
+    guard
+        .put_entry("192.168.0.20".parse().unwrap(), &egress(wan2, 1500))
+        .unwrap();
+    guard
+        .put_entry("192.168.0.21".parse().unwrap(), &egress(wan2 + 1, 1500))
+        .unwrap();
+    let counters = guard.counters().unwrap();
+    assert!(counters.contains_key(&wan2) && counters.contains_key(&(wan2 + 1)));
+    assert!(
+        !counters.contains_key(&gone_uplink),
+        "its slot was taken back"
+    );
+    assert!(counters.contains_key(&(gone_uplink + 1)));
+    assert_eq!(
+        pass_one(&mut guard, &ns, "192.168.0.20", wan2),
+        TC_ACT_UNSPEC
+    );
+    assert_eq!(guard.counters().unwrap()[&wan2].passed, 1);
+
+    // All slots in use: the entry is still written (guarded), only not counted.
+    let uncounted: IpAddr = "192.168.0.22".parse().unwrap();
+    guard.put_entry(uncounted, &egress(wan2 + 2, 1500)).unwrap();
+    assert!(guard.entries().unwrap().contains_key(&uncounted));
+    assert!(!guard.counters().unwrap().contains_key(&(wan2 + 2)));
+    // A restarted daemon finds the same slots in the map.
+    drop(guard);
+    let mut again = Guard::load(pins.path(), AttachMode::Auto).unwrap();
+    assert_eq!(
+        pass_one(&mut again, &ns, "192.168.0.20", wan2),
+        TC_ACT_UNSPEC
+    );
+    assert_eq!(again.counters().unwrap()[&wan2].passed, 2);
+}

@@ -321,8 +321,8 @@ fn the_daemon_stays_inside_the_syscall_filter_and_address_families() {
         "socket families outside RestrictAddressFamilies={families:?}: {used_families:?}"
     );
     // ProtectProc=invisible, ProcSubset=pid, ProtectSystem=strict with only /sys/fs/bpf
-    // writable: the daemon reads its own /proc entries, kernel BTF and the dynamic loader's
-    // files, and touches nothing else but its pins.
+    // writable: the daemon reads its own /proc entries, kernel BTF, the CPU count and the
+    // dynamic loader's files, and touches nothing else but its pins.
     let bin = multihome_bin().display().to_string();
     let outside: Vec<&String> = paths
         .iter()
@@ -363,11 +363,13 @@ const PATH_CALLS: &[&str] = &[
 ];
 
 /// What the daemon may touch under the unit's sandbox (`/proc/version_signature` is absent on
-/// Debian and hidden by ProcSubset=pid; aya falls back to uname(2)).
+/// Debian and hidden by ProcSubset=pid; aya falls back to uname(2)). aya reads the number of
+/// possible CPUs for every access to the per-CPU counters map (read-only /sys is visible).
 const ALLOWED_PATHS: &[&str] = &[
     "/proc/self/",
     "/proc/version_signature",
     "/sys/kernel/btf/vmlinux",
+    "/sys/devices/system/cpu/possible",
     "/sys/fs/bpf",
     "/etc/ld.so",
     "/lib/",

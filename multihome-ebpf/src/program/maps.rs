@@ -2,13 +2,12 @@
 //! counter updates.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    btf_maps::{HashMap, PerCpuHashMap},
+    btf_maps::{HashMap, PerCpuArray},
     macros::btf_map,
 };
 use multihome_ebpf::{
     maps::{MAX_SOURCES, MAX_UPLINKS},
-    Counters, Egress, Source, SrcV4, SrcV6, UplinkKey,
+    CounterSlot, Egress, Source, SrcV4, SrcV6,
 };
 
 #[btf_map]
@@ -18,8 +17,7 @@ static SRC_V4: HashMap<SrcV4, Egress, { MAX_SOURCES as usize }> = HashMap::new()
 static SRC_V6: HashMap<SrcV6, Egress, { MAX_SOURCES as usize }> = HashMap::new();
 
 #[btf_map]
-static COUNTERS: PerCpuHashMap<UplinkKey, Counters, { MAX_UPLINKS as usize }> =
-    PerCpuHashMap::new();
+static COUNTERS: PerCpuArray<CounterSlot, { MAX_UPLINKS as usize }> = PerCpuArray::new();
 
 /// The entry for a packet's source address.
 #[inline(always)]
@@ -43,24 +41,19 @@ pub enum Counter {
     DroppedTooBig,
 }
 
-/// Bumps `counter` (and `bytes_redirected` by `bytes`) of `uplink` on this CPU, creating the
-/// uplink's zeroed slot first if the daemon has not.
+/// Bumps `counter` (and `bytes_redirected` by `bytes`) in counters slot `slot` on this CPU.
+/// Slot 0 is "not counted" (an entry user space wrote without one); the map itself refuses
+/// indexes past its end.
 #[inline(always)]
-pub fn count(uplink: u32, counter: Counter, bytes: u64) {
-    let key = UplinkKey { ifindex: uplink };
-    let slot = match COUNTERS.get_ptr_mut(key) {
-        Some(slot) => slot,
-        None => {
-            // A full map or a racing insert from another CPU: either way try the lookup again.
-            let _ = COUNTERS.insert(key, Counters::default(), u64::from(BPF_NOEXIST));
-            match COUNTERS.get_ptr_mut(key) {
-                Some(slot) => slot,
-                None => return,
-            }
-        }
+pub fn count(slot: u16, counter: Counter, bytes: u64) {
+    if slot == 0 {
+        return;
+    }
+    let Some(slot) = COUNTERS.get_ptr_mut(u32::from(slot)) else {
+        return;
     };
     // SAFETY: a per-CPU slot is only written by this CPU, and the program is not preempted.
-    let c = unsafe { &mut *slot };
+    let c = unsafe { &mut (*slot).counters };
     match counter {
         Counter::Passed => c.passed += 1,
         Counter::Redirected => {

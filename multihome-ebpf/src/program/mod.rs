@@ -50,18 +50,18 @@ fn guard(ctx: &TcContext) -> i32 {
     execute(ctx, &skb, decide(&packet, Some(entry)), entry)
 }
 
-/// Carries out a verdict and counts it on the entry's uplink.
+/// Carries out a verdict and counts it in the entry's uplink's counters slot.
 #[inline(always)]
 fn execute(ctx: &TcContext, skb: &Skb, verdict: Verdict, entry: &Egress) -> i32 {
-    let uplink = entry.uplink_ifindex;
+    let slot = entry.counter_slot;
     match verdict {
         Verdict::Pass => {
-            maps::count(uplink, Counter::Passed, 0);
+            maps::count(slot, Counter::Passed, 0);
             // UNSPEC (TCX_NEXT) rather than OK: other programs on the device still run.
             TC_ACT_UNSPEC
         }
         Verdict::DropTooBig { .. } => {
-            maps::count(uplink, Counter::DroppedTooBig, 0);
+            maps::count(slot, Counter::DroppedTooBig, 0);
             TC_ACT_SHOT
         }
         Verdict::Redirect {
@@ -77,10 +77,10 @@ fn execute(ctx: &TcContext, skb: &Skb, verdict: Verdict, entry: &Egress) -> i32 
                 -1
             };
             if ret == i64::from(TC_ACT_REDIRECT) {
-                maps::count(uplink, Counter::Redirected, u64::from(len));
+                maps::count(slot, Counter::Redirected, u64::from(len));
                 TC_ACT_REDIRECT
             } else {
-                maps::count(uplink, Counter::RedirectFailed, 0);
+                maps::count(slot, Counter::RedirectFailed, 0);
                 debug!(ctx, "redirect to {} failed: {}", ifindex, ret);
                 // It would leave through the wrong device (or with a half-removed tag).
                 TC_ACT_SHOT

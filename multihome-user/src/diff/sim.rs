@@ -210,7 +210,7 @@ pub mod fixtures {
             match_mac: 0,
             prefix_len: 24,
             mac: [0; 6],
-            _pad: [0; 2],
+            counter_slot: 0,
             gateway: [0; 16],
         }
     }

@@ -2,27 +2,27 @@
 //! process (`status`, `cleanup`) from the pins alone.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData, MapError, MapType, PerCpuHashMap};
+use aya::maps::{HashMap, Map, MapData, MapError, MapType, PerCpuArray, PerCpuValues};
 use multihome_ebpf::{
     maps::{MAP_COUNTERS, MAP_SRC_V4, MAP_SRC_V6, MAX_SOURCES, MAX_UPLINKS},
-    Counters, Egress, SrcV4, SrcV6, UplinkKey,
+    CounterSlot, Counters, Egress, SrcV4, SrcV6,
 };
 
 use super::privilege_hint;
 
 const EGRESS_LEN: usize = size_of::<Egress>();
-const COUNTERS_LEN: usize = size_of::<Counters>();
+const SLOT_LEN: usize = size_of::<CounterSlot>();
 
 /// The maps' values as aya sees them: byte arrays, cast to the shared `#[repr(C)]` types with
 /// bytemuck (aya's own `Pod` cannot be implemented for another crate's types).
 type Sources<const K: usize> = HashMap<MapData, [u8; K], [u8; EGRESS_LEN]>;
-type CounterMap = PerCpuHashMap<MapData, [u8; 4], [u8; COUNTERS_LEN]>;
+type CounterMap = PerCpuArray<MapData, [u8; SLOT_LEN]>;
 
 /// What a map pinned under a given name must look like to be reused by a new program.
 pub(super) struct Shape {
@@ -51,9 +51,9 @@ pub(super) const SHAPES: [Shape; 3] = [
     },
     Shape {
         name: MAP_COUNTERS,
-        map_type: MapType::PerCpuHash,
-        key_size: size_of::<UplinkKey>() as u32,
-        value_size: COUNTERS_LEN as u32,
+        map_type: MapType::PerCpuArray,
+        key_size: size_of::<u32>() as u32,
+        value_size: SLOT_LEN as u32,
         max_entries: MAX_UPLINKS,
     },
 ];
@@ -73,10 +73,18 @@ impl Shape {
 }
 
 /// The source maps and the counters, opened from their pins.
+///
+/// The counters slots are this layer's business: each entry carries its uplink's slot
+/// (`Egress::counter_slot`), assigned here when the entry is written, and each slot names its
+/// uplink. Callers see entries without slots (`entries` zeroes them, as the plan leaves them)
+/// and counters by uplink ifindex.
 pub struct PinnedMaps {
     v4: Sources<4>,
     v6: Sources<16>,
     counters: CounterMap,
+    /// Uplink ifindex -> its counters slot, read from the map when first needed (only writing
+    /// an entry needs it) and kept current by this process, the map's only writer.
+    slots: Option<BTreeMap<u32, u16>>,
 }
 
 impl PinnedMaps {
@@ -86,12 +94,17 @@ impl PinnedMaps {
             v4: open(pin_dir, MAP_SRC_V4)?,
             v6: open(pin_dir, MAP_SRC_V6)?,
             counters: open(pin_dir, MAP_COUNTERS)?,
+            slots: None,
         })
     }
 
-    /// Sets where packets with source `addr` must leave.
+    /// Sets where packets with source `addr` must leave, counted in the slot of its uplink.
     pub fn put_entry(&mut self, addr: IpAddr, egress: &Egress) -> Result<()> {
-        let value: [u8; EGRESS_LEN] = bytemuck::cast(*egress);
+        let egress = Egress {
+            counter_slot: self.slot_for(egress.uplink_ifindex)?,
+            ..*egress
+        };
+        let value: [u8; EGRESS_LEN] = bytemuck::cast(egress);
         match addr {
             IpAddr::V4(a) => self.v4.insert(a.octets(), value, 0),
             IpAddr::V6(a) => self.v6.insert(a.octets(), value, 0),
@@ -109,8 +122,17 @@ impl PinnedMaps {
             .with_context(|| format!("cannot remove the guard's entry for {addr}"))
     }
 
-    /// Every entry, IPv4 and IPv6.
+    /// Every entry, IPv4 and IPv6, without its counters slot.
     pub fn entries(&self) -> Result<BTreeMap<IpAddr, Egress>> {
+        let mut entries = self.entries_with_slots()?;
+        for entry in entries.values_mut() {
+            entry.counter_slot = 0;
+        }
+        Ok(entries)
+    }
+
+    /// Every entry as the program sees it.
+    fn entries_with_slots(&self) -> Result<BTreeMap<IpAddr, Egress>> {
         let mut entries = BTreeMap::new();
         for item in self.v4.iter() {
             let (key, value) = item.context("cannot read the guard's IPv4 entries")?;
@@ -123,35 +145,99 @@ impl PinnedMaps {
         Ok(entries)
     }
 
-    /// Counters per uplink ifindex, summed over CPUs.
+    /// Counters per uplink ifindex, summed over CPUs: every slot that names an uplink.
     pub fn counters(&self) -> Result<BTreeMap<u32, Counters>> {
-        let mut all = BTreeMap::new();
+        let mut all = BTreeMap::<u32, Counters>::new();
         for item in self.counters.iter() {
-            let (key, per_cpu) = item.context("cannot read the guard's counters")?;
-            let mut sum = Counters::default();
+            let per_cpu = item.context("cannot read the guard's counters")?;
             for value in per_cpu.iter() {
-                sum.add(&bytemuck::cast(*value));
+                let slot: CounterSlot = bytemuck::cast(*value);
+                if slot.uplink_ifindex != 0 {
+                    all.entry(slot.uplink_ifindex)
+                        .or_default()
+                        .add(&slot.counters);
+                }
             }
-            all.insert(u32::from_ne_bytes(key), sum);
         }
         Ok(all)
     }
 
-    /// Drops the counters of an uplink that is gone (its ifindex will not come back).
-    pub fn remove_counters(&mut self, ifindex: u32) -> Result<()> {
-        ignore_missing(self.counters.remove(&ifindex.to_ne_bytes()))
-            .with_context(|| format!("cannot remove the guard's counters of ifindex {ifindex}"))
-    }
-
-    /// Removes every entry and counter.
-    pub fn clear(&mut self) -> Result<()> {
-        for addr in self.entries()?.into_keys() {
-            self.remove_entry(addr)?;
-        }
-        for ifindex in self.counters()?.into_keys() {
-            self.remove_counters(ifindex)?;
+    /// Gives every entry its uplink's counters slot where it has another one: entries written
+    /// while the counters map was of an older layout (which the loader replaced) have none.
+    /// For the loader, once its maps are open.
+    pub(super) fn assign_slots(&mut self) -> Result<()> {
+        for (addr, entry) in self.entries_with_slots()? {
+            if self.slot_for(entry.uplink_ifindex)? != entry.counter_slot {
+                self.put_entry(addr, &entry)?;
+            }
         }
         Ok(())
+    }
+
+    /// The counters slot of `uplink`, claimed for it if it has none.
+    fn slot_for(&mut self, uplink: u32) -> Result<u16> {
+        let mut slots = match self.slots.take() {
+            Some(slots) => slots,
+            None => self.read_slots()?,
+        };
+        let slot = match slots.get(&uplink) {
+            Some(&slot) => Ok(slot),
+            None => self.claim_slot(&mut slots, uplink),
+        };
+        self.slots = Some(slots);
+        slot
+    }
+
+    /// Uplink ifindex -> slot, from the map (slot 0 is never assigned).
+    fn read_slots(&self) -> Result<BTreeMap<u32, u16>> {
+        let mut slots = BTreeMap::new();
+        for (index, item) in self.counters.iter().enumerate().skip(1) {
+            let per_cpu = item.context("cannot read the guard's counters")?;
+            // User space writes the owner to every CPU's copy.
+            let owner = per_cpu.first().map_or(0, |value| {
+                bytemuck::cast::<_, CounterSlot>(*value).uplink_ifindex
+            });
+            if owner != 0 {
+                slots.insert(owner, index as u16);
+            }
+        }
+        Ok(slots)
+    }
+
+    /// Claims a free slot for `uplink`, zeroed. When every slot is taken, the slot of an uplink
+    /// no entry points at any more is taken back (a device that went away: a new one gets
+    /// another ifindex), dropping its counters. With every slot in use the uplink is not counted
+    /// (slot 0); it is still guarded.
+    fn claim_slot(&mut self, slots: &mut BTreeMap<u32, u16>, uplink: u32) -> Result<u16> {
+        let first_free =
+            |taken: &BTreeSet<u16>| (1..MAX_UPLINKS as u16).find(|slot| !taken.contains(slot));
+        let mut free = first_free(&slots.values().copied().collect());
+        if free.is_none() {
+            let referenced = self
+                .entries_with_slots()?
+                .values()
+                .map(|entry| entry.counter_slot)
+                .collect();
+            free = first_free(&referenced);
+            if let Some(free) = free {
+                slots.retain(|_, slot| *slot != free);
+            }
+        }
+        let Some(slot) = free else {
+            log::warn!("the guard's counters have no free slot: if{uplink} is not counted");
+            return Ok(0);
+        };
+        let owned: [u8; SLOT_LEN] = bytemuck::cast(CounterSlot {
+            uplink_ifindex: uplink,
+            ..CounterSlot::default()
+        });
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let values = PerCpuValues::try_from(vec![owned; cpus])?;
+        self.counters
+            .set(u32::from(slot), values, 0)
+            .with_context(|| format!("cannot claim a counters slot for if{uplink}"))?;
+        slots.insert(uplink, slot);
+        Ok(slot)
     }
 }
 

@@ -116,8 +116,10 @@ impl Guard {
                 None
             }
         };
+        let mut maps = PinnedMaps::open(pin_dir)?;
+        maps.assign_slots()?;
         Ok(Guard {
-            maps: PinnedMaps::open(pin_dir)?,
+            maps,
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             mode,

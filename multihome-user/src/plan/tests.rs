@@ -437,7 +437,7 @@ fn entry_fields() {
         match_mac: 0,
         prefix_len: 24,
         mac: [2, 0, 0, 0, 0, WAN1 as u8],
-        _pad: [0; 2],
+        counter_slot: 0,
         gateway: v4_gateway,
     };
     let cases: &[(&str, Egress)] = &[

@@ -119,7 +119,7 @@ pub fn egress(uplink: u32, mtu: u32) -> Egress {
         match_mac: 0,
         prefix_len: 24,
         mac: [0; 6],
-        _pad: [0; 2],
+        counter_slot: 0,
         gateway: [192, 168, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
     }
 }
