@@ -1,7 +1,7 @@
 //! `KernelView`: what multihome knows of the kernel's links, addresses, routes and rules, in
 //! plain types free of netlink. `observe` fills it from dumps and events; `plan` reads it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -147,29 +147,73 @@ impl KernelView {
     /// kernel gives them: a link by ifindex, an address by (ifindex, address, prefix length), a
     /// route by (table, family, destination, prefix length, metric), a rule by all its fields.
     pub fn apply(&mut self, event: Event) -> Effect {
-        match event {
-            Event::NewLink(link) => self.new_link(link),
-            Event::DelLink(ifindex) => Effect {
-                changed: self.remove_link(ifindex),
-                // The kernel drops the device's IPv4 routes without a word.
-                redump_routes: true,
-            },
-            Event::NewAddress(address) => {
-                Effect::changed(upsert(&mut self.addresses, address, address_key))
+        let mut touched = Touched::default();
+        let redump_routes = match event {
+            Event::NewLink(link) => {
+                let (changed, redump) = self.new_link(link);
+                touched.all = changed;
+                redump
             }
-            Event::DelAddress(address) => Effect {
-                changed: remove(&mut self.addresses, &address, address_key),
+            Event::DelLink(ifindex) => {
+                touched.all = self.remove_link(ifindex);
+                // The kernel drops the device's IPv4 routes without a word.
+                true
+            }
+            Event::NewAddress(address) => {
+                for old in upsert(&mut self.addresses, address, same_address) {
+                    touched.address(&old);
+                }
+                false
+            }
+            Event::DelAddress(address) => {
+                for old in remove(&mut self.addresses, &address, same_address) {
+                    touched.address(&old);
+                }
                 // IPv4 routes using it as source go silently; IPv6 routes silently lose it as
                 // their source (measured on 6.18).
-                redump_routes: true,
-            },
-            Event::NewRoute(route) => Effect::changed(upsert(&mut self.routes, route, Route::slot)),
-            Event::DelRoute(route) => {
-                Effect::changed(remove(&mut self.routes, &route, Route::slot))
+                true
             }
-            Event::NewRule(rule) => Effect::changed(upsert(&mut self.rules, rule, Rule::clone)),
-            Event::DelRule(rule) => Effect::changed(remove(&mut self.rules, &rule, Rule::clone)),
+            Event::NewRoute(route) => {
+                for old in upsert(&mut self.routes, route, same_slot) {
+                    touched.route(&old);
+                }
+                false
+            }
+            Event::DelRoute(route) => {
+                for old in remove(&mut self.routes, &route, same_slot) {
+                    touched.route(&old);
+                }
+                false
+            }
+            Event::NewRule(rule) => {
+                for old in upsert(&mut self.rules, rule, Rule::eq) {
+                    touched.rule(&old);
+                }
+                false
+            }
+            Event::DelRule(rule) => {
+                for old in remove(&mut self.rules, &rule, Rule::eq) {
+                    touched.rule(&old);
+                }
+                false
+            }
+        };
+        Effect {
+            touched,
+            redump_routes,
         }
+    }
+
+    /// Replaces the routes with a fresh dump; what differs from the routes it replaces.
+    pub fn replace_routes(&mut self, routes: Vec<Route>) -> Touched {
+        let old: HashSet<Route> = self.routes.iter().copied().collect();
+        let new: HashSet<Route> = routes.iter().copied().collect();
+        let mut touched = Touched::default();
+        for route in old.symmetric_difference(&new) {
+            touched.route(route);
+        }
+        self.routes = routes;
+        touched
     }
 
     /// Updates the view as if the kernel had echoed an op just applied, so that a reconcile
@@ -186,7 +230,8 @@ impl KernelView {
         self.apply(event);
     }
 
-    fn new_link(&mut self, link: Link) -> Effect {
+    /// Whether the view changed, and whether routes may have gone silently.
+    fn new_link(&mut self, link: Link) -> (bool, bool) {
         // Names are unique in a namespace: another ifindex with this name is a device whose
         // deletion we missed (lost events), gone with its routes.
         let stale: Vec<u32> = self
@@ -201,10 +246,10 @@ impl KernelView {
         }
         let went_down = self.links.get(&link.ifindex).is_some_and(|old| old.up) && !link.up;
         let old = self.links.insert(link.ifindex, link.clone());
-        Effect {
-            changed: replaced_stale || old.as_ref() != Some(&link),
-            redump_routes: replaced_stale || went_down,
-        }
+        (
+            replaced_stale || old.as_ref() != Some(&link),
+            replaced_stale || went_down,
+        )
     }
 
     /// Forgets a device and what the kernel deletes with it: its addresses and the routes
@@ -220,51 +265,105 @@ impl KernelView {
 }
 
 /// What an event means to the daemon beyond the view itself.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Effect {
-    /// The view changed: plan and diff again.
-    pub changed: bool,
+    /// What changed in the view: where to plan and diff again.
+    pub touched: Touched,
     /// The kernel may have changed routes without announcing it (a device deleted or down:
     /// its IPv4 routes; an address removed: IPv4 routes using it as source are deleted, IPv6
     /// ones lose it as source): dump the routes again before trusting the view.
     pub redump_routes: bool,
 }
 
-impl Effect {
-    fn changed(changed: bool) -> Effect {
-        Effect {
-            changed,
-            redump_routes: false,
+/// What changed in the view, in the terms a pass uses to find the uplinks concerned: the
+/// devices, addresses and tables involved, old and new (a route replaced in its slot may have
+/// moved to another device or protocol).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// A device appeared, went or changed (name, state, MTU, parent, ...), or the daemon has to
+    /// look at everything anyway: which uplinks are present, what they are attached to and
+    /// which addresses they hold may all have changed.
+    pub all: bool,
+    /// Devices whose addresses, or routes through them, changed.
+    pub devices: BTreeSet<u32>,
+    /// Addresses that appeared, went or changed: every uplink holding one may win or lose it.
+    pub addresses: BTreeSet<IpAddr>,
+    /// Tables in which a route or rule changed (`None`: a rule that is not a lookup), with the
+    /// protocol the route or rule carries.
+    pub tables: BTreeSet<(Option<u32>, u8)>,
+}
+
+impl Touched {
+    /// Everything: for a full pass.
+    pub fn all() -> Touched {
+        Touched {
+            all: true,
+            ..Touched::default()
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Touched::default()
+    }
+
+    pub fn merge(&mut self, other: Touched) {
+        self.all |= other.all;
+        self.devices.extend(other.devices);
+        self.addresses.extend(other.addresses);
+        self.tables.extend(other.tables);
+    }
+
+    fn address(&mut self, address: &Address) {
+        self.devices.insert(address.ifindex);
+        self.addresses.insert(address.addr);
+    }
+
+    fn route(&mut self, route: &Route) {
+        self.tables.insert((Some(route.table), route.protocol));
+        self.devices.extend(route.oif);
+    }
+
+    fn rule(&mut self, rule: &Rule) {
+        self.tables.insert((rule.table, rule.protocol));
     }
 }
 
-fn address_key(a: &Address) -> (u32, IpAddr, u8) {
-    (a.ifindex, a.addr, a.prefix_len)
+fn same_address(a: &Address, b: &Address) -> bool {
+    (a.ifindex, a.addr, a.prefix_len) == (b.ifindex, b.addr, b.prefix_len)
 }
 
-/// Inserts or replaces the item with `item`'s identity; whether anything changed.
-fn upsert<T: PartialEq, K: PartialEq>(items: &mut Vec<T>, item: T, key: impl Fn(&T) -> K) -> bool {
-    let k = key(&item);
-    match items.iter_mut().find(|i| key(i) == k) {
-        Some(existing) if *existing == item => false,
-        Some(existing) => {
-            *existing = item;
-            true
-        }
+fn same_slot(a: &Route, b: &Route) -> bool {
+    a.slot() == b.slot()
+}
+
+/// Inserts or replaces the item with `item`'s identity; what changed: the new item and the one
+/// it replaced, or nothing when it was there already.
+fn upsert<T: PartialEq + Clone>(
+    items: &mut Vec<T>,
+    item: T,
+    same: impl Fn(&T, &T) -> bool,
+) -> Vec<T> {
+    match items.iter_mut().find(|i| same(i, &item)) {
+        Some(existing) if *existing == item => vec![],
+        Some(existing) => vec![std::mem::replace(existing, item.clone()), item],
         None => {
-            items.push(item);
-            true
+            items.push(item.clone());
+            vec![item]
         }
     }
 }
 
-/// Removes every item with `item`'s identity; whether there was one.
-fn remove<T, K: PartialEq>(items: &mut Vec<T>, item: &T, key: impl Fn(&T) -> K) -> bool {
-    let k = key(item);
-    let before = items.len();
-    items.retain(|i| key(i) != k);
-    before != items.len()
+/// Removes every item with `item`'s identity; those removed.
+fn remove<T: Clone>(items: &mut Vec<T>, item: &T, same: impl Fn(&T, &T) -> bool) -> Vec<T> {
+    let mut removed = Vec::new();
+    items.retain(|i| {
+        let gone = same(i, item);
+        if gone {
+            removed.push(i.clone());
+        }
+        !gone
+    });
+    removed
 }
 
 /// `ip route` style, with `ifN` for a device (names live in the view, not in the route).
@@ -336,11 +435,9 @@ mod tests {
     use super::*;
     use crate::diff::sim::fixtures::*;
 
-    fn effect(changed: bool, redump_routes: bool) -> Effect {
-        Effect {
-            changed,
-            redump_routes,
-        }
+    /// Whether the view changed, and whether the routes must be dumped again.
+    fn effect(changed: bool, redump_routes: bool) -> (bool, bool) {
+        (changed, redump_routes)
     }
 
     /// The seed plus a route and a rule of ours through vlan102 in table 1002.
@@ -376,7 +473,12 @@ mod tests {
         let base = start();
         let wan2 = link_of(&base, WAN2);
         let dhcp2 = client_default(WAN2, "192.168.0.1", 1025);
-        type Case = (&'static str, Vec<Event>, Effect, fn(&KernelView) -> bool);
+        type Case = (
+            &'static str,
+            Vec<Event>,
+            (bool, bool),
+            fn(&KernelView) -> bool,
+        );
         let cases: Vec<Case> = vec![
             (
                 "a link echoed unchanged",
@@ -554,7 +656,11 @@ mod tests {
             for event in events {
                 last = view.apply(event);
             }
-            assert_eq!(last, want, "{what}");
+            assert_eq!(
+                (!last.touched.is_empty(), last.redump_routes),
+                want,
+                "{what}"
+            );
             assert!(check(&view), "{what}: {view:#?}");
         }
     }
