@@ -5,7 +5,7 @@
 //! Desired routes are written exactly as the kernel reports them in dumps (metric, scope), so
 //! that once applied they compare equal to what `owned` reads back and the next diff is empty.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use multihome_ebpf::Egress;
@@ -155,13 +155,6 @@ impl Scope {
             Scope::Uplinks { devices, .. } => devices.contains(&ifindex),
         }
     }
-
-    fn has_guarded(&self, ifindex: u32) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Uplinks { guarded, .. } => guarded.contains(&ifindex),
-        }
-    }
 }
 
 fn desired(config: &Config, view: &KernelView, scope: &Scope, present: &[Uplink]) -> State {
@@ -227,11 +220,10 @@ pub fn owned_in(
             .filter(|(_, egress)| scope.has_device(egress.uplink_ifindex))
             .map(|(&addr, &egress)| (addr, egress))
             .collect(),
-        guarded: guarded
-            .iter()
-            .copied()
-            .filter(|&ifindex| scope.has_guarded(ifindex))
-            .collect(),
+        guarded: match scope {
+            Scope::All => guarded.clone(),
+            Scope::Uplinks { guarded: ours, .. } => ours.intersection(guarded).copied().collect(),
+        },
     }
 }
 
@@ -255,7 +247,8 @@ pub fn foreign_routes_in(config: &Config, view: &KernelView, scope: &Scope) -> V
 
 /// Whether `table` is one the configuration gives an uplink in `scope`.
 fn ours_in(config: &Config, scope: &Scope, table: u32) -> bool {
-    config.table_position(table).is_some() && scope.has_table(Some(table))
+    // The scope first: with a few uplinks, it rules out most routes before any hashing.
+    scope.has_table(Some(table)) && config.table_position(table).is_some()
 }
 
 /// Why an uplink that is present does or does not get its table and rules.
@@ -349,7 +342,15 @@ impl<'a> Index<'a> {
     fn new(config: &Config, view: &'a KernelView, scope: &Scope) -> Index<'a> {
         // By ifindex order, the first of a name wins, as with `KernelView::link_by_name`.
         let mut links = HashMap::new();
-        for link in view.links.values().filter(|l| scope.has_device(l.ifindex)) {
+        // The scope's devices looked up, not the view scanned, when it has a few.
+        let scope_links: Vec<&Link> = match scope {
+            Scope::All => view.links.values().collect(),
+            Scope::Uplinks { devices, .. } => devices
+                .iter()
+                .filter_map(|ifindex| view.links.get(ifindex))
+                .collect(),
+        };
+        for link in scope_links {
             links.entry(link.name.as_str()).or_insert(link);
         }
         let mut addresses: HashMap<u32, Vec<&Address>> = HashMap::new();
@@ -360,7 +361,9 @@ impl<'a> Index<'a> {
         {
             addresses.entry(address.ifindex).or_default().push(address);
         }
-        let contested: HashSet<IpAddr> = addresses
+        // A BTreeSet: with a few uplinks it holds a few addresses, and a lookup costs a few
+        // comparisons where hashing every address of the view would cost more.
+        let contested: BTreeSet<IpAddr> = addresses
             .values()
             .flatten()
             .filter(|a| usable(a))
@@ -368,7 +371,7 @@ impl<'a> Index<'a> {
             .collect();
         let mut winners: HashMap<IpAddr, usize> = HashMap::new();
         for address in &view.addresses {
-            if !usable(address) || !contested.contains(&address.addr) {
+            if !contested.contains(&address.addr) || !usable(address) {
                 continue;
             }
             let holder = view.links.get(&address.ifindex);
