@@ -665,6 +665,93 @@ mod tests {
         }
     }
 
+    /// What an event touched names the old object as well as the new: a route replaced in its
+    /// slot may have come from another device and protocol.
+    #[test]
+    fn touched_names_old_and_new() {
+        let dhcp2 = client_default(WAN2, "192.168.0.1", 1025);
+        let touched = |devices: &[u32], addresses: &[&str], tables: &[(Option<u32>, u8)]| Touched {
+            all: false,
+            devices: devices.iter().copied().collect(),
+            addresses: addresses.iter().map(|a| ip(a)).collect(),
+            tables: tables.iter().copied().collect(),
+        };
+        let cases: Vec<(&str, Event, Touched)> = vec![
+            (
+                "an address added",
+                Event::NewAddress(address(WAN2, "192.168.0.150/24")),
+                touched(&[WAN2], &["192.168.0.150"], &[]),
+            ),
+            (
+                "an address removed",
+                Event::DelAddress(address(WAN2, "192.168.0.101/24")),
+                touched(&[WAN2], &["192.168.0.101"], &[]),
+            ),
+            (
+                "a route replaced in its slot by one through another device, of another protocol",
+                Event::NewRoute(Route {
+                    oif: Some(WAN1),
+                    protocol: 4,
+                    ..dhcp2
+                }),
+                touched(&[WAN1, WAN2], &[], &[(Some(254), 4), (Some(254), 16)]),
+            ),
+            (
+                "a rule removed",
+                Event::DelRule(rule()),
+                touched(&[], &[], &[(Some(1002), 77)]),
+            ),
+            (
+                "a rule that is not a lookup",
+                Event::NewRule(Rule {
+                    table: None,
+                    ..rule()
+                }),
+                touched(&[], &[], &[(None, 77)]),
+            ),
+            ("an echo", Event::NewRule(rule()), Touched::default()),
+            (
+                "a device changed",
+                Event::NewLink(Link {
+                    mtu: 1400,
+                    ..link_of(&start(), WAN2)
+                }),
+                Touched::all(),
+            ),
+            ("a device deleted", Event::DelLink(WAN2), Touched::all()),
+        ];
+        for (what, event, want) in cases {
+            assert_eq!(start().apply(event).touched, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_dump_touches_what_differs() {
+        let mut view = start();
+        let dhcp2 = client_default(WAN2, "192.168.0.1", 1025);
+        let mut routes: Vec<Route> = view.routes.iter().rev().copied().collect();
+        routes.retain(|r| *r != dhcp2);
+        routes.push(Route {
+            prefsrc: None,
+            ..kernel_prefix(WAN1, "10.0.0.0/8", "10.0.0.1")
+        });
+        let touched = view.replace_routes(routes.clone());
+        assert_eq!(view.routes, routes);
+        assert_eq!(
+            touched,
+            Touched {
+                devices: [WAN1, WAN2].into(),
+                tables: [(Some(254), 2), (Some(254), 16)].into(),
+                ..Touched::default()
+            }
+        );
+        routes.reverse();
+        assert!(
+            view.replace_routes(routes).is_empty(),
+            "the same routes in another order"
+        );
+    }
+
     #[test]
     fn record_anticipates_the_echo() {
         let ours = Route {
