@@ -22,7 +22,7 @@ use crate::notify::{self, notify};
 use crate::plan::{self, Scope};
 use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
 use crate::reconcile::Reconciler;
-use crate::view::Touched;
+use crate::view::{Redump, Touched};
 use crate::Fatal;
 
 /// Pauses between attempts after an operation failed (doubling up to the last).
@@ -165,9 +165,11 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
             reconciler.view = netlink.dump().await.map_err(anyhow::Error::from)?;
             reconciler.reread_guard();
             resync.touched = Touched::all();
-        } else if resync.routes {
-            let routes = netlink.dump_routes().await.map_err(anyhow::Error::from)?;
-            resync.touched.merge(reconciler.view.replace_routes(routes));
+        } else if resync.routes != Redump::Nothing {
+            let routes =
+                (netlink.dump_routes_of(&resync.routes).await).map_err(anyhow::Error::from)?;
+            let changed = reconciler.view.replace_routes(&resync.routes, routes);
+            resync.touched.merge(changed);
         }
         let scope = Scope::of(&reconciler.config, &reconciler.view, &resync.touched);
         let failures = reconciler.reconcile(&scope).await.failed;
@@ -222,8 +224,8 @@ fn load_guard(args: &RunArgs) -> Result<Option<Guard>, Fatal> {
 struct Resync {
     /// Notifications were lost, or an operation failed.
     all: bool,
-    /// The kernel may have removed IPv4 routes without a word.
-    routes: bool,
+    /// Routes the kernel may have changed without a word.
+    routes: Redump,
     /// What the notifications changed, or everything.
     touched: Touched,
 }
@@ -237,7 +239,7 @@ fn absorb(
     match notice {
         Ok(Notice::Event(event)) => {
             let effect = reconciler.view.apply(event);
-            resync.routes |= effect.redump_routes;
+            resync.routes.merge(effect.redump);
             resync.touched.merge(effect.touched);
         }
         Ok(Notice::SyncLost) => {

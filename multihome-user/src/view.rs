@@ -148,7 +148,7 @@ impl KernelView {
     /// route by (table, family, destination, prefix length, metric), a rule by all its fields.
     pub fn apply(&mut self, event: Event) -> Effect {
         let mut touched = Touched::default();
-        let redump_routes = match event {
+        let redump = match event {
             Event::NewLink(link) => {
                 let (changed, redump) = self.new_link(link);
                 touched.all = changed;
@@ -157,62 +157,75 @@ impl KernelView {
             Event::DelLink(ifindex) => {
                 touched.all = self.remove_link(ifindex);
                 // The kernel drops the device's IPv4 routes without a word.
-                true
+                Redump::All
             }
             Event::NewAddress(address) => {
                 for old in upsert(&mut self.addresses, address, same_address) {
                     touched.address(&old);
                 }
-                false
+                Redump::Nothing
             }
             Event::DelAddress(address) => {
                 for old in remove(&mut self.addresses, &address, same_address) {
                     touched.address(&old);
                 }
                 // IPv4 routes using it as source go silently; IPv6 routes silently lose it as
-                // their source (measured on 6.18).
-                true
+                // their source (measured on 6.18). Those are in the view, and only the tables
+                // that hold them need dumping again: with many uplinks, a dump of every route
+                // costs milliseconds.
+                let tables: BTreeSet<(Family, u32)> = (self.routes.iter())
+                    .filter(|r| r.prefsrc == Some(address.addr))
+                    .map(|r| (r.family(), r.table))
+                    .collect();
+                if tables.is_empty() {
+                    Redump::Nothing
+                } else {
+                    Redump::Tables(tables)
+                }
             }
             Event::NewRoute(route) => {
                 for old in upsert(&mut self.routes, route, same_slot) {
                     touched.route(&old);
                 }
-                false
+                Redump::Nothing
             }
             Event::DelRoute(route) => {
                 for old in remove(&mut self.routes, &route, same_slot) {
                     touched.route(&old);
                 }
-                false
+                Redump::Nothing
             }
             Event::NewRule(rule) => {
                 for old in upsert(&mut self.rules, rule, Rule::eq) {
                     touched.rule(&old);
                 }
-                false
+                Redump::Nothing
             }
             Event::DelRule(rule) => {
                 for old in remove(&mut self.rules, &rule, Rule::eq) {
                     touched.rule(&old);
                 }
-                false
+                Redump::Nothing
             }
         };
-        Effect {
-            touched,
-            redump_routes,
-        }
+        Effect { touched, redump }
     }
 
-    /// Replaces the routes with a fresh dump; what differs from the routes it replaces.
-    pub fn replace_routes(&mut self, routes: Vec<Route>) -> Touched {
-        let old: HashSet<Route> = self.routes.iter().copied().collect();
+    /// Replaces the routes `dumped` covers with a fresh dump of them (routes it does not cover
+    /// are left out); what differs from the routes it replaces.
+    pub fn replace_routes(&mut self, dumped: &Redump, routes: Vec<Route>) -> Touched {
+        let routes: Vec<Route> = routes.into_iter().filter(|r| dumped.covers(r)).collect();
+        let old: HashSet<Route> = (self.routes.iter())
+            .filter(|r| dumped.covers(r))
+            .copied()
+            .collect();
         let new: HashSet<Route> = routes.iter().copied().collect();
         let mut touched = Touched::default();
         for route in old.symmetric_difference(&new) {
             touched.route(route);
         }
-        self.routes = routes;
+        self.routes.retain(|r| !dumped.covers(r));
+        self.routes.extend(routes);
         touched
     }
 
@@ -230,8 +243,8 @@ impl KernelView {
         self.apply(event);
     }
 
-    /// Whether the view changed, and whether routes may have gone silently.
-    fn new_link(&mut self, link: Link) -> (bool, bool) {
+    /// Whether the view changed, and which routes may have gone silently.
+    fn new_link(&mut self, link: Link) -> (bool, Redump) {
         // Names are unique in a namespace: another ifindex with this name is a device whose
         // deletion we missed (lost events), gone with its routes.
         let stale: Vec<u32> = self
@@ -246,10 +259,12 @@ impl KernelView {
         }
         let went_down = self.links.get(&link.ifindex).is_some_and(|old| old.up) && !link.up;
         let old = self.links.insert(link.ifindex, link.clone());
-        (
-            replaced_stale || old.as_ref() != Some(&link),
-            replaced_stale || went_down,
-        )
+        let changed = replaced_stale || old.as_ref() != Some(&link);
+        if replaced_stale || went_down {
+            (changed, Redump::All)
+        } else {
+            (changed, Redump::Nothing)
+        }
     }
 
     /// Forgets a device and what the kernel deletes with it: its addresses and the routes
@@ -269,10 +284,40 @@ impl KernelView {
 pub struct Effect {
     /// What changed in the view: where to plan and diff again.
     pub touched: Touched,
-    /// The kernel may have changed routes without announcing it (a device deleted or down:
+    /// Routes the kernel may have changed without announcing it (a device deleted or down:
     /// its IPv4 routes; an address removed: IPv4 routes using it as source are deleted, IPv6
-    /// ones lose it as source): dump the routes again before trusting the view.
-    pub redump_routes: bool,
+    /// ones lose it as source): dump them again before trusting the view.
+    pub redump: Redump,
+}
+
+/// Routes to dump again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Redump {
+    #[default]
+    Nothing,
+    /// The routes of these tables, of this family.
+    Tables(BTreeSet<(Family, u32)>),
+    /// Every route.
+    All,
+}
+
+impl Redump {
+    pub fn merge(&mut self, other: Redump) {
+        match (&mut *self, other) {
+            (Redump::All, _) | (_, Redump::Nothing) => {}
+            (Redump::Tables(ours), Redump::Tables(theirs)) => ours.extend(theirs),
+            (_, other) => *self = other,
+        }
+    }
+
+    /// Whether a dump of what this names lists `route` if it is in the kernel.
+    pub fn covers(&self, route: &Route) -> bool {
+        match self {
+            Redump::Nothing => false,
+            Redump::Tables(tables) => tables.contains(&(route.family(), route.table)),
+            Redump::All => true,
+        }
+    }
 }
 
 /// What changed in the view, in the terms a pass uses to find the uplinks concerned: the
@@ -436,8 +481,8 @@ mod tests {
     use crate::diff::sim::fixtures::*;
 
     /// Whether the view changed, and whether the routes must be dumped again.
-    fn effect(changed: bool, redump_routes: bool) -> (bool, bool) {
-        (changed, redump_routes)
+    fn effect(changed: bool, redump: bool) -> (bool, bool) {
+        (changed, redump)
     }
 
     /// The seed plus a route and a rule of ours through vlan102 in table 1002.
@@ -588,9 +633,22 @@ mod tests {
                 "an IPv6 address removed: routes may have lost their source",
                 vec![
                     Event::NewAddress(address(WAN2, "2001:db8::1/64")),
+                    Event::NewRoute(Route {
+                        prefsrc: Some(ip("2001:db8::1")),
+                        ..kernel_prefix(WAN2, "2001:db8::/64", "2001:db8::1")
+                    }),
                     Event::DelAddress(address(WAN2, "2001:db8::1/64")),
                 ],
                 effect(true, true),
+                |v| v.addresses == start().addresses,
+            ),
+            (
+                "an address no route uses as source removed: nothing to dump",
+                vec![
+                    Event::NewAddress(address(WAN2, "2001:db8::1/64")),
+                    Event::DelAddress(address(WAN2, "2001:db8::1/64")),
+                ],
+                effect(true, false),
                 |v| *v == start(),
             ),
             (
@@ -657,7 +715,7 @@ mod tests {
                 last = view.apply(event);
             }
             assert_eq!(
-                (!last.touched.is_empty(), last.redump_routes),
+                (!last.touched.is_empty(), last.redump != Redump::Nothing),
                 want,
                 "{what}"
             );
@@ -735,7 +793,7 @@ mod tests {
             prefsrc: None,
             ..kernel_prefix(WAN1, "10.0.0.0/8", "10.0.0.1")
         });
-        let touched = view.replace_routes(routes.clone());
+        let touched = view.replace_routes(&Redump::All, routes.clone());
         assert_eq!(view.routes, routes);
         assert_eq!(
             touched,
@@ -747,9 +805,60 @@ mod tests {
         );
         routes.reverse();
         assert!(
-            view.replace_routes(routes).is_empty(),
+            view.replace_routes(&Redump::All, routes).is_empty(),
             "the same routes in another order"
         );
+    }
+
+    /// An address removed: only the tables holding routes with it as source are dumped again,
+    /// and the dump replaces those tables' routes of that family alone.
+    #[test]
+    fn a_dump_of_some_tables_replaces_those() {
+        let mut view = start();
+        let effect = view.apply(Event::DelAddress(address(WAN2, "192.168.0.101/24")));
+        let main = Redump::Tables([(Family::V4, 254)].into());
+        assert_eq!(effect.redump, main);
+        let kept: Vec<Route> = (view.routes.iter())
+            .filter(|r| r.table != 254)
+            .copied()
+            .collect();
+        // The kernel dropped the prefix route with that source; the dump of main lacks it.
+        // A dump that ignored the table filter (no strict checking) lists other tables too.
+        let dumped: Vec<Route> = (view.routes.iter())
+            .filter(|r| r.prefsrc != Some(ip("192.168.0.101")))
+            .copied()
+            .collect();
+        let touched = view.replace_routes(&main, dumped);
+        assert_eq!(
+            touched,
+            Touched {
+                devices: [WAN2].into(),
+                tables: [(Some(254), 2)].into(),
+                ..Touched::default()
+            }
+        );
+        assert!(view
+            .routes
+            .iter()
+            .all(|r| r.prefsrc != Some(ip("192.168.0.101"))));
+        assert!(kept.iter().all(|r| view.routes.contains(r)));
+        assert_eq!(view.routes.len(), start().routes.len() - 1);
+    }
+
+    #[test]
+    fn redumps_merge() {
+        let tables = |t: &[u32]| Redump::Tables(t.iter().map(|&t| (Family::V4, t)).collect());
+        let cases = [
+            (Redump::Nothing, tables(&[1]), tables(&[1])),
+            (tables(&[1]), tables(&[2]), tables(&[1, 2])),
+            (tables(&[1]), Redump::All, Redump::All),
+            (Redump::All, tables(&[2]), Redump::All),
+            (tables(&[1]), Redump::Nothing, tables(&[1])),
+        ];
+        for (mut a, b, want) in cases {
+            a.merge(b);
+            assert_eq!(a, want);
+        }
     }
 
     #[test]

@@ -70,16 +70,18 @@ impl Sim {
             _ => {}
         }
         let mut touched = effect.touched;
-        if effect.redump_routes {
-            // The dump lists the routes in the kernel's order, not the view's.
-            kernel_routes.reverse();
-            touched.merge(self.view.replace_routes(kernel_routes));
-        } else {
-            assert_eq!(
-                self.view.routes, kernel_routes,
-                "{event:?} changed routes silently and the daemon would not dump them"
-            );
-        }
+        // The dump lists the routes in the kernel's order, not the view's.
+        kernel_routes.reverse();
+        touched.merge(
+            self.view
+                .replace_routes(&effect.redump, kernel_routes.clone()),
+        );
+        let view: BTreeSet<Route> = self.view.routes.iter().copied().collect();
+        assert_eq!(
+            view,
+            kernel_routes.into_iter().collect(),
+            "{event:?} changed routes silently that the daemon would not dump again"
+        );
         touched
     }
 
