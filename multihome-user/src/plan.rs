@@ -59,9 +59,9 @@ pub enum Scope {
     /// their devices and the devices the guard sits on for them (the device and its parent).
     Uplinks {
         positions: BTreeSet<usize>,
-        tables: BTreeSet<u32>,
-        devices: BTreeSet<u32>,
-        guarded: BTreeSet<u32>,
+        tables: Few,
+        devices: Few,
+        guarded: Few,
     },
 }
 
@@ -98,9 +98,9 @@ impl Scope {
                     .filter_map(|a| position_of(&a.ifindex)),
             );
         }
-        let mut tables = BTreeSet::new();
-        let mut devices = BTreeSet::new();
-        let mut guarded = BTreeSet::new();
+        let mut tables = Few::default();
+        let mut devices = Few::default();
+        let mut guarded = Few::default();
         for &position in &positions {
             let uplink = &config.uplinks[position];
             tables.insert(uplink.table);
@@ -154,6 +154,29 @@ impl Scope {
             Scope::All => true,
             Scope::Uplinks { devices, .. } => devices.contains(&ifindex),
         }
+    }
+}
+
+/// A few numbers (tables, ifindexes), sorted: a pass checks every route and address of the
+/// view against them, and a binary search in a short slice is cheaper than a tree's search.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Few(Vec<u32>);
+
+impl Few {
+    fn insert(&mut self, n: u32) {
+        if let Err(at) = self.0.binary_search(&n) {
+            self.0.insert(at, n);
+        }
+    }
+
+    fn extend(&mut self, ns: impl IntoIterator<Item = u32>) {
+        for n in ns {
+            self.insert(n);
+        }
+    }
+
+    fn contains(&self, n: &u32) -> bool {
+        self.0.binary_search(n).is_ok()
     }
 }
 
@@ -222,7 +245,10 @@ pub fn owned_in(
             .collect(),
         guarded: match scope {
             Scope::All => guarded.clone(),
-            Scope::Uplinks { guarded: ours, .. } => ours.intersection(guarded).copied().collect(),
+            Scope::Uplinks { guarded: ours, .. } => (ours.0.iter())
+                .filter(|ifindex| guarded.contains(ifindex))
+                .copied()
+                .collect(),
         },
     }
 }
@@ -345,7 +371,7 @@ impl<'a> Index<'a> {
         // The scope's devices looked up, not the view scanned, when it has a few.
         let scope_links: Vec<&Link> = match scope {
             Scope::All => view.links.values().collect(),
-            Scope::Uplinks { devices, .. } => devices
+            Scope::Uplinks { devices, .. } => (devices.0)
                 .iter()
                 .filter_map(|ifindex| view.links.get(ifindex))
                 .collect(),
@@ -381,7 +407,12 @@ impl<'a> Index<'a> {
             }
         }
         let mut gateways: HashMap<(u32, Family), (GatewayRank, IpAddr)> = HashMap::new();
-        let through_scope = |r: &&Route| r.oif.is_some_and(|oif| scope.has_device(oif));
+        // Default routes first: the cheap test rules out most routes before the scope's.
+        let through_scope = |r: &&Route| {
+            r.is_default()
+                && r.protocol != config.protocol
+                && r.oif.is_some_and(|oif| scope.has_device(oif))
+        };
         for route in view.routes.iter().filter(through_scope) {
             if let Some((oif, family, rank, gateway)) = gateway_candidate(config, route) {
                 let best = gateways.entry((oif, family)).or_insert((rank, gateway));
