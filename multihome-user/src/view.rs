@@ -169,10 +169,20 @@ impl KernelView {
                 for old in remove(&mut self.addresses, &address, same_address) {
                     touched.address(&old);
                 }
-                // IPv4 routes using it as source go silently; IPv6 routes silently lose it as
-                // their source (measured on 6.18). Those are in the view, and only the tables
-                // that hold them need dumping again: with many uplinks, a dump of every route
-                // costs milliseconds.
+                // The device's last IPv4 address gone: the kernel disables IPv4 on it and drops
+                // every IPv4 route through it, in any table, without a word.
+                let v4_left = (self.addresses.iter())
+                    .any(|a| a.ifindex == address.ifindex && a.addr.is_ipv4());
+                if address.addr.is_ipv4() && !v4_left {
+                    return Effect {
+                        touched,
+                        redump: Redump::All,
+                    };
+                }
+                // Otherwise IPv4 routes using it as source go silently; IPv6 routes silently lose
+                // it as their source (measured on 6.18). Those are in the view, and only the
+                // tables that hold them need dumping again: with many uplinks, a dump of every
+                // route costs milliseconds.
                 let tables: BTreeSet<(Family, u32)> = (self.routes.iter())
                     .filter(|r| r.prefsrc == Some(address.addr))
                     .map(|r| (r.family(), r.table))
@@ -810,11 +820,14 @@ mod tests {
         );
     }
 
-    /// An address removed: only the tables holding routes with it as source are dumped again,
-    /// and the dump replaces those tables' routes of that family alone.
+    /// An address removed (not the device's last IPv4 one, which takes every IPv4 route through
+    /// the device): only the tables holding routes with it as source are dumped again, and the
+    /// dump replaces those tables' routes of that family alone.
     #[test]
     fn a_dump_of_some_tables_replaces_those() {
         let mut view = start();
+        // A renumbering: the new address comes first, so the old one is not the last.
+        view.apply(Event::NewAddress(address(WAN2, "192.168.0.150/24")));
         let effect = view.apply(Event::DelAddress(address(WAN2, "192.168.0.101/24")));
         let main = Redump::Tables([(Family::V4, 254)].into());
         assert_eq!(effect.redump, main);

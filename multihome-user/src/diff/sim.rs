@@ -44,7 +44,8 @@ impl Sim {
 
     /// A kernel event, with what the kernel does silently alongside it: a deleted device takes
     /// its guard attachment along, a device going down loses its routes, an IPv4 address gone
-    /// takes the routes using it as source, an IPv6 one is dropped as their source. The view
+    /// takes the routes using it as source (and the last one every IPv4 route through the
+    /// device), an IPv6 one is dropped as their source. The view
     /// learns of the silent route changes only through the re-dump the event's `Effect` asks
     /// for, as the daemon's does (a silent change without one panics); returns what changed.
     pub fn event(&mut self, event: Event) -> Touched {
@@ -59,6 +60,11 @@ impl Sim {
             }
             Event::DelAddress(address) if address.addr.is_ipv4() => {
                 kernel_routes.retain(|r| r.prefsrc != Some(address.addr));
+                let v4_left = (self.view.addresses.iter())
+                    .any(|a| a.ifindex == address.ifindex && a.addr.is_ipv4());
+                if !v4_left {
+                    kernel_routes.retain(|r| r.oif != Some(address.ifindex) || !r.dst.is_ipv4());
+                }
             }
             Event::DelAddress(address) => {
                 for route in &mut kernel_routes {
