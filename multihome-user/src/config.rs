@@ -227,11 +227,6 @@ impl Config {
         })
     }
 
-    /// The tables multihome owns, one per uplink.
-    pub fn tables(&self) -> impl Iterator<Item = u32> + '_ {
-        self.uplinks.iter().map(|u| u.table)
-    }
-
     pub fn uplink(&self, name: &str) -> Option<&UplinkConfig> {
         self.position(name).map(|position| &self.uplinks[position])
     }
@@ -589,9 +584,11 @@ mod tests {
         assert_eq!(config.protocol, 77);
         assert_eq!(config.table_base, 1000);
         assert!(config.rules && config.ebpf);
-        assert_eq!(config.tables().collect::<Vec<_>>(), vec![1001]);
         assert_eq!(config.uplink("wan").map(|u| u.table), Some(1001));
         assert_eq!(config.uplink("lan"), None);
+        assert_eq!(config.position("wan"), Some(0));
+        assert_eq!(config.table_position(1001), Some(0));
+        assert_eq!(config.table_position(1000), None);
     }
 
     #[test]
