@@ -4,7 +4,7 @@
 //! The CLI (clap) parses flags into [`Params`]; [`Config::new`] validates them and fills in the
 //! defaults. Every [`ConfigError`] prints as one line naming the problem and the fix.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
@@ -140,6 +140,10 @@ pub struct Config {
     /// Load the eBPF guard (off with `--no-ebpf`: rules only).
     pub ebpf: bool,
     pub table_base: u32,
+    /// Positions in `uplinks` by name and by table, so that a pass that looks at a few uplinks
+    /// finds them without walking the list (it would grow with the number of uplinks).
+    positions: HashMap<String, usize>,
+    table_positions: HashMap<u32, usize>,
 }
 
 impl Config {
@@ -208,6 +212,12 @@ impl Config {
         }
 
         Ok(Config {
+            positions: (built.iter().enumerate())
+                .map(|(position, u)| (u.name.clone(), position))
+                .collect(),
+            table_positions: (built.iter().enumerate())
+                .map(|(position, u)| (u.table, position))
+                .collect(),
             uplinks: built,
             priority,
             protocol,
@@ -217,13 +227,18 @@ impl Config {
         })
     }
 
-    /// The tables multihome owns, one per uplink.
-    pub fn tables(&self) -> impl Iterator<Item = u32> + '_ {
-        self.uplinks.iter().map(|u| u.table)
+    pub fn uplink(&self, name: &str) -> Option<&UplinkConfig> {
+        self.position(name).map(|position| &self.uplinks[position])
     }
 
-    pub fn uplink(&self, name: &str) -> Option<&UplinkConfig> {
-        self.uplinks.iter().find(|u| u.name == name)
+    /// The position in `uplinks` of the uplink with this name.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.positions.get(name).copied()
+    }
+
+    /// The position in `uplinks` of the uplink with this table.
+    pub fn table_position(&self, table: u32) -> Option<usize> {
+        self.table_positions.get(&table).copied()
     }
 }
 
@@ -569,9 +584,11 @@ mod tests {
         assert_eq!(config.protocol, 77);
         assert_eq!(config.table_base, 1000);
         assert!(config.rules && config.ebpf);
-        assert_eq!(config.tables().collect::<Vec<_>>(), vec![1001]);
         assert_eq!(config.uplink("wan").map(|u| u.table), Some(1001));
         assert_eq!(config.uplink("lan"), None);
+        assert_eq!(config.position("wan"), Some(0));
+        assert_eq!(config.table_position(1001), Some(0));
+        assert_eq!(config.table_position(1000), None);
     }
 
     #[test]

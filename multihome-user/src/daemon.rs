@@ -19,9 +19,10 @@ use crate::guard::{self, AttachMode, Guard};
 use crate::instance;
 use crate::netlink::{Events, Netlink, Notice};
 use crate::notify::{self, notify};
-use crate::plan;
+use crate::plan::{self, Scope};
 use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
 use crate::reconcile::Reconciler;
+use crate::view::{Redump, Touched};
 use crate::Fatal;
 
 /// Pauses between attempts after an operation failed (doubling up to the last).
@@ -113,7 +114,7 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
         None => None,
     };
     let mut reconciler = Reconciler::new(config, netlink, guard, view);
-    let mut failures = reconciler.reconcile().await.failed;
+    let failures = reconciler.reconcile(&Scope::All).await.failed;
     notify("READY=1");
     log::info!("running: {}", uplink_names(&reconciler.config));
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
@@ -135,9 +136,12 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
                     log::warn!("restoring the guard's pins: {err:#}");
                 }
                 reconciler.reread_guard();
+                resync.touched = Touched::all();
             }
             _ = sleep_until_or_never(retry_at) => { resync.all = true; attempt += 1; }
-            _ = sleep_until_or_never(reconciler.deadline().map(Into::into)) => {}
+            _ = sleep_until_or_never(reconciler.deadline().map(Into::into)) => {
+                resync.touched = Touched::all();
+            }
             ready = readable_or_never(guard_log.as_ref()) => {
                 if let Some(guard) = reconciler.guard.as_mut() {
                     guard.flush_log();
@@ -160,14 +164,23 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
         if resync.all {
             reconciler.view = netlink.dump().await.map_err(anyhow::Error::from)?;
             reconciler.reread_guard();
-        } else if resync.routes {
-            reconciler.view.routes = netlink.dump_routes().await.map_err(anyhow::Error::from)?;
+            resync.touched = Touched::all();
+        } else if resync.routes != Redump::Nothing {
+            let routes =
+                (netlink.dump_routes_of(&resync.routes).await).map_err(anyhow::Error::from)?;
+            let changed = reconciler.view.replace_routes(&resync.routes, routes);
+            resync.touched.merge(changed);
         }
-        failures = reconciler.reconcile().await.failed;
-        if failures == 0 {
+        let scope = Scope::of(&reconciler.config, &reconciler.view, &resync.touched);
+        let failures = reconciler.reconcile(&scope).await.failed;
+        if failures > 0 {
+            retry_at = retry_deadline(failures, attempt);
+        } else if scope == Scope::All {
+            // A pass over a few uplinks says nothing of a failure elsewhere: only a full pass
+            // that went through ends the retries.
             attempt = 0;
+            retry_at = None;
         }
-        retry_at = retry_deadline(failures, attempt);
     }
     notify("STOPPING=1");
     if args.keep_on_exit {
@@ -206,13 +219,15 @@ fn load_guard(args: &RunArgs) -> Result<Option<Guard>, Fatal> {
     }
 }
 
-/// What must be dumped again before the view can be trusted.
+/// What must be dumped again before the view can be trusted, and what the pass looks at.
 #[derive(Debug, Default)]
 struct Resync {
     /// Notifications were lost, or an operation failed.
     all: bool,
-    /// The kernel may have removed IPv4 routes without a word.
-    routes: bool,
+    /// Routes the kernel may have changed without a word.
+    routes: Redump,
+    /// What the notifications changed, or everything.
+    touched: Touched,
 }
 
 /// Folds one notice into the view.
@@ -223,7 +238,9 @@ fn absorb(
 ) -> Result<(), Fatal> {
     match notice {
         Ok(Notice::Event(event)) => {
-            resync.routes |= reconciler.view.apply(event).redump_routes;
+            let effect = reconciler.view.apply(event);
+            resync.routes.merge(effect.redump);
+            resync.touched.merge(effect.touched);
         }
         Ok(Notice::SyncLost) => {
             log::warn!("netlink notifications were lost, dumping the kernel's state again");

@@ -1,12 +1,13 @@
-//! One reconcile pass: plan from the view, diff against what is owned, apply in order. The
-//! decisions are `plan` and `diff`'s; this module only carries them out and says what changed.
+//! One reconcile pass: plan from the view, diff against what is owned, apply in order, over
+//! every uplink or over those an event touched (`plan::Scope`). The decisions are `plan` and
+//! `diff`'s; this module only carries them out and says what changed.
 
 use crate::config::Config;
 use crate::diff::diff;
 use crate::guard::Guard;
 use crate::linger::Linger;
 use crate::netlink::Netlink;
-use crate::plan::{self, Assignments};
+use crate::plan::{self, Assignments, Scope};
 use crate::state::{Op, State};
 use crate::view::{KernelView, Route};
 
@@ -74,49 +75,73 @@ impl Reconciler {
         self.guard_state.guarded = guard.attached();
     }
 
-    /// What multihome owns now: its routes and rules from the view, its entries and
+    /// What multihome owns within `scope`: its routes and rules from the view, its entries and
     /// attachments from the guard.
-    pub fn owned(&self) -> State {
-        let mut owned = plan::owned(&self.view, self.config.protocol);
-        if self.guard.is_some() {
-            owned.entries = self.guard_state.entries.clone();
-            owned.guarded = self.guard_state.guarded.clone();
-        }
-        owned
+    fn owned(&self, scope: &Scope) -> State {
+        let guard = &self.guard_state;
+        plan::owned_in(
+            &self.view,
+            self.config.protocol,
+            scope,
+            &guard.entries,
+            &guard.guarded,
+        )
     }
 
-    /// Brings the kernel to the plan.
-    pub async fn reconcile(&mut self) -> Outcome {
-        let (desired, assignments) = plan::plan_and_assignments(&self.config, &self.view);
-        let ops = diff(&desired, &self.owned());
+    /// Brings the kernel to the plan, for the uplinks in `scope`.
+    pub async fn reconcile(&mut self, scope: &Scope) -> Outcome {
+        if scope.is_empty() {
+            return Outcome::default();
+        }
+        let (desired, assignments) = plan::plan_in(&self.config, &self.view, scope);
+        let ops = diff(&desired, &self.owned(scope));
         let ops = self
             .linger
             .hold_back(ops, &desired, std::time::Instant::now());
         let outcome = self.apply_all(ops).await;
-        for line in plan::describe(&self.assignments, &assignments) {
+        self.describe(scope, assignments);
+        self.warn_foreign_routes(scope);
+        outcome
+    }
+
+    /// Logs the bindings of the scope's addresses that changed. An address that changed hands
+    /// did so between uplinks that are both in the scope (`Scope::of` takes every holder).
+    fn describe(&mut self, scope: &Scope, assignments: Assignments) {
+        let config = &self.config;
+        let in_scope = |addr: &std::net::IpAddr, a: &plan::Assignment| {
+            assignments.contains_key(addr) || scope.has_uplink(config, &a.uplink)
+        };
+        let before: Assignments = (self.assignments.iter())
+            .filter(|(addr, a)| in_scope(addr, a))
+            .map(|(addr, a)| (*addr, a.clone()))
+            .collect();
+        for line in plan::describe(&before, &assignments) {
             log::info!("{line}");
         }
-        self.assignments = assignments;
-        self.warn_foreign_routes();
-        outcome
+        self.assignments.retain(|addr, a| !in_scope(addr, a));
+        self.assignments.extend(assignments);
     }
 
     /// Someone put a route in one of our tables while we run (start-up refuses them): `plan`
     /// yields its slot rather than overwrite it; the operator has to hear about it.
-    fn warn_foreign_routes(&mut self) {
-        let foreign = plan::foreign_routes_in_tables(&self.config, &self.view);
+    fn warn_foreign_routes(&mut self, scope: &Scope) {
+        let foreign = plan::foreign_routes_in(&self.config, &self.view, scope);
         for (table, route) in foreign.iter().filter(|f| !self.foreign.contains(f)) {
             log::warn!(
                 "table {table} holds a route that is not multihome's ({route}): left alone, the \
                  guard keeps sources on their uplinks; delete it or give multihome another table"
             );
         }
-        self.foreign = foreign;
+        self.foreign
+            .retain(|(table, _)| !scope.has_table(Some(*table)));
+        self.foreign.extend(foreign);
     }
 
     /// Removes everything owned (shutdown without --keep-on-exit).
     pub async fn teardown(&mut self) -> Outcome {
-        let outcome = self.apply_all(diff(&State::default(), &self.owned())).await;
+        let outcome = self
+            .apply_all(diff(&State::default(), &self.owned(&Scope::All)))
+            .await;
         for (addr, assignment) in std::mem::take(&mut self.assignments) {
             log::info!("{}: {addr} released", assignment.uplink);
         }

@@ -1,7 +1,7 @@
 //! `KernelView`: what multihome knows of the kernel's links, addresses, routes and rules, in
 //! plain types free of netlink. `observe` fills it from dumps and events; `plan` reads it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -147,29 +147,96 @@ impl KernelView {
     /// kernel gives them: a link by ifindex, an address by (ifindex, address, prefix length), a
     /// route by (table, family, destination, prefix length, metric), a rule by all its fields.
     pub fn apply(&mut self, event: Event) -> Effect {
-        match event {
-            Event::NewLink(link) => self.new_link(link),
-            Event::DelLink(ifindex) => Effect {
-                changed: self.remove_link(ifindex),
+        let mut touched = Touched::default();
+        let redump = match event {
+            Event::NewLink(link) => {
+                let (changed, redump) = self.new_link(link);
+                touched.all = changed;
+                redump
+            }
+            Event::DelLink(ifindex) => {
+                touched.all = self.remove_link(ifindex);
                 // The kernel drops the device's IPv4 routes without a word.
-                redump_routes: true,
-            },
+                Redump::All
+            }
             Event::NewAddress(address) => {
-                Effect::changed(upsert(&mut self.addresses, address, address_key))
+                for old in upsert(&mut self.addresses, address, same_address) {
+                    touched.address(&old);
+                }
+                Redump::Nothing
             }
-            Event::DelAddress(address) => Effect {
-                changed: remove(&mut self.addresses, &address, address_key),
-                // IPv4 routes using it as source go silently; IPv6 routes silently lose it as
-                // their source (measured on 6.18).
-                redump_routes: true,
-            },
-            Event::NewRoute(route) => Effect::changed(upsert(&mut self.routes, route, Route::slot)),
+            Event::DelAddress(address) => {
+                for old in remove(&mut self.addresses, &address, same_address) {
+                    touched.address(&old);
+                }
+                // The device's last IPv4 address gone: the kernel disables IPv4 on it and drops
+                // every IPv4 route through it, in any table, without a word.
+                let v4_left = (self.addresses.iter())
+                    .any(|a| a.ifindex == address.ifindex && a.addr.is_ipv4());
+                if address.addr.is_ipv4() && !v4_left {
+                    return Effect {
+                        touched,
+                        redump: Redump::All,
+                    };
+                }
+                // Otherwise IPv4 routes using it as source go silently; IPv6 routes silently lose
+                // it as their source (measured on 6.18). Those are in the view, and only the
+                // tables that hold them need dumping again: with many uplinks, a dump of every
+                // route costs milliseconds.
+                let tables: BTreeSet<(Family, u32)> = (self.routes.iter())
+                    .filter(|r| r.prefsrc == Some(address.addr))
+                    .map(|r| (r.family(), r.table))
+                    .collect();
+                if tables.is_empty() {
+                    Redump::Nothing
+                } else {
+                    Redump::Tables(tables)
+                }
+            }
+            Event::NewRoute(route) => {
+                for old in upsert(&mut self.routes, route, same_slot) {
+                    touched.route(&old);
+                }
+                Redump::Nothing
+            }
             Event::DelRoute(route) => {
-                Effect::changed(remove(&mut self.routes, &route, Route::slot))
+                for old in remove(&mut self.routes, &route, same_slot) {
+                    touched.route(&old);
+                }
+                Redump::Nothing
             }
-            Event::NewRule(rule) => Effect::changed(upsert(&mut self.rules, rule, Rule::clone)),
-            Event::DelRule(rule) => Effect::changed(remove(&mut self.rules, &rule, Rule::clone)),
+            Event::NewRule(rule) => {
+                for old in upsert(&mut self.rules, rule, Rule::eq) {
+                    touched.rule(&old);
+                }
+                Redump::Nothing
+            }
+            Event::DelRule(rule) => {
+                for old in remove(&mut self.rules, &rule, Rule::eq) {
+                    touched.rule(&old);
+                }
+                Redump::Nothing
+            }
+        };
+        Effect { touched, redump }
+    }
+
+    /// Replaces the routes `dumped` covers with a fresh dump of them (routes it does not cover
+    /// are left out); what differs from the routes it replaces.
+    pub fn replace_routes(&mut self, dumped: &Redump, routes: Vec<Route>) -> Touched {
+        let routes: Vec<Route> = routes.into_iter().filter(|r| dumped.covers(r)).collect();
+        let old: HashSet<Route> = (self.routes.iter())
+            .filter(|r| dumped.covers(r))
+            .copied()
+            .collect();
+        let new: HashSet<Route> = routes.iter().copied().collect();
+        let mut touched = Touched::default();
+        for route in old.symmetric_difference(&new) {
+            touched.route(route);
         }
+        self.routes.retain(|r| !dumped.covers(r));
+        self.routes.extend(routes);
+        touched
     }
 
     /// Updates the view as if the kernel had echoed an op just applied, so that a reconcile
@@ -186,7 +253,8 @@ impl KernelView {
         self.apply(event);
     }
 
-    fn new_link(&mut self, link: Link) -> Effect {
+    /// Whether the view changed, and which routes may have gone silently.
+    fn new_link(&mut self, link: Link) -> (bool, Redump) {
         // Names are unique in a namespace: another ifindex with this name is a device whose
         // deletion we missed (lost events), gone with its routes.
         let stale: Vec<u32> = self
@@ -201,9 +269,11 @@ impl KernelView {
         }
         let went_down = self.links.get(&link.ifindex).is_some_and(|old| old.up) && !link.up;
         let old = self.links.insert(link.ifindex, link.clone());
-        Effect {
-            changed: replaced_stale || old.as_ref() != Some(&link),
-            redump_routes: replaced_stale || went_down,
+        let changed = replaced_stale || old.as_ref() != Some(&link);
+        if replaced_stale || went_down {
+            (changed, Redump::All)
+        } else {
+            (changed, Redump::Nothing)
         }
     }
 
@@ -220,51 +290,135 @@ impl KernelView {
 }
 
 /// What an event means to the daemon beyond the view itself.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Effect {
-    /// The view changed: plan and diff again.
-    pub changed: bool,
-    /// The kernel may have changed routes without announcing it (a device deleted or down:
+    /// What changed in the view: where to plan and diff again.
+    pub touched: Touched,
+    /// Routes the kernel may have changed without announcing it (a device deleted or down:
     /// its IPv4 routes; an address removed: IPv4 routes using it as source are deleted, IPv6
-    /// ones lose it as source): dump the routes again before trusting the view.
-    pub redump_routes: bool,
+    /// ones lose it as source): dump them again before trusting the view.
+    pub redump: Redump,
 }
 
-impl Effect {
-    fn changed(changed: bool) -> Effect {
-        Effect {
-            changed,
-            redump_routes: false,
+/// Routes to dump again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Redump {
+    #[default]
+    Nothing,
+    /// The routes of these tables, of this family.
+    Tables(BTreeSet<(Family, u32)>),
+    /// Every route.
+    All,
+}
+
+impl Redump {
+    pub fn merge(&mut self, other: Redump) {
+        match (&mut *self, other) {
+            (Redump::All, _) | (_, Redump::Nothing) => {}
+            (Redump::Tables(ours), Redump::Tables(theirs)) => ours.extend(theirs),
+            (_, other) => *self = other,
+        }
+    }
+
+    /// Whether a dump of what this names lists `route` if it is in the kernel.
+    pub fn covers(&self, route: &Route) -> bool {
+        match self {
+            Redump::Nothing => false,
+            Redump::Tables(tables) => tables.contains(&(route.family(), route.table)),
+            Redump::All => true,
         }
     }
 }
 
-fn address_key(a: &Address) -> (u32, IpAddr, u8) {
-    (a.ifindex, a.addr, a.prefix_len)
+/// What changed in the view, in the terms a pass uses to find the uplinks concerned: the
+/// devices, addresses and tables involved, old and new (a route replaced in its slot may have
+/// moved to another device or protocol).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// A device appeared, went or changed (name, state, MTU, parent, ...), or the daemon has to
+    /// look at everything anyway: which uplinks are present, what they are attached to and
+    /// which addresses they hold may all have changed.
+    pub all: bool,
+    /// Devices whose addresses, or routes through them, changed.
+    pub devices: BTreeSet<u32>,
+    /// Addresses that appeared, went or changed: every uplink holding one may win or lose it.
+    pub addresses: BTreeSet<IpAddr>,
+    /// Tables in which a route or rule changed (`None`: a rule that is not a lookup), with the
+    /// protocol the route or rule carries.
+    pub tables: BTreeSet<(Option<u32>, u8)>,
 }
 
-/// Inserts or replaces the item with `item`'s identity; whether anything changed.
-fn upsert<T: PartialEq, K: PartialEq>(items: &mut Vec<T>, item: T, key: impl Fn(&T) -> K) -> bool {
-    let k = key(&item);
-    match items.iter_mut().find(|i| key(i) == k) {
-        Some(existing) if *existing == item => false,
-        Some(existing) => {
-            *existing = item;
-            true
+impl Touched {
+    /// Everything: for a full pass.
+    pub fn all() -> Touched {
+        Touched {
+            all: true,
+            ..Touched::default()
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Touched::default()
+    }
+
+    pub fn merge(&mut self, other: Touched) {
+        self.all |= other.all;
+        self.devices.extend(other.devices);
+        self.addresses.extend(other.addresses);
+        self.tables.extend(other.tables);
+    }
+
+    fn address(&mut self, address: &Address) {
+        self.devices.insert(address.ifindex);
+        self.addresses.insert(address.addr);
+    }
+
+    fn route(&mut self, route: &Route) {
+        self.tables.insert((Some(route.table), route.protocol));
+        self.devices.extend(route.oif);
+    }
+
+    fn rule(&mut self, rule: &Rule) {
+        self.tables.insert((rule.table, rule.protocol));
+    }
+}
+
+fn same_address(a: &Address, b: &Address) -> bool {
+    (a.ifindex, a.addr, a.prefix_len) == (b.ifindex, b.addr, b.prefix_len)
+}
+
+fn same_slot(a: &Route, b: &Route) -> bool {
+    a.slot() == b.slot()
+}
+
+/// Inserts or replaces the item with `item`'s identity; what changed: the new item and the one
+/// it replaced, or nothing when it was there already.
+fn upsert<T: PartialEq + Clone>(
+    items: &mut Vec<T>,
+    item: T,
+    same: impl Fn(&T, &T) -> bool,
+) -> Vec<T> {
+    match items.iter_mut().find(|i| same(i, &item)) {
+        Some(existing) if *existing == item => vec![],
+        Some(existing) => vec![std::mem::replace(existing, item.clone()), item],
         None => {
-            items.push(item);
-            true
+            items.push(item.clone());
+            vec![item]
         }
     }
 }
 
-/// Removes every item with `item`'s identity; whether there was one.
-fn remove<T, K: PartialEq>(items: &mut Vec<T>, item: &T, key: impl Fn(&T) -> K) -> bool {
-    let k = key(item);
-    let before = items.len();
-    items.retain(|i| key(i) != k);
-    before != items.len()
+/// Removes every item with `item`'s identity; those removed.
+fn remove<T: Clone>(items: &mut Vec<T>, item: &T, same: impl Fn(&T, &T) -> bool) -> Vec<T> {
+    let mut removed = Vec::new();
+    items.retain(|i| {
+        let gone = same(i, item);
+        if gone {
+            removed.push(i.clone());
+        }
+        !gone
+    });
+    removed
 }
 
 /// `ip route` style, with `ifN` for a device (names live in the view, not in the route).
@@ -336,11 +490,9 @@ mod tests {
     use super::*;
     use crate::diff::sim::fixtures::*;
 
-    fn effect(changed: bool, redump_routes: bool) -> Effect {
-        Effect {
-            changed,
-            redump_routes,
-        }
+    /// Whether the view changed, and whether the routes must be dumped again.
+    fn effect(changed: bool, redump: bool) -> (bool, bool) {
+        (changed, redump)
     }
 
     /// The seed plus a route and a rule of ours through vlan102 in table 1002.
@@ -376,7 +528,12 @@ mod tests {
         let base = start();
         let wan2 = link_of(&base, WAN2);
         let dhcp2 = client_default(WAN2, "192.168.0.1", 1025);
-        type Case = (&'static str, Vec<Event>, Effect, fn(&KernelView) -> bool);
+        type Case = (
+            &'static str,
+            Vec<Event>,
+            (bool, bool),
+            fn(&KernelView) -> bool,
+        );
         let cases: Vec<Case> = vec![
             (
                 "a link echoed unchanged",
@@ -486,9 +643,22 @@ mod tests {
                 "an IPv6 address removed: routes may have lost their source",
                 vec![
                     Event::NewAddress(address(WAN2, "2001:db8::1/64")),
+                    Event::NewRoute(Route {
+                        prefsrc: Some(ip("2001:db8::1")),
+                        ..kernel_prefix(WAN2, "2001:db8::/64", "2001:db8::1")
+                    }),
                     Event::DelAddress(address(WAN2, "2001:db8::1/64")),
                 ],
                 effect(true, true),
+                |v| v.addresses == start().addresses,
+            ),
+            (
+                "an address no route uses as source removed: nothing to dump",
+                vec![
+                    Event::NewAddress(address(WAN2, "2001:db8::1/64")),
+                    Event::DelAddress(address(WAN2, "2001:db8::1/64")),
+                ],
+                effect(true, false),
                 |v| *v == start(),
             ),
             (
@@ -554,8 +724,153 @@ mod tests {
             for event in events {
                 last = view.apply(event);
             }
-            assert_eq!(last, want, "{what}");
+            assert_eq!(
+                (!last.touched.is_empty(), last.redump != Redump::Nothing),
+                want,
+                "{what}"
+            );
             assert!(check(&view), "{what}: {view:#?}");
+        }
+    }
+
+    /// What an event touched names the old object as well as the new: a route replaced in its
+    /// slot may have come from another device and protocol.
+    #[test]
+    fn touched_names_old_and_new() {
+        let dhcp2 = client_default(WAN2, "192.168.0.1", 1025);
+        let touched = |devices: &[u32], addresses: &[&str], tables: &[(Option<u32>, u8)]| Touched {
+            all: false,
+            devices: devices.iter().copied().collect(),
+            addresses: addresses.iter().map(|a| ip(a)).collect(),
+            tables: tables.iter().copied().collect(),
+        };
+        let cases: Vec<(&str, Event, Touched)> = vec![
+            (
+                "an address added",
+                Event::NewAddress(address(WAN2, "192.168.0.150/24")),
+                touched(&[WAN2], &["192.168.0.150"], &[]),
+            ),
+            (
+                "an address removed",
+                Event::DelAddress(address(WAN2, "192.168.0.101/24")),
+                touched(&[WAN2], &["192.168.0.101"], &[]),
+            ),
+            (
+                "a route replaced in its slot by one through another device, of another protocol",
+                Event::NewRoute(Route {
+                    oif: Some(WAN1),
+                    protocol: 4,
+                    ..dhcp2
+                }),
+                touched(&[WAN1, WAN2], &[], &[(Some(254), 4), (Some(254), 16)]),
+            ),
+            (
+                "a rule removed",
+                Event::DelRule(rule()),
+                touched(&[], &[], &[(Some(1002), 77)]),
+            ),
+            (
+                "a rule that is not a lookup",
+                Event::NewRule(Rule {
+                    table: None,
+                    ..rule()
+                }),
+                touched(&[], &[], &[(None, 77)]),
+            ),
+            ("an echo", Event::NewRule(rule()), Touched::default()),
+            (
+                "a device changed",
+                Event::NewLink(Link {
+                    mtu: 1400,
+                    ..link_of(&start(), WAN2)
+                }),
+                Touched::all(),
+            ),
+            ("a device deleted", Event::DelLink(WAN2), Touched::all()),
+        ];
+        for (what, event, want) in cases {
+            assert_eq!(start().apply(event).touched, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_dump_touches_what_differs() {
+        let mut view = start();
+        let dhcp2 = client_default(WAN2, "192.168.0.1", 1025);
+        let mut routes: Vec<Route> = view.routes.iter().rev().copied().collect();
+        routes.retain(|r| *r != dhcp2);
+        routes.push(Route {
+            prefsrc: None,
+            ..kernel_prefix(WAN1, "10.0.0.0/8", "10.0.0.1")
+        });
+        let touched = view.replace_routes(&Redump::All, routes.clone());
+        assert_eq!(view.routes, routes);
+        assert_eq!(
+            touched,
+            Touched {
+                devices: [WAN1, WAN2].into(),
+                tables: [(Some(254), 2), (Some(254), 16)].into(),
+                ..Touched::default()
+            }
+        );
+        routes.reverse();
+        assert!(
+            view.replace_routes(&Redump::All, routes).is_empty(),
+            "the same routes in another order"
+        );
+    }
+
+    /// An address removed (not the device's last IPv4 one, which takes every IPv4 route through
+    /// the device): only the tables holding routes with it as source are dumped again, and the
+    /// dump replaces those tables' routes of that family alone.
+    #[test]
+    fn a_dump_of_some_tables_replaces_those() {
+        let mut view = start();
+        // A renumbering: the new address comes first, so the old one is not the last.
+        view.apply(Event::NewAddress(address(WAN2, "192.168.0.150/24")));
+        let effect = view.apply(Event::DelAddress(address(WAN2, "192.168.0.101/24")));
+        let main = Redump::Tables([(Family::V4, 254)].into());
+        assert_eq!(effect.redump, main);
+        let kept: Vec<Route> = (view.routes.iter())
+            .filter(|r| r.table != 254)
+            .copied()
+            .collect();
+        // The kernel dropped the prefix route with that source; the dump of main lacks it.
+        // A dump that ignored the table filter (no strict checking) lists other tables too.
+        let dumped: Vec<Route> = (view.routes.iter())
+            .filter(|r| r.prefsrc != Some(ip("192.168.0.101")))
+            .copied()
+            .collect();
+        let touched = view.replace_routes(&main, dumped);
+        assert_eq!(
+            touched,
+            Touched {
+                devices: [WAN2].into(),
+                tables: [(Some(254), 2)].into(),
+                ..Touched::default()
+            }
+        );
+        assert!(view
+            .routes
+            .iter()
+            .all(|r| r.prefsrc != Some(ip("192.168.0.101"))));
+        assert!(kept.iter().all(|r| view.routes.contains(r)));
+        assert_eq!(view.routes.len(), start().routes.len() - 1);
+    }
+
+    #[test]
+    fn redumps_merge() {
+        let tables = |t: &[u32]| Redump::Tables(t.iter().map(|&t| (Family::V4, t)).collect());
+        let cases = [
+            (Redump::Nothing, tables(&[1]), tables(&[1])),
+            (tables(&[1]), tables(&[2]), tables(&[1, 2])),
+            (tables(&[1]), Redump::All, Redump::All),
+            (Redump::All, tables(&[2]), Redump::All),
+            (tables(&[1]), Redump::Nothing, tables(&[1])),
+        ];
+        for (mut a, b, want) in cases {
+            a.merge(b);
+            assert_eq!(a, want);
         }
     }
 

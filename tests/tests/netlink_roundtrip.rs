@@ -9,7 +9,7 @@ use std::time::Duration;
 use multihome::netlink::{Error, Events, Netlink, Notice};
 use multihome::state::Op;
 use multihome::view::{
-    Address, AddressFlags, Event, Family, KernelView, LinkKind, Route, Rule, RT_TABLE_MAIN,
+    Address, AddressFlags, Event, Family, KernelView, LinkKind, Redump, Route, Rule, RT_TABLE_MAIN,
 };
 use multihome_tests::netns::{require_root, Netns};
 
@@ -626,4 +626,50 @@ fn a_small_receive_buffer_loses_sync_visibly() {
         )
         .await;
     });
+}
+
+/// After an address goes, the daemon dumps again only the tables that held routes with it as
+/// source: the kernel honours the table (strict checking), and a table that is gone has none.
+#[test]
+fn a_dump_of_some_tables_lists_those_alone() {
+    let ns = uplink_ns("nltables");
+    ns.sh(
+        "ip route add 203.0.113.0/24 via 192.168.0.1 dev up0 table 1001 \
+         && ip route add 198.51.100.0/24 via 192.168.0.1 dev up0 table 1002 \
+         && ip -6 route add 2001:db8:ff::/64 via 2001:db8:1::1 dev up0 table 1001",
+    )
+    .unwrap();
+    let (all, v4_1001, v6_1001, both, gone) = block_in(&ns, || async {
+        let nl = Netlink::connect().unwrap();
+        let tables = |t: &[(Family, u32)]| Redump::Tables(t.iter().copied().collect());
+        (
+            nl.dump_routes_of(&Redump::All).await.unwrap(),
+            nl.dump_routes_of(&tables(&[(Family::V4, 1001)]))
+                .await
+                .unwrap(),
+            nl.dump_routes_of(&tables(&[(Family::V6, 1001)]))
+                .await
+                .unwrap(),
+            nl.dump_routes_of(&tables(&[(Family::V4, 1001), (Family::V4, 1002)]))
+                .await
+                .unwrap(),
+            nl.dump_routes_of(&tables(&[(Family::V4, 4000)]))
+                .await
+                .unwrap(),
+        )
+    });
+    let dsts = |routes: &[Route]| {
+        let mut d: Vec<String> = routes
+            .iter()
+            .map(|r| format!("{} {}/{}", r.table, r.dst, r.dst_len))
+            .collect();
+        d.sort();
+        d
+    };
+    assert_eq!(dsts(&v4_1001), ["1001 203.0.113.0/24"]);
+    assert_eq!(dsts(&v6_1001), ["1001 2001:db8:ff::/64"]);
+    assert_eq!(dsts(&both), ["1001 203.0.113.0/24", "1002 198.51.100.0/24"]);
+    assert!(gone.is_empty(), "{gone:?}");
+    assert!(all.iter().any(|r| r.table == RT_TABLE_MAIN));
+    assert!(all.len() > both.len() + v6_1001.len());
 }

@@ -10,9 +10,9 @@ use multihome_ebpf::Egress;
 
 use crate::config::Config;
 use crate::diff::diff;
-use crate::plan::{owned, plan};
+use crate::plan::{owned_in, plan_in, Scope};
 use crate::state::{Op, State};
-use crate::view::{Event, KernelView, Route, Rule};
+use crate::view::{Event, KernelView, Route, Rule, Touched};
 
 #[derive(Clone, Debug, Default)]
 pub struct Sim {
@@ -33,30 +33,41 @@ impl Sim {
 
     /// What multihome owns, as the daemon would assemble it.
     pub fn owned(&self) -> State {
-        State {
-            entries: self.entries.clone(),
-            guarded: self.guarded.clone(),
-            ..owned(&self.view, self.protocol)
-        }
+        owned_in(
+            &self.view,
+            self.protocol,
+            &Scope::All,
+            &self.entries,
+            &self.guarded,
+        )
     }
 
-    /// A kernel event, with what the kernel does silently alongside it (the view is as the
-    /// daemon has it after the re-dump the event's `Effect` asks for): a deleted device takes
+    /// A kernel event, with what the kernel does silently alongside it: a deleted device takes
     /// its guard attachment along, a device going down loses its routes, an IPv4 address gone
-    /// takes the routes using it as source, an IPv6 one is dropped as their source.
-    pub fn event(&mut self, event: Event) {
+    /// takes the routes using it as source (and the last one every IPv4 route through the
+    /// device), an IPv6 one is dropped as their source. The view
+    /// learns of the silent route changes only through the re-dump the event's `Effect` asks
+    /// for, as the daemon's does (a silent change without one panics); returns what changed.
+    pub fn event(&mut self, event: Event) -> Touched {
+        if let Event::DelLink(ifindex) = &event {
+            self.guarded.remove(ifindex);
+        }
+        let effect = self.view.apply(event.clone());
+        let mut kernel_routes = self.view.routes.clone();
         match &event {
-            Event::DelLink(ifindex) => {
-                self.guarded.remove(ifindex);
-            }
             Event::NewLink(link) if !link.up => {
-                self.view.routes.retain(|r| r.oif != Some(link.ifindex));
+                kernel_routes.retain(|r| r.oif != Some(link.ifindex));
             }
             Event::DelAddress(address) if address.addr.is_ipv4() => {
-                self.view.routes.retain(|r| r.prefsrc != Some(address.addr));
+                kernel_routes.retain(|r| r.prefsrc != Some(address.addr));
+                let v4_left = (self.view.addresses.iter())
+                    .any(|a| a.ifindex == address.ifindex && a.addr.is_ipv4());
+                if !v4_left {
+                    kernel_routes.retain(|r| r.oif != Some(address.ifindex) || !r.dst.is_ipv4());
+                }
             }
             Event::DelAddress(address) => {
-                for route in &mut self.view.routes {
+                for route in &mut kernel_routes {
                     if route.prefsrc == Some(address.addr) {
                         route.prefsrc = None;
                     }
@@ -64,7 +75,20 @@ impl Sim {
             }
             _ => {}
         }
-        self.view.apply(event);
+        let mut touched = effect.touched;
+        // The dump lists the routes in the kernel's order, not the view's.
+        kernel_routes.reverse();
+        touched.merge(
+            self.view
+                .replace_routes(&effect.redump, kernel_routes.clone()),
+        );
+        let view: BTreeSet<Route> = self.view.routes.iter().copied().collect();
+        assert_eq!(
+            view,
+            kernel_routes.into_iter().collect(),
+            "{event:?} changed routes silently that the daemon would not dump again"
+        );
+        touched
     }
 
     pub fn apply(&mut self, op: &Op) -> Result<(), String> {
@@ -114,9 +138,22 @@ impl Sim {
         Ok(())
     }
 
-    /// One reconcile: plan, diff, apply every op. Panics on an op the kernel would refuse.
+    /// One full reconcile: plan, diff, apply every op. Panics on an op the kernel would refuse.
     pub fn reconcile(&mut self, config: &Config) -> Vec<Op> {
-        let ops = diff(&plan(config, &self.view), &self.owned());
+        self.reconcile_in(config, &Scope::All)
+    }
+
+    /// One reconcile of the uplinks in `scope`, as the daemon makes after an event.
+    pub fn reconcile_in(&mut self, config: &Config, scope: &Scope) -> Vec<Op> {
+        let desired = plan_in(config, &self.view, scope).0;
+        let owned = owned_in(
+            &self.view,
+            self.protocol,
+            scope,
+            &self.entries,
+            &self.guarded,
+        );
+        let ops = diff(&desired, &owned);
         for op in &ops {
             self.apply(op)
                 .unwrap_or_else(|e| panic!("{e}\nops: {ops:#?}"));

@@ -32,7 +32,7 @@ fn family(af: AddressFamily) -> Option<Family> {
     }
 }
 
-fn address_family(family: Family) -> AddressFamily {
+pub(super) fn address_family(family: Family) -> AddressFamily {
     match family {
         Family::V4 => AddressFamily::Inet,
         Family::V6 => AddressFamily::Inet6,
@@ -258,7 +258,7 @@ pub fn rule(msg: &RuleMessage) -> Option<Rule> {
 }
 
 /// Tables above 255 only fit RTA_TABLE/FRA_TABLE; the header byte then says RT_TABLE_UNSPEC.
-fn header_table(table: u32) -> u8 {
+pub(super) fn header_table(table: u32) -> u8 {
     u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC)
 }
 

@@ -1,9 +1,11 @@
 //! Requests on the request socket: dumps and the route/rule operations of `state::Op`.
 
+use std::os::fd::AsRawFd;
+
 use futures::StreamExt;
 use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::LinkMessage;
-use netlink_packet_route::route::RouteMessage;
+use netlink_packet_route::route::{RouteAttribute, RouteMessage};
 use netlink_packet_route::rule::RuleMessage;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::packet_core::{
@@ -14,7 +16,7 @@ use rtnetlink::Handle;
 
 use super::{convert, Error, Request};
 use crate::state::Op;
-use crate::view::{KernelView, Route};
+use crate::view::{KernelView, Redump, Route};
 
 /// How often a dump is retried when the kernel flags it inconsistent (NLM_F_DUMP_INTR).
 const DUMP_ATTEMPTS: usize = 5;
@@ -34,6 +36,11 @@ impl Netlink {
         // the connection died, which `exchange` reports instead of mistaking it for success.
         conn.set_forward_ack(true);
         conn.set_forward_done(true);
+        // Strict checking makes the kernel honour a route dump's table (`dump_routes_of`);
+        // without it (before 4.20) the whole dump comes back and is filtered here.
+        if let Err(err) = set_strict_check(conn.socket_mut()) {
+            log::debug!("netlink strict checking unavailable, dumps are filtered here: {err}");
+        }
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }
@@ -94,6 +101,37 @@ impl Netlink {
                 .dump_of("routes", RouteNetlinkMessage::GetRoute(req))
                 .await?
             {
+                if let RouteNetlinkMessage::NewRoute(m) = msg {
+                    routes.extend(convert::route(&m));
+                }
+            }
+        }
+        Ok(routes)
+    }
+
+    /// The routes `redump` names: every route, or those of some tables (a table that no longer
+    /// exists has none). The caller keeps only what it asked for
+    /// (`KernelView::replace_routes`), so a kernel that ignores the table filter costs time only.
+    pub async fn dump_routes_of(&self, redump: &Redump) -> Result<Vec<Route>, Error> {
+        let tables = match redump {
+            Redump::Nothing => return Ok(Vec::new()),
+            Redump::All => return self.dump_routes().await,
+            Redump::Tables(tables) => tables,
+        };
+        let mut routes = Vec::new();
+        for &(family, table) in tables {
+            let mut req = RouteMessage::default();
+            req.header.address_family = convert::address_family(family);
+            req.header.table = convert::header_table(table);
+            req.attributes.push(RouteAttribute::Table(table));
+            let msgs = match self
+                .dump_of("routes of a table", RouteNetlinkMessage::GetRoute(req))
+                .await
+            {
+                Err(Error::Kernel { errno, .. }) if errno == libc::ENOENT => continue,
+                other => other?,
+            };
+            for msg in msgs {
                 if let RouteNetlinkMessage::NewRoute(m) = msg {
                     routes.extend(convert::route(&m));
                 }
@@ -197,6 +235,26 @@ impl Netlink {
             }
         }
         Err(Error::Closed(request.clone()))
+    }
+}
+
+/// Sets NETLINK_GET_STRICT_CHK on a request socket.
+fn set_strict_check(socket: &impl AsRawFd) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket, and a c_int option value of the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_NETLINK,
+            libc::NETLINK_GET_STRICT_CHK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

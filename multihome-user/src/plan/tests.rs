@@ -604,3 +604,71 @@ fn describes_changes() {
         ["vlan101: 192.168.0.100 -> guard only (--no-rules)"]
     );
 }
+
+/// Which uplinks a pass after an event looks at (the model tests check that such a pass does
+/// what a full pass does; these name the cases).
+#[test]
+fn scope_of_what_changed() {
+    let config = config(&["vlan101", "vlan102"]);
+    let mut view = seed();
+    // vlan102 also holds vlan101's address (identical leases).
+    view.addresses.push(address(WAN2, "192.168.0.100/24"));
+    let positions = |scope: Scope| match scope {
+        Scope::All => None,
+        Scope::Uplinks { positions, .. } => Some(positions.into_iter().collect::<Vec<_>>()),
+    };
+    let of = |touched: Touched| positions(Scope::of(&config, &view, &touched));
+    let touched = |devices: &[u32], addresses: &[&str], tables: &[(Option<u32>, u8)]| Touched {
+        all: false,
+        devices: devices.iter().copied().collect(),
+        addresses: addresses.iter().map(|a| ip(a)).collect(),
+        tables: tables.iter().copied().collect(),
+    };
+    let cases: Vec<(&str, Touched, Option<Vec<usize>>)> = vec![
+        ("nothing", Touched::default(), Some(vec![])),
+        ("a device changed", Touched::all(), None),
+        (
+            "an address of vlan102's alone",
+            touched(&[WAN2], &["192.168.0.101"], &[]),
+            Some(vec![1]),
+        ),
+        (
+            "an address both hold: the first wins it, the other may lose it",
+            touched(&[WAN1], &["192.168.0.100"], &[]),
+            Some(vec![0, 1]),
+        ),
+        (
+            "eth0's static address: no uplink's device, held by no uplink",
+            touched(&[ETH0], &["192.168.0.210"], &[]),
+            Some(vec![]),
+        ),
+        (
+            "a DHCP client's route through vlan101 in main",
+            touched(&[WAN1], &[], &[(Some(254), 16)]),
+            Some(vec![0]),
+        ),
+        (
+            "a foreign route in vlan102's table",
+            touched(&[ETH0], &[], &[(Some(1002), 4)]),
+            Some(vec![1]),
+        ),
+        (
+            "someone else's rule elsewhere",
+            touched(&[], &[], &[(Some(50), 4), (None, 4)]),
+            Some(vec![]),
+        ),
+        (
+            "a rule of ours in a table no uplink has: only the full pass removes it",
+            touched(&[], &[], &[(Some(1003), 77)]),
+            None,
+        ),
+        (
+            "a rule of ours that is not a lookup",
+            touched(&[], &[], &[(None, 77)]),
+            None,
+        ),
+    ];
+    for (what, touched, want) in cases {
+        assert_eq!(of(touched), want, "{what}");
+    }
+}
