@@ -1,7 +1,13 @@
 //! Attaching the loaded program to a device's egress, and detaching whatever an earlier process
 //! left, using only the pin directory (see `pins`) as the record.
 
-use std::{ffi::CStr, io, path::Path};
+use std::{
+    ffi::{CStr, CString},
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::unix::ffi::OsStrExt,
+    path::Path,
+};
 
 use anyhow::{anyhow, Context, Result};
 use aya::programs::{
@@ -100,7 +106,57 @@ pub(super) fn detach(pin_dir: &Path, ifindex: u32) -> Result<()> {
         }
         remove_pin(&clsact)?;
     }
-    remove_pin(&attachment_pin(pin_dir, AttachKind::Tcx, ifindex))
+    let tcx = attachment_pin(pin_dir, AttachKind::Tcx, ifindex);
+    detach_link(&tcx)?;
+    remove_pin(&tcx)
+}
+
+/// Detaches the BPF link pinned at `path` now (BPF_LINK_DETACH). Removing the pin alone would
+/// detach it only when bpffs frees the pin's inode, after an RCU grace period: `cleanup` or a
+/// detach could return while the program still runs on the device. No pin is not an error.
+fn detach_link(path: &Path) -> Result<()> {
+    // From the uapi bpf.h: the commands and the leading fields of their `union bpf_attr` arms.
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+    }
+    fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+        // SAFETY: `attr` is the command's attribute struct, valid for the call; the kernel reads
+        // only `size_of::<T>()` bytes of it.
+        let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>()) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ret)
+    }
+
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    let get = ObjGet {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    let fd = match bpf(BPF_OBJ_GET, &get) {
+        Ok(fd) => fd as RawFd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot open the pin {}", path.display())),
+    };
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    let link = unsafe { OwnedFd::from_raw_fd(fd) };
+    let detach = LinkDetach {
+        link_fd: link.as_raw_fd() as u32,
+    };
+    bpf(BPF_LINK_DETACH, &detach)
+        .map(drop)
+        .with_context(|| format!("cannot detach the link pinned at {}", path.display()))
 }
 
 fn remove_pin(path: &Path) -> Result<()> {
