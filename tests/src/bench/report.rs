@@ -59,6 +59,9 @@ pub enum Figure {
     Dist(Option<Summary>, &'static str),
     /// A single number with its unit.
     Value(Option<f64>, &'static str),
+    /// Every sample, with its unit: too many for a table cell, so the markdown gives their range
+    /// and the JSON keeps them all.
+    Samples(Vec<f64>, &'static str),
     /// A count of events.
     Count(u64),
     /// Free text (a mode, a condition).
@@ -139,7 +142,22 @@ impl Figure {
             ),
             Figure::Value(Some(v), "") => number(*v),
             Figure::Value(Some(v), unit) => format!("{} {unit}", number(*v)),
-            Figure::Dist(None, _) | Figure::Value(None, _) => "not measured".to_owned(),
+            Figure::Samples(v, unit) if !v.is_empty() => {
+                let (min, max) = v
+                    .iter()
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                        (lo.min(*x), hi.max(*x))
+                    });
+                format!(
+                    "min {} {unit}, max {} {unit} (n={}, each in report.json)",
+                    number(min),
+                    number(max),
+                    v.len()
+                )
+            }
+            Figure::Dist(None, _) | Figure::Value(None, _) | Figure::Samples(..) => {
+                "not measured".to_owned()
+            }
             Figure::Count(n) => n.to_string(),
             Figure::Text(t) => t.clone(),
         }
@@ -153,6 +171,7 @@ impl Figure {
                 v
             }
             Figure::Value(Some(v), unit) => json!({"value": v, "unit": unit}),
+            Figure::Samples(v, unit) => json!({"samples": v, "unit": unit}),
             Figure::Dist(None, _) | Figure::Value(None, _) => Value::Null,
             Figure::Count(n) => json!(n),
             Figure::Text(t) => json!(t),
@@ -250,6 +269,11 @@ mod tests {
                     Row::new("wrong end states", Figure::Count(3)),
                     Row::new("ratio", Figure::Value(Some(12.345), "")),
                     Row::new("missing", Figure::Value(None, "ns")).goal("x", None),
+                    Row::new(
+                        "segments",
+                        Figure::Samples(vec![12.5, 9.25, 15.0], "Gbit/s"),
+                    ),
+                    Row::new("no segments", Figure::Samples(vec![], "Gbit/s")),
                 ],
             }],
         }
@@ -272,6 +296,13 @@ mod tests {
             md.contains("| missing | not measured | NOT met: x |"),
             "{md}"
         );
+        assert!(
+            md.contains(
+                "| segments | min 9.25 Gbit/s, max 15.0 Gbit/s (n=3, each in report.json) |  |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| no segments | not measured |  |"), "{md}");
     }
 
     #[test]
@@ -285,5 +316,7 @@ mod tests {
         assert_eq!(rows[1]["figure"], 3);
         assert_eq!(rows[3]["figure"], Value::Null);
         assert_eq!(rows[1]["goal"], Value::Null);
+        assert_eq!(rows[4]["figure"]["samples"], json!([12.5, 9.25, 15.0]));
+        assert_eq!(rows[4]["figure"]["unit"], "Gbit/s");
     }
 }

@@ -212,12 +212,12 @@ pub fn section(results: &Results) -> Section {
                 Figure::Value(ratio(on, off), ""),
             ),
             Row::new(
-                "segments, detached; attached (Gbit/s)",
-                Figure::Text(format!(
-                    "{}; {}",
-                    list(&results.detached_gbps),
-                    list(&results.attached_gbps)
-                )),
+                "segments, detached",
+                Figure::Samples(results.detached_gbps.clone(), "Gbit/s"),
+            ),
+            Row::new(
+                "segments, attached",
+                Figure::Samples(results.attached_gbps.clone(), "Gbit/s"),
             ),
             Row::new(
                 "packets the guard passed while attached",
@@ -225,12 +225,4 @@ pub fn section(results: &Results) -> Section {
             ),
         ],
     }
-}
-
-fn list(values: &[f64]) -> String {
-    values
-        .iter()
-        .map(|v| format!("{v:.2}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
