@@ -3,7 +3,7 @@
 
 mod guard_support;
 
-use std::{net::IpAddr, process::Command};
+use std::{net::IpAddr, path::Path, process::Command};
 
 use aya::programs::{tc::TcAttachType, SchedClassifier};
 use guard_support::*;
@@ -132,19 +132,7 @@ fn a_pinned_map_of_another_layout_is_replaced() {
     let pins = PinDir::new("pi");
     std::fs::create_dir_all(pins.path()).unwrap();
     let stale = pins.path().join("SRC_V4");
-    let out = Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&stale)
-        .args([
-            "type", "hash", "key", "4", "value", "8", "entries", "16", "name", "SRC_V4",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pin_map(&stale, ["hash", "4", "8", "16", "SRC_V4"]);
     let mut guard = Guard::load(pins.path(), AttachMode::Auto).unwrap();
     let addr: IpAddr = "192.168.0.20".parse().unwrap();
     guard.put_entry(addr, &egress(7, 1500)).unwrap();
@@ -188,28 +176,7 @@ fn an_older_counters_map_is_replaced_and_the_kept_entries_are_counted_again() {
     // The counters map of the version before slots: a per-CPU hash keyed by ifindex.
     let counters = pins.path().join("COUNTERS");
     std::fs::remove_file(&counters).unwrap();
-    let out = Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&counters)
-        .args([
-            "type",
-            "percpu_hash",
-            "key",
-            "4",
-            "value",
-            "40",
-            "entries",
-            "1024",
-            "name",
-            "COUNTERS",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pin_map(&counters, ["percpu_hash", "4", "40", "1024", "COUNTERS"]);
 
     let mut second = Guard::load(pins.path(), AttachMode::Auto).unwrap();
     let show = Command::new("bpftool")
@@ -295,4 +262,20 @@ fn counters_slots_of_uplinks_without_entries_are_taken_back_when_all_are_taken()
         TC_ACT_UNSPEC
     );
     assert_eq!(again.counters().unwrap()[&wan2].passed, 2);
+}
+
+/// Pins a new map at `path` with bpftool: an earlier version's layout, for the loader to replace.
+fn pin_map(path: &Path, [kind, key, value, entries, name]: [&str; 5]) {
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(path)
+        .args(["type", kind, "key", key, "value", value])
+        .args(["entries", entries, "name", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

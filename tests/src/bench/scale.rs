@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use multihome::config::DEFAULT_PRIORITY;
 
 use super::bed::{clock_ticks, proc_stat, Batch, Multihome};
 use super::report::{median, ratio, Figure, Row, Section, Summary};
-use super::watch::{Note, Watcher, PATIENCE};
+use super::watch::{netlink_socket, Note, Watcher, PATIENCE};
 use crate::netns::Netns;
 
 pub const UPLINKS: usize = 256;
@@ -232,21 +232,7 @@ const RTPROT_STATIC: u8 = 4;
 
 impl ForeignRules {
     fn open(ns: &Netns) -> Result<ForeignRules> {
-        let fd = ns.enter(|| {
-            // SAFETY: plain socket(2); the fd is owned at once.
-            let raw = unsafe {
-                libc::socket(
-                    libc::AF_NETLINK,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    libc::NETLINK_ROUTE,
-                )
-            };
-            if raw < 0 {
-                bail!("netlink socket: {}", std::io::Error::last_os_error());
-            }
-            // SAFETY: raw is a fresh, valid fd.
-            Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-        })?;
+        let fd = ns.enter(netlink_socket)?;
         Ok(ForeignRules { fd, seq: 0 })
     }
 

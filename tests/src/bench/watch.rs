@@ -214,7 +214,8 @@ impl Drop for Watcher {
     }
 }
 
-fn open_socket() -> Result<OwnedFd> {
+/// A raw rtnetlink socket in the calling thread's network namespace.
+pub(super) fn netlink_socket() -> Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned at once.
     let raw = unsafe {
         libc::socket(
@@ -227,7 +228,12 @@ fn open_socket() -> Result<OwnedFd> {
         bail!("netlink socket: {}", std::io::Error::last_os_error());
     }
     // SAFETY: raw is a fresh, valid fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn open_socket() -> Result<OwnedFd> {
+    let fd = netlink_socket()?;
+    let raw = fd.as_raw_fd();
     let size: libc::c_int = 16 << 20;
     let timeout = libc::timeval {
         tv_sec: 0,
