@@ -407,14 +407,8 @@ impl<'a> Index<'a> {
             }
         }
         let mut gateways: HashMap<(u32, Family), (GatewayRank, IpAddr)> = HashMap::new();
-        // Default routes first: the cheap test rules out most routes before the scope's.
-        let through_scope = |r: &&Route| {
-            r.is_default()
-                && r.protocol != config.protocol
-                && r.oif.is_some_and(|oif| scope.has_device(oif))
-        };
-        for route in view.routes.iter().filter(through_scope) {
-            if let Some((oif, family, rank, gateway)) = gateway_candidate(config, route) {
+        for route in &view.routes {
+            if let Some((oif, family, rank, gateway)) = gateway_candidate(config, scope, route) {
                 let best = gateways.entry((oif, family)).or_insert((rank, gateway));
                 if rank < best.0 {
                     *best = (rank, gateway);
@@ -431,15 +425,23 @@ impl<'a> Index<'a> {
 }
 
 /// A route that can give an uplink its gateway, as the DHCP client (or router advertisement)
-/// set it: a default route through the uplink in a table that is not ours, with a next hop of
+/// set it: a default route through an uplink of `scope`, in a table that is not ours, with a next hop of
 /// its own family (an RTA_VIA of the other family is not one a table route here can use).
-fn gateway_candidate(config: &Config, route: &Route) -> Option<(u32, Family, GatewayRank, IpAddr)> {
-    let family = route.family();
-    let ours = route.protocol == config.protocol || config.table_position(route.table).is_some();
-    if !route.is_default() || ours {
+fn gateway_candidate(
+    config: &Config,
+    scope: &Scope,
+    route: &Route,
+) -> Option<(u32, Family, GatewayRank, IpAddr)> {
+    // Cheapest tests first: most routes are not defaults, and with a few uplinks in the scope
+    // most defaults go through other devices, before the table is hashed.
+    if !route.is_default() || route.protocol == config.protocol {
         return None;
     }
-    let oif = route.oif?;
+    let oif = route.oif.filter(|&oif| scope.has_device(oif))?;
+    if config.table_position(route.table).is_some() {
+        return None;
+    }
+    let family = route.family();
     let gateway = route.gateway.filter(|g| Family::of(g) == family)?;
     let rank = (
         route.metric,

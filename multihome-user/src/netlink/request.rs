@@ -97,14 +97,7 @@ impl Netlink {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut req = RouteMessage::default();
             req.header.address_family = family;
-            for msg in self
-                .dump_of("routes", RouteNetlinkMessage::GetRoute(req))
-                .await?
-            {
-                if let RouteNetlinkMessage::NewRoute(m) = msg {
-                    routes.extend(convert::route(&m));
-                }
-            }
+            routes.extend(self.route_dump("routes", req).await?);
         }
         Ok(routes)
     }
@@ -124,20 +117,26 @@ impl Netlink {
             req.header.address_family = convert::address_family(family);
             req.header.table = convert::header_table(table);
             req.attributes.push(RouteAttribute::Table(table));
-            let msgs = match self
-                .dump_of("routes of a table", RouteNetlinkMessage::GetRoute(req))
-                .await
-            {
-                Err(Error::Kernel { errno, .. }) if errno == libc::ENOENT => continue,
-                other => other?,
-            };
-            for msg in msgs {
-                if let RouteNetlinkMessage::NewRoute(m) = msg {
-                    routes.extend(convert::route(&m));
-                }
+            match self.route_dump("routes of a table", req).await {
+                Err(Error::Kernel { errno, .. }) if errno == libc::ENOENT => {}
+                other => routes.extend(other?),
             }
         }
         Ok(routes)
+    }
+
+    /// The unicast routes a GetRoute dump of `req` returns.
+    async fn route_dump(&self, what: &'static str, req: RouteMessage) -> Result<Vec<Route>, Error> {
+        let msgs = self
+            .dump_of(what, RouteNetlinkMessage::GetRoute(req))
+            .await?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|msg| match msg {
+                RouteNetlinkMessage::NewRoute(m) => convert::route(&m),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Applies one route or rule operation; the others (Attach, Detach, PutEntry, DelEntry) are
