@@ -2,12 +2,13 @@
 //! counter updates.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, PerCpuArray},
     macros::btf_map,
 };
 use multihome_ebpf::{
     maps::{MAX_SOURCES, MAX_UPLINKS},
-    CounterSlot, Egress, Source, SrcV4, SrcV6,
+    own_sources::OWN_SOURCES_DEVICES,
+    CounterSlot, Egress, OwnSources, Source, SrcV4, SrcV6,
 };
 
 #[btf_map]
@@ -18,6 +19,15 @@ static SRC_V6: HashMap<SrcV6, Egress, { MAX_SOURCES as usize }> = HashMap::new()
 
 #[btf_map]
 static COUNTERS: PerCpuArray<CounterSlot, { MAX_UPLINKS as usize }> = PerCpuArray::new();
+
+#[btf_map]
+static OWN_SOURCES: Array<OwnSources, { OWN_SOURCES_DEVICES as usize }> = Array::new();
+
+/// The list of sources that pass on device `ifindex` as they are; `None` past the map's end.
+#[inline(always)]
+pub fn own_sources(ifindex: u32) -> Option<&'static OwnSources> {
+    OWN_SOURCES.get(ifindex)
+}
 
 /// The entry for a packet's source address.
 #[inline(always)]

@@ -35,11 +35,19 @@ fn guard(ctx: &TcContext) -> i32 {
     let Some(frame) = parse(&skb, skb.accelerated_vlan()) else {
         return TC_ACT_UNSPEC;
     };
+    let ifindex = skb.ifindex();
+    // The device's own list first: an array lookup the verifier inlines, where the source's
+    // hash lookup is a call (see `multihome_ebpf::own_sources`).
+    if let Some(slot) = maps::own_sources(ifindex).and_then(|own| own.pass(&frame.src, frame.vlan))
+    {
+        maps::count(slot, Counter::Passed, 0);
+        return TC_ACT_UNSPEC;
+    }
     let Some(entry) = maps::lookup(&frame.src) else {
         return TC_ACT_UNSPEC;
     };
     let packet = Packet {
-        ifindex: skb.ifindex(),
+        ifindex,
         vlan: frame.vlan,
         src_mac: frame.src_mac,
         src: frame.src,

@@ -8,21 +8,27 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData, MapError, MapType, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray, PerCpuValues};
 use multihome_ebpf::{
-    maps::{MAP_COUNTERS, MAP_SRC_V4, MAP_SRC_V6, MAX_SOURCES, MAX_UPLINKS},
-    CounterSlot, Counters, Egress, SrcV4, SrcV6,
+    maps::{MAP_COUNTERS, MAP_OWN_SOURCES, MAP_SRC_V4, MAP_SRC_V6, MAX_SOURCES, MAX_UPLINKS},
+    own_sources::OWN_SOURCES_DEVICES,
+    CounterSlot, Counters, Egress, OwnSources, SrcV4, SrcV6,
 };
 
-use super::privilege_hint;
+use super::{
+    own_sources::{OwnSourcesIndex, Writes},
+    privilege_hint,
+};
 
 const EGRESS_LEN: usize = size_of::<Egress>();
 const SLOT_LEN: usize = size_of::<CounterSlot>();
+const OWN_LEN: usize = size_of::<OwnSources>();
 
 /// The maps' values as aya sees them: byte arrays, cast to the shared `#[repr(C)]` types with
 /// bytemuck (aya's own `Pod` cannot be implemented for another crate's types).
 type Sources<const K: usize> = HashMap<MapData, [u8; K], [u8; EGRESS_LEN]>;
 type CounterMap = PerCpuArray<MapData, [u8; SLOT_LEN]>;
+type OwnSourcesMap = Array<MapData, [u8; OWN_LEN]>;
 
 /// What a map pinned under a given name must look like to be reused by a new program.
 pub(super) struct Shape {
@@ -33,8 +39,8 @@ pub(super) struct Shape {
     pub max_entries: u32,
 }
 
-/// The three maps the program uses, in the order of `multihome_ebpf::maps`.
-pub(super) const SHAPES: [Shape; 3] = [
+/// The maps the program uses, in the order of `multihome_ebpf::maps`.
+pub(super) const SHAPES: [Shape; 4] = [
     Shape {
         name: MAP_SRC_V4,
         map_type: MapType::Hash,
@@ -56,6 +62,13 @@ pub(super) const SHAPES: [Shape; 3] = [
         value_size: SLOT_LEN as u32,
         max_entries: MAX_UPLINKS,
     },
+    Shape {
+        name: MAP_OWN_SOURCES,
+        map_type: MapType::Array,
+        key_size: size_of::<u32>() as u32,
+        value_size: OWN_LEN as u32,
+        max_entries: OWN_SOURCES_DEVICES,
+    },
 ];
 
 impl Shape {
@@ -72,19 +85,23 @@ impl Shape {
     }
 }
 
-/// The source maps and the counters, opened from their pins.
+/// The source maps, the counters and the devices' own-source lists, opened from their pins.
 ///
-/// The counters slots are this layer's business: each entry carries its uplink's slot
-/// (`Egress::counter_slot`), assigned here when the entry is written, and each slot names its
-/// uplink. Callers see entries without slots (`entries` zeroes them, as the plan leaves them)
-/// and counters by uplink ifindex.
+/// The counters slots and the own-source lists are this layer's business, derived from the
+/// entries as they are written. Each entry carries its uplink's slot (`Egress::counter_slot`),
+/// assigned here, and each slot names its uplink. Callers see entries without slots (`entries`
+/// zeroes them, as the plan leaves them) and counters by uplink ifindex.
 pub struct PinnedMaps {
     v4: Sources<4>,
     v6: Sources<16>,
     counters: CounterMap,
+    own_sources: OwnSourcesMap,
     /// Uplink ifindex -> its counters slot, read from the map when first needed (only writing
     /// an entry needs it) and kept current by this process, the map's only writer.
     slots: Option<BTreeMap<u32, u16>>,
+    /// Every device's sources, built from the entries when first needed and kept current the
+    /// same way; dropped after a failed write, to be built again from what the maps hold.
+    own: Option<OwnSourcesIndex>,
 }
 
 impl PinnedMaps {
@@ -94,7 +111,9 @@ impl PinnedMaps {
             v4: open(pin_dir, MAP_SRC_V4)?,
             v6: open(pin_dir, MAP_SRC_V6)?,
             counters: open(pin_dir, MAP_COUNTERS)?,
+            own_sources: open(pin_dir, MAP_OWN_SOURCES)?,
             slots: None,
+            own: None,
         })
     }
 
@@ -104,22 +123,97 @@ impl PinnedMaps {
             counter_slot: self.slot_for(egress.uplink_ifindex)?,
             ..*egress
         };
-        let value: [u8; EGRESS_LEN] = bytemuck::cast(egress);
-        match addr {
-            IpAddr::V4(a) => self.v4.insert(a.octets(), value, 0),
-            IpAddr::V6(a) => self.v6.insert(a.octets(), value, 0),
-        }
-        .with_context(|| format!("cannot write the guard's entry for {addr}"))
+        self.change_entry(addr, Some(&egress), |maps| {
+            let value: [u8; EGRESS_LEN] = bytemuck::cast(egress);
+            match addr {
+                IpAddr::V4(a) => maps.v4.insert(a.octets(), value, 0),
+                IpAddr::V6(a) => maps.v6.insert(a.octets(), value, 0),
+            }
+            .with_context(|| format!("cannot write the guard's entry for {addr}"))
+        })
     }
 
     /// Forgets `addr`; removing an absent entry is not an error.
     pub fn remove_entry(&mut self, addr: IpAddr) -> Result<()> {
-        let result = match addr {
-            IpAddr::V4(a) => self.v4.remove(&a.octets()),
-            IpAddr::V6(a) => self.v6.remove(&a.octets()),
+        self.change_entry(addr, None, |maps| {
+            let result = match addr {
+                IpAddr::V4(a) => maps.v4.remove(&a.octets()),
+                IpAddr::V6(a) => maps.v6.remove(&a.octets()),
+            };
+            ignore_missing(result)
+                .with_context(|| format!("cannot remove the guard's entry for {addr}"))
+        })
+    }
+
+    /// Changes the entry of `addr` to `new` with `write`, between the own-source list writes
+    /// that keep the lists naming only sources the entries pass (see `own_sources`).
+    fn change_entry(
+        &mut self,
+        addr: IpAddr,
+        new: Option<&Egress>,
+        write: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        let result = self.own_writes(addr, new).and_then(|writes| {
+            self.write_lists(&writes.before)?;
+            write(self)?;
+            self.write_lists(&writes.after)
+        });
+        if result.is_err() {
+            self.own = None;
+        }
+        result
+    }
+
+    fn own_writes(&mut self, addr: IpAddr, new: Option<&Egress>) -> Result<Writes> {
+        let old = self.entry_with_slot(addr)?;
+        let mut own = match self.own.take() {
+            Some(own) => own,
+            None => OwnSourcesIndex::from_entries(&self.entries_with_slots()?),
         };
-        ignore_missing(result)
-            .with_context(|| format!("cannot remove the guard's entry for {addr}"))
+        let writes = own.change(addr, old.as_ref(), new);
+        self.own = Some(own);
+        Ok(writes)
+    }
+
+    fn write_lists(&mut self, lists: &[(u32, OwnSources)]) -> Result<()> {
+        for (ifindex, list) in lists {
+            self.own_sources
+                .set(*ifindex, bytemuck::cast::<_, [u8; OWN_LEN]>(*list), 0)
+                .with_context(|| format!("cannot write the own sources of if{ifindex}"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the own-source lists those of the entries: a list is only ever missing something
+    /// after a crash between writes, but one left by a daemon of another version, which did
+    /// not keep them, may name a source that moved. For the loader, after `assign_slots`.
+    pub(super) fn sync_own_sources(&mut self) -> Result<()> {
+        let own = OwnSourcesIndex::from_entries(&self.entries_with_slots()?);
+        for ifindex in 0..OWN_SOURCES_DEVICES {
+            let want = own.list(ifindex);
+            let have = self
+                .own_sources
+                .get(&ifindex, 0)
+                .with_context(|| format!("cannot read the own sources of if{ifindex}"))?;
+            if bytemuck::cast::<_, OwnSources>(have) != want {
+                self.write_lists(&[(ifindex, want)])?;
+            }
+        }
+        self.own = Some(own);
+        Ok(())
+    }
+
+    /// The entry of `addr` as the program sees it, if any.
+    fn entry_with_slot(&self, addr: IpAddr) -> Result<Option<Egress>> {
+        let value = match addr {
+            IpAddr::V4(a) => self.v4.get(&a.octets(), 0),
+            IpAddr::V6(a) => self.v6.get(&a.octets(), 0),
+        };
+        match value {
+            Ok(value) => Ok(Some(bytemuck::cast(value))),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read the guard's entry for {addr}")),
+        }
     }
 
     /// Every entry, IPv4 and IPv6, without its counters slot.

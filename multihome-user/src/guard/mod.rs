@@ -5,6 +5,7 @@
 
 mod attach;
 mod maps;
+mod own_sources;
 mod pins;
 
 use std::{
@@ -118,6 +119,7 @@ impl Guard {
         };
         let mut maps = PinnedMaps::open(pin_dir)?;
         maps.assign_slots()?;
+        maps.sync_own_sources()?;
         Ok(Guard {
             maps,
             ebpf,

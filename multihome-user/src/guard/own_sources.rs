@@ -1,0 +1,333 @@
+//! The map layer's copy of the devices' own-source lists (see `multihome_ebpf::own_sources`),
+//! and the order in which a change of one source entry rewrites them.
+//!
+//! Pure: the caller writes the lists this returns, before and after the entry itself.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use multihome_ebpf::{
+    own_sources::{claims, OwnV4, OwnV6, OWN_SOURCES_DEVICES, OWN_V4, OWN_V6},
+    Egress, OwnSources,
+};
+
+/// A listed source: the address, the tag a frame must carry (0: any) and its counters slot.
+type Item = (IpAddr, u16, u16);
+
+/// The lists to write around a change of one entry: `before` the entry changes (no list names
+/// the source any more), `after` it changed (the lists name it where the new entry passes it).
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Writes {
+    pub before: Vec<(u32, OwnSources)>,
+    pub after: Vec<(u32, OwnSources)>,
+}
+
+/// Every device's sources, listed or not (a list keeps the lowest few of each family).
+#[derive(Debug, Default)]
+pub(super) struct OwnSourcesIndex {
+    by_device: BTreeMap<u32, BTreeSet<Item>>,
+}
+
+impl OwnSourcesIndex {
+    /// The index of the entries as the program sees them (with their counters slots).
+    pub fn from_entries(entries: &BTreeMap<IpAddr, Egress>) -> Self {
+        let mut index = Self::default();
+        for (&addr, entry) in entries {
+            index.add(addr, entry);
+        }
+        index
+    }
+
+    /// The list of `ifindex`, as the map must hold it (all zero when it has none).
+    pub fn list(&self, ifindex: u32) -> OwnSources {
+        let mut list = OwnSources::default();
+        let Some(items) = self.by_device.get(&ifindex) else {
+            return list;
+        };
+        let v4 = items
+            .iter()
+            .filter_map(|&(addr, vlan_id, counter_slot)| match addr {
+                IpAddr::V4(a) => Some(OwnV4 {
+                    addr: a.octets(),
+                    vlan_id,
+                    counter_slot,
+                }),
+                IpAddr::V6(_) => None,
+            });
+        let v6 = items
+            .iter()
+            .filter_map(|&(addr, vlan_id, counter_slot)| match addr {
+                IpAddr::V6(a) => Some(OwnV6 {
+                    addr: a.octets(),
+                    vlan_id,
+                    counter_slot,
+                    _pad: 0,
+                }),
+                IpAddr::V4(_) => None,
+            });
+        for (slot, own) in list.v4.iter_mut().zip(v4.take(OWN_V4)) {
+            *slot = own;
+        }
+        for (slot, own) in list.v6.iter_mut().zip(v6.take(OWN_V6)) {
+            *slot = own;
+        }
+        list
+    }
+
+    /// Records that the entry of `addr` goes from `old` to `new` (`None`: no entry) and returns
+    /// the lists that change, in the order that keeps every list naming only sources the source
+    /// maps pass on its device: without `addr` before its entry is written, with it after.
+    pub fn change(&mut self, addr: IpAddr, old: Option<&Egress>, new: Option<&Egress>) -> Writes {
+        let claimed = |entry: Option<&Egress>| -> BTreeSet<(u32, Item)> {
+            entry.map_or_else(BTreeSet::new, |entry| items(addr, entry).collect())
+        };
+        let (old_items, new_items) = (claimed(old), claimed(new));
+        if old_items == new_items {
+            return Writes::default();
+        }
+        let devices: BTreeSet<u32> = old_items
+            .iter()
+            .chain(&new_items)
+            .map(|(d, _)| *d)
+            .collect();
+        let lists = |index: &Self| -> Vec<(u32, OwnSources)> {
+            devices.iter().map(|&d| (d, index.list(d))).collect()
+        };
+        let was = lists(self);
+        if let Some(old) = old {
+            self.remove(addr, old);
+        }
+        let without = lists(self);
+        if let Some(new) = new {
+            self.add(addr, new);
+        }
+        let now = lists(self);
+        Writes {
+            before: changed(&was, without.clone()),
+            after: changed(&without, now),
+        }
+    }
+
+    fn add(&mut self, addr: IpAddr, entry: &Egress) {
+        for (device, item) in items(addr, entry) {
+            self.by_device.entry(device).or_default().insert(item);
+        }
+    }
+
+    fn remove(&mut self, addr: IpAddr, entry: &Egress) {
+        for (device, item) in items(addr, entry) {
+            if let Some(set) = self.by_device.get_mut(&device) {
+                set.remove(&item);
+                if set.is_empty() {
+                    self.by_device.remove(&device);
+                }
+            }
+        }
+    }
+}
+
+/// The lists of `to` that differ from those of `from` (the same devices, in the same order).
+fn changed(from: &[(u32, OwnSources)], to: Vec<(u32, OwnSources)>) -> Vec<(u32, OwnSources)> {
+    from.iter()
+        .zip(to)
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|(_, write)| write)
+        .collect()
+}
+
+/// The listed sources an entry makes: one per device it passes on that has a slot in the map.
+/// The unspecified address would end a list; it never has an entry anyway.
+fn items(addr: IpAddr, entry: &Egress) -> impl Iterator<Item = (u32, Item)> + '_ {
+    claims(entry)
+        .filter(move |&(device, _)| device < OWN_SOURCES_DEVICES && !addr.is_unspecified())
+        .map(move |(device, vlan_id)| (device, (addr, vlan_id, entry.counter_slot)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use multihome_ebpf::{decide, Packet, Source, Verdict};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const ETH0: u32 = 2;
+    const UPLINKS: [u32; 3] = [10, 11, 12];
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
+
+    /// More IPv4 sources than a list holds, so that full lists are exercised.
+    fn addr(i: u8) -> IpAddr {
+        if i < 12 {
+            IpAddr::V4(Ipv4Addr::new(192, 168, 0, 100 + i))
+        } else {
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(i)))
+        }
+    }
+
+    fn source(addr: IpAddr) -> Source {
+        match addr {
+            IpAddr::V4(a) => Source::V4(a.octets()),
+            IpAddr::V6(a) => Source::V6(a.octets()),
+        }
+    }
+
+    fn plain(uplink: u32, slot: u16) -> Egress {
+        Egress {
+            uplink_ifindex: uplink,
+            mtu: 1500,
+            counter_slot: slot,
+            ..bytemuck::Zeroable::zeroed()
+        }
+    }
+
+    /// Uplinks of every kind the decision knows: plain, VLAN child of eth0, MAC-based child,
+    /// and a child eth0 cannot tell apart.
+    fn entry() -> impl Strategy<Value = Egress> {
+        (0..3usize, 0..4u8, 1..4u16).prop_map(|(uplink, kind, slot)| {
+            let plain = plain(UPLINKS[uplink], slot);
+            let child = Egress {
+                lower_ifindex: ETH0,
+                ..plain
+            };
+            match kind {
+                0 => plain,
+                1 => Egress {
+                    vlan_id: 101 + uplink as u16,
+                    ..child
+                },
+                2 => Egress {
+                    match_mac: 1,
+                    mac: MAC,
+                    ..child
+                },
+                _ => child,
+            }
+        })
+    }
+
+    /// Every list answer is the decision's: where a list passes a packet, `decide` passes it
+    /// on the entry the maps hold, counted in that entry's slot.
+    fn sound(lists: &BTreeMap<u32, OwnSources>, truth: &BTreeMap<IpAddr, Egress>) {
+        for (&ifindex, list) in lists {
+            for i in 0..16 {
+                for vlan in [None, Some(101), Some(102), Some(103)] {
+                    let src = source(addr(i));
+                    let Some(slot) = list.pass(&src, vlan) else {
+                        continue;
+                    };
+                    let entry = truth.get(&addr(i));
+                    let packet = Packet {
+                        ifindex,
+                        vlan,
+                        src_mac: [2, 0, 0, 0, 0, 0xee],
+                        src,
+                        dst: src,
+                        l3_len: 100,
+                        gso: false,
+                    };
+                    assert_eq!(
+                        decide(&packet, entry),
+                        Verdict::Pass,
+                        "if{ifindex} lists {:?} on {vlan:?}, the entry is {entry:?}",
+                        addr(i)
+                    );
+                    assert_eq!(Some(slot), entry.map(|e| e.counter_slot));
+                }
+            }
+        }
+    }
+
+    fn apply(lists: &mut BTreeMap<u32, OwnSources>, writes: &[(u32, OwnSources)]) {
+        for (ifindex, list) in writes {
+            lists.insert(*ifindex, *list);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 2_000,
+            failure_persistence: None,
+            rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+            ..ProptestConfig::default()
+        })]
+
+        /// Random entry changes, written in the order `change` gives: at every step the lists
+        /// only pass what the entries pass, and once the change is written they are the lists
+        /// of the entries.
+        #[test]
+        fn lists_never_pass_what_the_entries_would_not(
+            changes in proptest::collection::vec((0..16u8, proptest::option::of(entry())), 1..60)
+        ) {
+            let mut truth = BTreeMap::new();
+            let mut lists = BTreeMap::new();
+            let mut index = OwnSourcesIndex::default();
+            for (i, new) in changes {
+                let addr = addr(i);
+                let old = truth.get(&addr).copied();
+                let writes = index.change(addr, old.as_ref(), new.as_ref());
+                apply(&mut lists, &writes.before);
+                sound(&lists, &truth);
+                match new {
+                    Some(new) => truth.insert(addr, new),
+                    None => truth.remove(&addr),
+                };
+                sound(&lists, &truth);
+                apply(&mut lists, &writes.after);
+                sound(&lists, &truth);
+                let rebuilt = OwnSourcesIndex::from_entries(&truth);
+                for device in [ETH0].iter().chain(&UPLINKS) {
+                    let have = lists.get(device).copied().unwrap_or_default();
+                    prop_assert_eq!(have, rebuilt.list(*device), "if{}", device);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_source_leaves_its_old_list_before_its_entry_moves_and_joins_the_new_one_after() {
+        let s = addr(0);
+        let mut index = OwnSourcesIndex::from_entries(&BTreeMap::from([(s, plain(10, 1))]));
+        let writes = index.change(s, Some(&plain(10, 1)), Some(&plain(11, 2)));
+        assert_eq!(writes.before, vec![(10, OwnSources::default())]);
+        assert_eq!(writes.after.len(), 1);
+        let (device, list) = writes.after[0];
+        assert_eq!(device, 11);
+        assert_eq!(list.pass(&source(s), None), Some(2));
+        // What does not change the lists (here the MTU) writes none.
+        let writes = index.change(
+            s,
+            Some(&plain(11, 2)),
+            Some(&Egress {
+                mtu: 9000,
+                ..plain(11, 2)
+            }),
+        );
+        assert_eq!(writes, Writes::default());
+    }
+
+    #[test]
+    fn a_vlan_childs_source_is_listed_on_its_parent_for_its_tag_only() {
+        let s = addr(1);
+        let child = Egress {
+            lower_ifindex: ETH0,
+            vlan_id: 102,
+            ..plain(11, 3)
+        };
+        let index = OwnSourcesIndex::from_entries(&BTreeMap::from([(s, child)]));
+        assert_eq!(index.list(11).pass(&source(s), None), Some(3));
+        assert_eq!(index.list(ETH0).pass(&source(s), Some(102)), Some(3));
+        assert_eq!(index.list(ETH0).pass(&source(s), Some(101)), None);
+        assert_eq!(index.list(ETH0).pass(&source(s), None), None);
+    }
+
+    #[test]
+    fn devices_past_the_map_have_no_list() {
+        let s = addr(2);
+        let mut index = OwnSourcesIndex::default();
+        let writes = index.change(s, None, Some(&plain(OWN_SOURCES_DEVICES, 1)));
+        assert_eq!(writes, Writes::default());
+    }
+}
