@@ -119,7 +119,7 @@ fn a_later_process_finds_maps_counters_and_attachments_and_removes_them() {
 
     // Cleanup from yet another process removes attachments and pins.
     let removed = ns.enter(|| guard::remove_all(pins.path())).unwrap();
-    assert_eq!(removed.len(), 5, "{removed:?}");
+    assert_eq!(removed.len(), 2 + 4, "two attachments, four maps: {removed:?}");
     assert!(!pins.path().exists());
     assert!(ns.enter(|| tcx_programs("wan1")).is_empty());
     assert!(ns.enter(|| tcx_programs("wan2")).is_empty());
@@ -278,4 +278,64 @@ fn pin_map(path: &Path, [kind, key, value, entries, name]: [&str; 5]) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn own_source_lists_follow_the_entries_and_a_stale_one_is_rewritten_at_load() {
+    require_root();
+    let ns = Netns::new("go").unwrap();
+    veth(&ns, "wan1", &ns, "wan1p").unwrap();
+    veth(&ns, "wan2", &ns, "wan2p").unwrap();
+    let (wan1, wan2) = (ns.ifindex("wan1").unwrap(), ns.ifindex("wan2").unwrap());
+    let pins = PinDir::new("po");
+    let src = "192.168.0.20";
+    let mut guard = Guard::load(pins.path(), AttachMode::Auto).unwrap();
+    guard
+        .put_entry(src.parse().unwrap(), &egress(wan1, 1500))
+        .unwrap();
+    assert_eq!(pass_one(&mut guard, &ns, src, wan1), TC_ACT_UNSPEC);
+    assert_eq!(pass_one(&mut guard, &ns, src, wan2), TC_ACT_REDIRECT);
+    // The address moves to wan2 (same subnet): wan1's list lets go of it.
+    guard
+        .put_entry(src.parse().unwrap(), &egress(wan2, 1500))
+        .unwrap();
+    assert_eq!(pass_one(&mut guard, &ns, src, wan1), TC_ACT_REDIRECT);
+    assert_eq!(pass_one(&mut guard, &ns, src, wan2), TC_ACT_UNSPEC);
+    assert_eq!(guard.counters().unwrap()[&wan2].passed, 1);
+    let own = pins.path().join("OWN_SOURCES");
+    let lookup = Command::new("bpftool")
+        .args(["map", "lookup", "pinned"])
+        .arg(&own)
+        .arg("key")
+        .args(wan2.to_ne_bytes().map(|b| b.to_string()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&lookup.stdout);
+    // For the record (`cargo test -- --nocapture`), as the README shows it.
+    eprintln!("{text}");
+    assert!(
+        text.contains("\"addr\": [192,168,0,20") || text.contains("\"addr\": [192, 168, 0, 20"),
+        "bpftool map lookup of wan2's list: {text}{}",
+        String::from_utf8_lossy(&lookup.stderr)
+    );
+
+    // A list left by a daemon that did not keep them (another version) names the address on
+    // wan1 again; the program believes it (so the list is what decides) until a load rewrites it.
+    let mut stale = vec![192, 168, 0, 20, 0, 0, 0, 0];
+    stale.resize(size_of::<multihome_ebpf::OwnSources>(), 0);
+    let update = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&own)
+        .arg("key")
+        .args(wan1.to_ne_bytes().map(|b| b.to_string()))
+        .arg("value")
+        .args(stale.iter().map(|b| b.to_string()))
+        .output()
+        .unwrap();
+    assert!(update.status.success(), "{update:?}");
+    assert_eq!(pass_one(&mut guard, &ns, src, wan1), TC_ACT_UNSPEC);
+    drop(guard);
+    let mut again = Guard::load(pins.path(), AttachMode::Auto).unwrap();
+    assert_eq!(pass_one(&mut again, &ns, src, wan1), TC_ACT_REDIRECT);
+    assert_eq!(pass_one(&mut again, &ns, src, wan2), TC_ACT_UNSPEC);
 }
