@@ -6,6 +6,7 @@ pub const MAP_SRC_V4: &str = "SRC_V4";
 pub const MAP_SRC_V6: &str = "SRC_V6";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_OWN_SOURCES: &str = "OWN_SOURCES";
+pub const MAP_SOURCE_FILTER: &str = "SOURCE_FILTER";
 
 /// Capacity of each source map: a few addresses for each of hundreds of uplinks.
 pub const MAX_SOURCES: u32 = 4096;

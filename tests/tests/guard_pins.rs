@@ -119,7 +119,11 @@ fn a_later_process_finds_maps_counters_and_attachments_and_removes_them() {
 
     // Cleanup from yet another process removes attachments and pins.
     let removed = ns.enter(|| guard::remove_all(pins.path())).unwrap();
-    assert_eq!(removed.len(), 2 + 4, "two attachments, four maps: {removed:?}");
+    assert_eq!(
+        removed.len(),
+        2 + 5,
+        "two attachments, five maps: {removed:?}"
+    );
     assert!(!pins.path().exists());
     assert!(ns.enter(|| tcx_programs("wan1")).is_empty());
     assert!(ns.enter(|| tcx_programs("wan2")).is_empty());
@@ -281,7 +285,7 @@ fn pin_map(path: &Path, [kind, key, value, entries, name]: [&str; 5]) {
 }
 
 #[test]
-fn own_source_lists_follow_the_entries_and_a_stale_one_is_rewritten_at_load() {
+fn shortcuts_follow_the_entries_and_stale_ones_are_rewritten_at_load() {
     require_root();
     let ns = Netns::new("go").unwrap();
     veth(&ns, "wan1", &ns, "wan1p").unwrap();
@@ -338,4 +342,20 @@ fn own_source_lists_follow_the_entries_and_a_stale_one_is_rewritten_at_load() {
     let mut again = Guard::load(pins.path(), AttachMode::Auto).unwrap();
     assert_eq!(pass_one(&mut again, &ns, src, wan1), TC_ACT_REDIRECT);
     assert_eq!(pass_one(&mut again, &ns, src, wan2), TC_ACT_UNSPEC);
+
+    // Likewise a source filter without the address's bit: its packets pass anywhere as if it
+    // had no entry, until a load rewrites the filter.
+    let filter = pins.path().join("SOURCE_FILTER");
+    let clear = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&filter)
+        .args(["key", "0", "0", "0", "0", "value"])
+        .args(vec!["0"; size_of::<multihome_ebpf::SourceFilter>()])
+        .output()
+        .unwrap();
+    assert!(clear.status.success(), "{clear:?}");
+    assert_eq!(pass_one(&mut again, &ns, src, wan1), TC_ACT_UNSPEC);
+    drop(again);
+    let mut third = Guard::load(pins.path(), AttachMode::Auto).unwrap();
+    assert_eq!(pass_one(&mut third, &ns, src, wan1), TC_ACT_REDIRECT);
 }

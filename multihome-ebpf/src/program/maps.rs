@@ -8,7 +8,7 @@ use aya_ebpf::{
 use multihome_ebpf::{
     maps::{MAX_SOURCES, MAX_UPLINKS},
     own_sources::OWN_SOURCES_DEVICES,
-    CounterSlot, Egress, OwnSources, Source, SrcV4, SrcV6,
+    CounterSlot, Egress, OwnSources, Source, SourceFilter, SrcV4, SrcV6,
 };
 
 #[btf_map]
@@ -27,6 +27,17 @@ static OWN_SOURCES: Array<OwnSources, { OWN_SOURCES_DEVICES as usize }> = Array:
 #[inline(always)]
 pub fn own_sources(ifindex: u32) -> Option<&'static OwnSources> {
     OWN_SOURCES.get(ifindex)
+}
+
+#[btf_map]
+static SOURCE_FILTER: Array<SourceFilter, 1> = Array::new();
+
+/// Whether `src` may have an entry (see `multihome_ebpf::source_filter`).
+#[inline(always)]
+pub fn may_have_entry(src: &Source) -> bool {
+    SOURCE_FILTER
+        .get(0)
+        .is_none_or(|filter| filter.may_have(src))
 }
 
 /// The entry for a packet's source address.

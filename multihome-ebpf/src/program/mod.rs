@@ -43,6 +43,10 @@ fn guard(ctx: &TcContext) -> i32 {
         maps::count(slot, Counter::Passed, 0);
         return TC_ACT_UNSPEC;
     }
+    // A source whose filter bit is clear has no entry, so the lookup would miss.
+    if !maps::may_have_entry(&frame.src) {
+        return TC_ACT_UNSPEC;
+    }
     let Some(entry) = maps::lookup(&frame.src) else {
         return TC_ACT_UNSPEC;
     };

@@ -10,25 +10,30 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray, PerCpuValues};
 use multihome_ebpf::{
-    maps::{MAP_COUNTERS, MAP_OWN_SOURCES, MAP_SRC_V4, MAP_SRC_V6, MAX_SOURCES, MAX_UPLINKS},
+    maps::{
+        MAP_COUNTERS, MAP_OWN_SOURCES, MAP_SOURCE_FILTER, MAP_SRC_V4, MAP_SRC_V6, MAX_SOURCES,
+        MAX_UPLINKS,
+    },
     own_sources::OWN_SOURCES_DEVICES,
-    CounterSlot, Counters, Egress, OwnSources, SrcV4, SrcV6,
+    CounterSlot, Counters, Egress, OwnSources, SourceFilter, SrcV4, SrcV6,
 };
 
 use super::{
-    own_sources::{OwnSourcesIndex, Writes},
     privilege_hint,
+    shortcuts::{Shortcuts, Write, Writes},
 };
 
 const EGRESS_LEN: usize = size_of::<Egress>();
 const SLOT_LEN: usize = size_of::<CounterSlot>();
 const OWN_LEN: usize = size_of::<OwnSources>();
+const FILTER_LEN: usize = size_of::<SourceFilter>();
 
 /// The maps' values as aya sees them: byte arrays, cast to the shared `#[repr(C)]` types with
 /// bytemuck (aya's own `Pod` cannot be implemented for another crate's types).
 type Sources<const K: usize> = HashMap<MapData, [u8; K], [u8; EGRESS_LEN]>;
 type CounterMap = PerCpuArray<MapData, [u8; SLOT_LEN]>;
 type OwnSourcesMap = Array<MapData, [u8; OWN_LEN]>;
+type FilterMap = Array<MapData, [u8; FILTER_LEN]>;
 
 /// What a map pinned under a given name must look like to be reused by a new program.
 pub(super) struct Shape {
@@ -40,7 +45,7 @@ pub(super) struct Shape {
 }
 
 /// The maps the program uses, in the order of `multihome_ebpf::maps`.
-pub(super) const SHAPES: [Shape; 4] = [
+pub(super) const SHAPES: [Shape; 5] = [
     Shape {
         name: MAP_SRC_V4,
         map_type: MapType::Hash,
@@ -69,6 +74,13 @@ pub(super) const SHAPES: [Shape; 4] = [
         value_size: OWN_LEN as u32,
         max_entries: OWN_SOURCES_DEVICES,
     },
+    Shape {
+        name: MAP_SOURCE_FILTER,
+        map_type: MapType::Array,
+        key_size: size_of::<u32>() as u32,
+        value_size: FILTER_LEN as u32,
+        max_entries: 1,
+    },
 ];
 
 impl Shape {
@@ -85,10 +97,11 @@ impl Shape {
     }
 }
 
-/// The source maps, the counters and the devices' own-source lists, opened from their pins.
+/// The source maps, the counters and the shortcuts (the devices' own-source lists and the
+/// source filter), opened from their pins.
 ///
-/// The counters slots and the own-source lists are this layer's business, derived from the
-/// entries as they are written. Each entry carries its uplink's slot (`Egress::counter_slot`),
+/// The counters slots and the shortcuts are this layer's business, derived from the entries as
+/// they are written. Each entry carries its uplink's slot (`Egress::counter_slot`),
 /// assigned here, and each slot names its uplink. Callers see entries without slots (`entries`
 /// zeroes them, as the plan leaves them) and counters by uplink ifindex.
 pub struct PinnedMaps {
@@ -96,12 +109,13 @@ pub struct PinnedMaps {
     v6: Sources<16>,
     counters: CounterMap,
     own_sources: OwnSourcesMap,
+    filter: FilterMap,
     /// Uplink ifindex -> its counters slot, read from the map when first needed (only writing
     /// an entry needs it) and kept current by this process, the map's only writer.
     slots: Option<BTreeMap<u32, u16>>,
-    /// Every device's sources, built from the entries when first needed and kept current the
-    /// same way; dropped after a failed write, to be built again from what the maps hold.
-    own: Option<OwnSourcesIndex>,
+    /// The shortcuts, built from the entries when first needed and kept current the same way;
+    /// dropped after a failed write, to be built again from what the maps hold.
+    shortcuts: Option<Shortcuts>,
 }
 
 impl PinnedMaps {
@@ -112,8 +126,9 @@ impl PinnedMaps {
             v6: open(pin_dir, MAP_SRC_V6)?,
             counters: open(pin_dir, MAP_COUNTERS)?,
             own_sources: open(pin_dir, MAP_OWN_SOURCES)?,
+            filter: open(pin_dir, MAP_SOURCE_FILTER)?,
             slots: None,
-            own: None,
+            shortcuts: None,
         })
     }
 
@@ -145,61 +160,71 @@ impl PinnedMaps {
         })
     }
 
-    /// Changes the entry of `addr` to `new` with `write`, between the own-source list writes
-    /// that keep the lists naming only sources the entries pass (see `own_sources`).
+    /// Changes the entry of `addr` to `new` with `write`, between the shortcut writes that keep
+    /// them from passing what the entries would not (see `shortcuts`).
     fn change_entry(
         &mut self,
         addr: IpAddr,
         new: Option<&Egress>,
         write: impl FnOnce(&mut Self) -> Result<()>,
     ) -> Result<()> {
-        let result = self.own_writes(addr, new).and_then(|writes| {
-            self.write_lists(&writes.before)?;
+        let result = self.shortcut_writes(addr, new).and_then(|writes| {
+            self.write_shortcuts(&writes.before)?;
             write(self)?;
-            self.write_lists(&writes.after)
+            self.write_shortcuts(&writes.after)
         });
         if result.is_err() {
-            self.own = None;
+            self.shortcuts = None;
         }
         result
     }
 
-    fn own_writes(&mut self, addr: IpAddr, new: Option<&Egress>) -> Result<Writes> {
+    fn shortcut_writes(&mut self, addr: IpAddr, new: Option<&Egress>) -> Result<Writes> {
         let old = self.entry_with_slot(addr)?;
-        let mut own = match self.own.take() {
-            Some(own) => own,
-            None => OwnSourcesIndex::from_entries(&self.entries_with_slots()?),
+        let mut shortcuts = match self.shortcuts.take() {
+            Some(shortcuts) => shortcuts,
+            None => Shortcuts::from_entries(&self.entries_with_slots()?),
         };
-        let writes = own.change(addr, old.as_ref(), new);
-        self.own = Some(own);
+        let writes = shortcuts.change(addr, old.as_ref(), new);
+        self.shortcuts = Some(shortcuts);
         Ok(writes)
     }
 
-    fn write_lists(&mut self, lists: &[(u32, OwnSources)]) -> Result<()> {
-        for (ifindex, list) in lists {
-            self.own_sources
-                .set(*ifindex, bytemuck::cast::<_, [u8; OWN_LEN]>(*list), 0)
-                .with_context(|| format!("cannot write the own sources of if{ifindex}"))?;
+    fn write_shortcuts(&mut self, writes: &[Write]) -> Result<()> {
+        for write in writes {
+            match *write {
+                Write::List(ifindex, list) => self
+                    .own_sources
+                    .set(ifindex, bytemuck::cast::<_, [u8; OWN_LEN]>(list), 0)
+                    .with_context(|| format!("cannot write the own sources of if{ifindex}"))?,
+                Write::Filter(filter) => self
+                    .filter
+                    .set(0, bytemuck::cast::<_, [u8; FILTER_LEN]>(filter), 0)
+                    .context("cannot write the guard's source filter")?,
+            }
         }
         Ok(())
     }
 
-    /// Makes the own-source lists those of the entries: a list is only ever missing something
-    /// after a crash between writes, but one left by a daemon of another version, which did
-    /// not keep them, may name a source that moved. For the loader, after `assign_slots`.
-    pub(super) fn sync_own_sources(&mut self) -> Result<()> {
-        let own = OwnSourcesIndex::from_entries(&self.entries_with_slots()?);
+    /// Makes the shortcuts those of the entries. Written by this layer alone they can only miss
+    /// a list entry or keep a spare filter bit (a crash between writes), but a daemon of another
+    /// version, which did not keep them, may have left a list naming a source that moved or a
+    /// filter without a new source's bit. For the loader, after `assign_slots`; the filter
+    /// first, as a clear bit hides an entry.
+    pub(super) fn sync_shortcuts(&mut self) -> Result<()> {
+        let shortcuts = Shortcuts::from_entries(&self.entries_with_slots()?);
+        self.write_shortcuts(&[Write::Filter(shortcuts.filter())])?;
         for ifindex in 0..OWN_SOURCES_DEVICES {
-            let want = own.list(ifindex);
+            let want = shortcuts.list(ifindex);
             let have = self
                 .own_sources
                 .get(&ifindex, 0)
                 .with_context(|| format!("cannot read the own sources of if{ifindex}"))?;
             if bytemuck::cast::<_, OwnSources>(have) != want {
-                self.write_lists(&[(ifindex, want)])?;
+                self.write_shortcuts(&[Write::List(ifindex, want)])?;
             }
         }
-        self.own = Some(own);
+        self.shortcuts = Some(shortcuts);
         Ok(())
     }
 

@@ -5,8 +5,8 @@
 
 mod attach;
 mod maps;
-mod own_sources;
 mod pins;
+mod shortcuts;
 
 use std::{
     collections::BTreeSet,
@@ -119,7 +119,7 @@ impl Guard {
         };
         let mut maps = PinnedMaps::open(pin_dir)?;
         maps.assign_slots()?;
-        maps.sync_own_sources()?;
+        maps.sync_shortcuts()?;
         Ok(Guard {
             maps,
             ebpf,

@@ -1,7 +1,8 @@
-//! The map layer's copy of the devices' own-source lists (see `multihome_ebpf::own_sources`),
-//! and the order in which a change of one source entry rewrites them.
+//! The map layer's copy of what lets the program skip the source's hash lookup: the devices'
+//! own-source lists (`multihome_ebpf::own_sources`) and the filter of sources with an entry
+//! (`multihome_ebpf::source_filter`), and the order in which a change of one entry rewrites them.
 //!
-//! Pure: the caller writes the lists this returns, before and after the entry itself.
+//! Pure: the caller writes what this returns, before and after the entry itself.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,34 +11,46 @@ use std::{
 
 use multihome_ebpf::{
     own_sources::{claims, OwnV4, OwnV6, OWN_SOURCES_DEVICES, OWN_V4, OWN_V6},
-    Egress, OwnSources,
+    source_filter, Egress, OwnSources, Source, SourceFilter,
 };
 
 /// A listed source: the address, the tag a frame must carry (0: any) and its counters slot.
 type Item = (IpAddr, u16, u16);
 
-/// The lists to write around a change of one entry: `before` the entry changes (no list names
-/// the source any more), `after` it changed (the lists name it where the new entry passes it).
+/// One write to the shortcut maps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Write {
+    /// The own-source list of a device.
+    List(u32, OwnSources),
+    Filter(SourceFilter),
+}
+
+/// The writes around a change of one entry, in order. `before` the entry changes: the filter
+/// gains the source's bit, and no list names the source any more. `after`: the lists name it
+/// where the new entry passes it, and the filter loses a bit no entry has any more.
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct Writes {
-    pub before: Vec<(u32, OwnSources)>,
-    pub after: Vec<(u32, OwnSources)>,
+    pub before: Vec<Write>,
+    pub after: Vec<Write>,
 }
 
-/// Every device's sources, listed or not (a list keeps the lowest few of each family).
+/// Every device's sources, listed or not (a list keeps the lowest few of each family), and how
+/// many sources with an entry each filter bit stands for.
 #[derive(Debug, Default)]
-pub(super) struct OwnSourcesIndex {
+pub(super) struct Shortcuts {
     by_device: BTreeMap<u32, BTreeSet<Item>>,
+    bits: BTreeMap<u32, u32>,
 }
 
-impl OwnSourcesIndex {
-    /// The index of the entries as the program sees them (with their counters slots).
+impl Shortcuts {
+    /// The shortcuts of the entries as the program sees them (with their counters slots).
     pub fn from_entries(entries: &BTreeMap<IpAddr, Egress>) -> Self {
-        let mut index = Self::default();
+        let mut shortcuts = Self::default();
         for (&addr, entry) in entries {
-            index.add(addr, entry);
+            shortcuts.add(addr, entry);
+            *shortcuts.bits.entry(bit(addr)).or_default() += 1;
         }
-        index
+        shortcuts
     }
 
     /// The list of `ifindex`, as the map must hold it (all zero when it has none).
@@ -76,24 +89,63 @@ impl OwnSourcesIndex {
         list
     }
 
+    /// The filter, as the map must hold it.
+    pub fn filter(&self) -> SourceFilter {
+        let mut filter = SourceFilter::default();
+        for &bit in self.bits.keys() {
+            filter.set(bit);
+        }
+        filter
+    }
+
     /// Records that the entry of `addr` goes from `old` to `new` (`None`: no entry) and returns
-    /// the lists that change, in the order that keeps every list naming only sources the source
-    /// maps pass on its device: without `addr` before its entry is written, with it after.
+    /// what changes, in the order that keeps every list naming only sources the source maps
+    /// pass on its device, and the filter's bit set for every source with an entry.
     pub fn change(&mut self, addr: IpAddr, old: Option<&Egress>, new: Option<&Egress>) -> Writes {
+        let mut writes = Writes::default();
+        let bit = bit(addr);
+        if old.is_none() && new.is_some() {
+            let count = self.bits.entry(bit).or_default();
+            *count += 1;
+            if *count == 1 {
+                writes.before.push(Write::Filter(self.filter()));
+            }
+        }
+        let (before, after) = self.change_lists(addr, old, new);
+        writes.before.extend(before);
+        writes.after.extend(after);
+        if old.is_some() && new.is_none() {
+            if let Some(count) = self.bits.get_mut(&bit) {
+                *count -= 1;
+                if *count == 0 {
+                    self.bits.remove(&bit);
+                    writes.after.push(Write::Filter(self.filter()));
+                }
+            }
+        }
+        writes
+    }
+
+    /// The list writes of `change`: without `addr` before its entry is written, with it after.
+    fn change_lists(
+        &mut self,
+        addr: IpAddr,
+        old: Option<&Egress>,
+        new: Option<&Egress>,
+    ) -> (Vec<Write>, Vec<Write>) {
         let claimed = |entry: Option<&Egress>| -> BTreeSet<(u32, Item)> {
             entry.map_or_else(BTreeSet::new, |entry| items(addr, entry).collect())
         };
-        let (old_items, new_items) = (claimed(old), claimed(new));
-        if old_items == new_items {
-            return Writes::default();
+        if claimed(old) == claimed(new) {
+            return (Vec::new(), Vec::new());
         }
-        let devices: BTreeSet<u32> = old_items
+        let devices: BTreeSet<u32> = claimed(old)
             .iter()
-            .chain(&new_items)
+            .chain(&claimed(new))
             .map(|(d, _)| *d)
             .collect();
-        let lists = |index: &Self| -> Vec<(u32, OwnSources)> {
-            devices.iter().map(|&d| (d, index.list(d))).collect()
+        let lists = |shortcuts: &Self| -> Vec<(u32, OwnSources)> {
+            devices.iter().map(|&d| (d, shortcuts.list(d))).collect()
         };
         let was = lists(self);
         if let Some(old) = old {
@@ -104,10 +156,7 @@ impl OwnSourcesIndex {
             self.add(addr, new);
         }
         let now = lists(self);
-        Writes {
-            before: changed(&was, without.clone()),
-            after: changed(&without, now),
-        }
+        (changed(&was, without.clone()), changed(&without, now))
     }
 
     fn add(&mut self, addr: IpAddr, entry: &Egress) {
@@ -128,12 +177,13 @@ impl OwnSourcesIndex {
     }
 }
 
-/// The lists of `to` that differ from those of `from` (the same devices, in the same order).
-fn changed(from: &[(u32, OwnSources)], to: Vec<(u32, OwnSources)>) -> Vec<(u32, OwnSources)> {
+/// The list writes for the lists of `to` that differ from those of `from` (the same devices, in
+/// the same order).
+fn changed(from: &[(u32, OwnSources)], to: Vec<(u32, OwnSources)>) -> Vec<Write> {
     from.iter()
         .zip(to)
         .filter(|((_, a), (_, b))| a != b)
-        .map(|(_, write)| write)
+        .map(|(_, (device, list))| Write::List(device, list))
         .collect()
 }
 
@@ -145,11 +195,23 @@ fn items(addr: IpAddr, entry: &Egress) -> impl Iterator<Item = (u32, Item)> + '_
         .map(move |(device, vlan_id)| (device, (addr, vlan_id, entry.counter_slot)))
 }
 
+fn bit(addr: IpAddr) -> u32 {
+    source_filter::bit(&source(addr))
+}
+
+/// The program's view of an address.
+pub(super) fn source(addr: IpAddr) -> Source {
+    match addr {
+        IpAddr::V4(a) => Source::V4(a.octets()),
+        IpAddr::V6(a) => Source::V6(a.octets()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    use multihome_ebpf::{decide, Packet, Source, Verdict};
+    use multihome_ebpf::{decide, Packet, Verdict};
     use proptest::prelude::*;
 
     use super::*;
@@ -164,13 +226,6 @@ mod tests {
             IpAddr::V4(Ipv4Addr::new(192, 168, 0, 100 + i))
         } else {
             IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(i)))
-        }
-    }
-
-    fn source(addr: IpAddr) -> Source {
-        match addr {
-            IpAddr::V4(a) => Source::V4(a.octets()),
-            IpAddr::V6(a) => Source::V6(a.octets()),
         }
     }
 
@@ -240,9 +295,35 @@ mod tests {
         }
     }
 
-    fn apply(lists: &mut BTreeMap<u32, OwnSources>, writes: &[(u32, OwnSources)]) {
-        for (ifindex, list) in writes {
-            lists.insert(*ifindex, *list);
+    /// The shortcut maps as the program sees them.
+    #[derive(Default)]
+    struct Maps {
+        lists: BTreeMap<u32, OwnSources>,
+        filter: SourceFilter,
+    }
+
+    impl Maps {
+        fn apply(&mut self, writes: &[Write]) {
+            for write in writes {
+                match *write {
+                    Write::List(ifindex, list) => {
+                        self.lists.insert(ifindex, list);
+                    }
+                    Write::Filter(filter) => self.filter = filter,
+                }
+            }
+        }
+
+        /// Neither shortcut passes what the entries would not: the lists are sound, and no
+        /// source with an entry finds its bit clear.
+        fn sound(&self, truth: &BTreeMap<IpAddr, Egress>) {
+            sound(&self.lists, truth);
+            for addr in truth.keys() {
+                assert!(
+                    self.filter.may_have(&source(*addr)),
+                    "{addr}'s bit is clear"
+                );
+            }
         }
     }
 
@@ -254,34 +335,36 @@ mod tests {
             ..ProptestConfig::default()
         })]
 
-        /// Random entry changes, written in the order `change` gives: at every step the lists
-        /// only pass what the entries pass, and once the change is written they are the lists
-        /// of the entries.
+        /// Random entry changes, written in the order `change` gives: at every step the
+        /// shortcuts only pass what the entries pass, and once the change is written they are
+        /// those of the entries.
         #[test]
-        fn lists_never_pass_what_the_entries_would_not(
+        fn shortcuts_never_pass_what_the_entries_would_not(
             changes in proptest::collection::vec((0..16u8, proptest::option::of(entry())), 1..60)
         ) {
             let mut truth = BTreeMap::new();
-            let mut lists = BTreeMap::new();
-            let mut index = OwnSourcesIndex::default();
+            let mut maps = Maps::default();
+            let mut shortcuts = Shortcuts::default();
             for (i, new) in changes {
                 let addr = addr(i);
                 let old = truth.get(&addr).copied();
-                let writes = index.change(addr, old.as_ref(), new.as_ref());
-                apply(&mut lists, &writes.before);
-                sound(&lists, &truth);
+                let writes = shortcuts.change(addr, old.as_ref(), new.as_ref());
+                maps.apply(&writes.before);
+                maps.sound(&truth);
                 match new {
                     Some(new) => truth.insert(addr, new),
                     None => truth.remove(&addr),
                 };
-                sound(&lists, &truth);
-                apply(&mut lists, &writes.after);
-                sound(&lists, &truth);
-                let rebuilt = OwnSourcesIndex::from_entries(&truth);
+                maps.sound(&truth);
+                maps.apply(&writes.after);
+                maps.sound(&truth);
+                // Once written, the maps hold exactly what the entries make: no stale bit.
+                let rebuilt = Shortcuts::from_entries(&truth);
                 for device in [ETH0].iter().chain(&UPLINKS) {
-                    let have = lists.get(device).copied().unwrap_or_default();
+                    let have = maps.lists.get(device).copied().unwrap_or_default();
                     prop_assert_eq!(have, rebuilt.list(*device), "if{}", device);
                 }
+                prop_assert_eq!(maps.filter, rebuilt.filter());
             }
         }
     }
@@ -289,15 +372,15 @@ mod tests {
     #[test]
     fn a_source_leaves_its_old_list_before_its_entry_moves_and_joins_the_new_one_after() {
         let s = addr(0);
-        let mut index = OwnSourcesIndex::from_entries(&BTreeMap::from([(s, plain(10, 1))]));
-        let writes = index.change(s, Some(&plain(10, 1)), Some(&plain(11, 2)));
-        assert_eq!(writes.before, vec![(10, OwnSources::default())]);
-        assert_eq!(writes.after.len(), 1);
-        let (device, list) = writes.after[0];
-        assert_eq!(device, 11);
+        let mut shortcuts = Shortcuts::from_entries(&BTreeMap::from([(s, plain(10, 1))]));
+        let writes = shortcuts.change(s, Some(&plain(10, 1)), Some(&plain(11, 2)));
+        assert_eq!(writes.before, vec![Write::List(10, OwnSources::default())]);
+        let [Write::List(11, list)] = writes.after[..] else {
+            panic!("{:?}", writes.after);
+        };
         assert_eq!(list.pass(&source(s), None), Some(2));
-        // What does not change the lists (here the MTU) writes none.
-        let writes = index.change(
+        // What does not change the shortcuts (here the MTU) writes none.
+        let writes = shortcuts.change(
             s,
             Some(&plain(11, 2)),
             Some(&Egress {
@@ -316,7 +399,7 @@ mod tests {
             vlan_id: 102,
             ..plain(11, 3)
         };
-        let index = OwnSourcesIndex::from_entries(&BTreeMap::from([(s, child)]));
+        let index = Shortcuts::from_entries(&BTreeMap::from([(s, child)]));
         assert_eq!(index.list(11).pass(&source(s), None), Some(3));
         assert_eq!(index.list(ETH0).pass(&source(s), Some(102)), Some(3));
         assert_eq!(index.list(ETH0).pass(&source(s), Some(101)), None);
@@ -324,10 +407,17 @@ mod tests {
     }
 
     #[test]
-    fn devices_past_the_map_have_no_list() {
+    fn devices_past_the_map_have_no_list_but_their_sources_are_in_the_filter() {
         let s = addr(2);
-        let mut index = OwnSourcesIndex::default();
-        let writes = index.change(s, None, Some(&plain(OWN_SOURCES_DEVICES, 1)));
-        assert_eq!(writes, Writes::default());
+        let mut shortcuts = Shortcuts::default();
+        let writes = shortcuts.change(s, None, Some(&plain(OWN_SOURCES_DEVICES, 1)));
+        let [Write::Filter(filter)] = writes.before[..] else {
+            panic!("{:?}", writes.before);
+        };
+        assert!(filter.may_have(&source(s)));
+        assert_eq!(writes.after, vec![]);
+        let writes = shortcuts.change(s, Some(&plain(OWN_SOURCES_DEVICES, 1)), None);
+        assert_eq!(writes.before, vec![]);
+        assert_eq!(writes.after, vec![Write::Filter(SourceFilter::default())]);
     }
 }
