@@ -6,7 +6,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use multihome_ebpf::{decide, parse, Egress, Frame, Packet, Source, Verdict};
+use multihome_ebpf::{decide, parse, source_filter, Egress, Frame, Packet, Source, Verdict};
 
 /// Few distinct ifindexes, so that the uplink, its parent and the device coincide often.
 #[derive(Arbitrary, Debug)]
@@ -127,4 +127,5 @@ fn check_frame(bytes: &[u8], skb_vlan: Option<u16>, frame: &Frame) {
             assert_eq!(src, bytes[l3 + 8..l3 + 24]);
         }
     }
+    assert_eq!(frame.src_fold, source_filter::fold_of(&frame.src));
 }

@@ -54,6 +54,11 @@ pub struct Frame {
     pub dst: Destination,
     /// Bytes from the network header to the end of the frame.
     pub l3_len: u32,
+    /// The source's 32-bit words folded into one, for the source filter
+    /// (`crate::source_filter`). Folded here, in the family's own branch: folded later from
+    /// `src`, LLVM folds the unset bytes of an IPv4 `Source` too (and discards the result), and
+    /// the verifier refuses code that reads never-written registers.
+    pub src_fold: u32,
 }
 
 /// Parses Ethernet, up to two 802.1Q/802.1ad tags, and the IPv4 or IPv6 source and destination
@@ -76,15 +81,17 @@ pub fn parse<B: FrameBytes + ?Sized>(bytes: &B, skb_vlan: Option<u16>) -> Option
         ethertype = u16::from_be_bytes(bytes.read(offset + 2)?);
         offset += 4;
     }
-    let (src, dst) = match ethertype {
+    let (src, dst, src_fold) = match ethertype {
         ETH_P_IP => {
             let [version_ihl] = bytes.read::<1>(offset)?;
             if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
                 return None;
             }
+            let src = bytes.read(offset + 12)?;
             (
-                Source::V4(bytes.read(offset + 12)?),
+                Source::V4(src),
                 Source::V4(bytes.read(offset + 16)?),
+                fold(&src),
             )
         }
         ETH_P_IPV6 => {
@@ -92,9 +99,11 @@ pub fn parse<B: FrameBytes + ?Sized>(bytes: &B, skb_vlan: Option<u16>) -> Option
             if version >> 4 != 6 {
                 return None;
             }
+            let src = bytes.read(offset + 8)?;
             (
-                Source::V6(bytes.read(offset + 8)?),
+                Source::V6(src),
                 Source::V6(bytes.read(offset + 24)?),
+                fold(&src),
             )
         }
         _ => return None,
@@ -106,7 +115,18 @@ pub fn parse<B: FrameBytes + ?Sized>(bytes: &B, skb_vlan: Option<u16>) -> Option
         src,
         dst,
         l3_len: (bytes.len() - offset) as u32,
+        src_fold,
     })
+}
+
+/// An address's 32-bit words, XORed (one word for IPv4).
+#[inline(always)]
+pub fn fold<const N: usize>(addr: &[u8; N]) -> u32 {
+    let mut folded = 0;
+    for word in addr.chunks_exact(4) {
+        folded ^= u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+    }
+    folded
 }
 
 #[cfg(test)]
@@ -149,6 +169,7 @@ mod tests {
         assert_eq!(p.vlan, None);
         assert!(!p.tag_in_packet);
         assert_eq!(p.l3_len, 28);
+        assert_eq!(p.src_fold, u32::from_be_bytes([192, 168, 0, 100]));
     }
 
     #[test]
@@ -167,6 +188,9 @@ mod tests {
         assert_eq!(p.vlan, Some(102));
         assert!(p.tag_in_packet);
         assert_eq!(p.l3_len, 48);
+        // What user space folds for the source filter is what the parser folds.
+        assert_eq!(p.src_fold, crate::source_filter::fold_of(&p.src));
+        assert_eq!(p.src_fold, 0x2001_0db8 ^ 0x000b_0000 ^ 2);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! program then looks the source up. Rewriting the bits concurrently with a run is harmless,
 //! each bit reads as its old or its new value.
 
-use crate::frame::Source;
+use crate::frame::{fold, Source};
 
 /// Bits in the filter. With a few hundred sources most bits stay clear.
 pub const FILTER_BITS: u32 = 4096;
@@ -29,10 +29,10 @@ impl Default for SourceFilter {
 }
 
 impl SourceFilter {
-    /// Whether `src` may have an entry (its bit is set).
+    /// Whether the source whose words fold to `folded` may have an entry (its bit is set).
     #[inline(always)]
-    pub fn may_have(&self, src: &Source) -> bool {
-        let bit = bit(src);
+    pub fn may_have(&self, folded: u32) -> bool {
+        let bit = bit(folded);
         let word = self.words.get((bit / 64) as usize).copied().unwrap_or(!0);
         word & (1 << (bit % 64)) != 0
     }
@@ -44,14 +44,12 @@ impl SourceFilter {
     }
 }
 
-/// The bit of a source: its 32-bit words folded (the BPF target has no 128-bit arithmetic) and
-/// mixed (the "lowbias32" finaliser), so that addresses one apart land far apart.
+/// The bit of a source, from its 32-bit words XORed (`frame::fold`; the BPF target has no
+/// 128-bit arithmetic) and mixed (the "lowbias32" finaliser), so that addresses one apart land
+/// far apart.
 #[inline(always)]
-pub fn bit(src: &Source) -> u32 {
-    let mut x = match src {
-        Source::V4(a) => u32::from_be_bytes(*a),
-        Source::V6(a) => fold_v6(a),
-    };
+pub fn bit(folded: u32) -> u32 {
+    let mut x = folded;
     x ^= x >> 16;
     x = x.wrapping_mul(0x7feb_352d);
     x ^= x >> 15;
@@ -60,13 +58,12 @@ pub fn bit(src: &Source) -> u32 {
     x % FILTER_BITS
 }
 
-/// A BPF-to-BPF call rather than inlined: inlined, LLVM computes it for IPv4 sources too (from
-/// the enum's unset bytes) and discards the result, and the verifier refuses to read those
-/// never-written registers.
-#[inline(never)]
-fn fold_v6(a: &[u8; 16]) -> u32 {
-    let word = |i: usize| u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-    word(0) ^ word(4).rotate_left(8) ^ word(8).rotate_left(16) ^ word(12)
+/// An address's fold, as the parser makes it (`Frame::src_fold`), for user space and tests.
+pub fn fold_of(src: &Source) -> u32 {
+    match src {
+        Source::V4(a) => fold(a),
+        Source::V6(a) => fold(a),
+    }
 }
 
 #[cfg(test)]
@@ -77,20 +74,20 @@ mod tests {
     fn a_set_bit_is_found_and_bits_spread() {
         let mut filter = SourceFilter::default();
         let src = Source::V4([192, 168, 0, 20]);
-        assert!(!filter.may_have(&src));
-        filter.set(bit(&src));
-        assert!(filter.may_have(&src));
+        assert!(!filter.may_have(fold(&[192, 168, 0, 20])));
+        filter.set(bit(fold_of(&src)));
+        assert!(filter.may_have(fold(&[192, 168, 0, 20])));
         // Neighbouring addresses of one subnet (and of one IPv6 prefix) spread like random
         // bits would (256 random bits of 4096 are about 248 distinct).
         let v4: std::collections::BTreeSet<u32> = (0..=255)
-            .map(|i| bit(&Source::V4([192, 168, 0, i])))
+            .map(|i| bit(fold_of(&Source::V4([192, 168, 0, i]))))
             .collect();
         assert!(v4.len() >= 240, "{}", v4.len());
         let v6: std::collections::BTreeSet<u32> = (0..=255u8)
             .map(|i| {
                 let mut a = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
                 a[15] = i;
-                bit(&Source::V6(a))
+                bit(fold_of(&Source::V6(a)))
             })
             .collect();
         assert!(v6.len() >= 240, "{}", v6.len());

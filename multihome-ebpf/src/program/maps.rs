@@ -32,12 +32,13 @@ pub fn own_sources(ifindex: u32) -> Option<&'static OwnSources> {
 #[btf_map]
 static SOURCE_FILTER: Array<SourceFilter, 1> = Array::new();
 
-/// Whether `src` may have an entry (see `multihome_ebpf::source_filter`).
+/// Whether the source whose words fold to `src_fold` may have an entry (see
+/// `multihome_ebpf::source_filter`).
 #[inline(always)]
-pub fn may_have_entry(src: &Source) -> bool {
+pub fn may_have_entry(src_fold: u32) -> bool {
     SOURCE_FILTER
         .get(0)
-        .is_none_or(|filter| filter.may_have(src))
+        .is_none_or(|filter| filter.may_have(src_fold))
 }
 
 /// The entry for a packet's source address.

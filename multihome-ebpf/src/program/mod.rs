@@ -44,7 +44,7 @@ fn guard(ctx: &TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     }
     // A source whose filter bit is clear has no entry, so the lookup would miss.
-    if !maps::may_have_entry(&frame.src) {
+    if !maps::may_have_entry(frame.src_fold) {
         return TC_ACT_UNSPEC;
     }
     let Some(entry) = maps::lookup(&frame.src) else {

@@ -197,9 +197,9 @@ impl PinnedMaps {
                     .own_sources
                     .set(ifindex, bytemuck::cast::<_, [u8; OWN_LEN]>(list), 0)
                     .with_context(|| format!("cannot write the own sources of if{ifindex}"))?,
-                Write::Filter(filter) => self
+                Write::Filter(ref filter) => self
                     .filter
-                    .set(0, bytemuck::cast::<_, [u8; FILTER_LEN]>(filter), 0)
+                    .set(0, bytemuck::cast::<_, [u8; FILTER_LEN]>(**filter), 0)
                     .context("cannot write the guard's source filter")?,
             }
         }
@@ -213,7 +213,7 @@ impl PinnedMaps {
     /// first, as a clear bit hides an entry.
     pub(super) fn sync_shortcuts(&mut self) -> Result<()> {
         let shortcuts = Shortcuts::from_entries(&self.entries_with_slots()?);
-        self.write_shortcuts(&[Write::Filter(shortcuts.filter())])?;
+        self.write_shortcuts(&[Write::Filter(Box::new(shortcuts.filter()))])?;
         for ifindex in 0..OWN_SOURCES_DEVICES {
             let want = shortcuts.list(ifindex);
             let have = self
