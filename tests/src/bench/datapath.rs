@@ -66,14 +66,16 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> Result<i32> {
 struct Case {
     name: &'static str,
     guard: bool,
+    /// Whether the goal (within 2x of the empty program) applies.
+    goal: bool,
     frame: Vec<u8>,
     ctx: Vec<u8>,
     verdict: i32,
 }
 
 pub struct Results {
-    /// (case, median ns per packet)
-    pub ns: Vec<(&'static str, Option<f64>)>,
+    /// (case, whether the goal applies, median ns per packet)
+    pub ns: Vec<(&'static str, bool, Option<f64>)>,
 }
 
 pub fn run() -> Result<Results> {
@@ -92,6 +94,7 @@ pub fn run() -> Result<Results> {
     let plain: Ipv4Addr = "192.168.0.20".parse()?;
     let tagged: Ipv4Addr = "192.168.0.102".parse()?;
     let v6: Ipv6Addr = "2001:db8:b::20".parse()?;
+    let mac_child: Ipv4Addr = "192.168.0.77".parse()?;
     guard.put_entry(plain.into(), &egress(wan2, 1500))?;
     guard.put_entry(v6.into(), &egress(wan2, 1500))?;
     guard.put_entry(
@@ -99,6 +102,15 @@ pub fn run() -> Result<Results> {
         &Egress {
             lower_ifindex: eth0,
             vlan_id: 102,
+            ..egress(wan2, 1500)
+        },
+    )?;
+    guard.put_entry(
+        mac_child.into(),
+        &Egress {
+            lower_ifindex: eth0,
+            match_mac: 1,
+            mac: MAC,
             ..egress(wan2, 1500)
         },
     )?;
@@ -115,6 +127,7 @@ pub fn run() -> Result<Results> {
         Case {
             name: "empty TC program",
             guard: false,
+            goal: false,
             frame: v4(plain),
             ctx: on(wan2),
             verdict: TC_ACT_UNSPEC,
@@ -122,6 +135,7 @@ pub fn run() -> Result<Results> {
         Case {
             name: "guard, pass, IPv4",
             guard: true,
+            goal: true,
             frame: v4(plain),
             ctx: on(wan2),
             verdict: TC_ACT_UNSPEC,
@@ -129,6 +143,7 @@ pub fn run() -> Result<Results> {
         Case {
             name: "guard, pass, IPv6",
             guard: true,
+            goal: true,
             frame: frame(MAC, &[], ETH_P_IPV6, &ipv6(v6, 80)),
             ctx: on(wan2),
             verdict: TC_ACT_UNSPEC,
@@ -136,6 +151,7 @@ pub fn run() -> Result<Results> {
         Case {
             name: "guard, pass, 802.1Q-tagged on the parent",
             guard: true,
+            goal: true,
             frame: frame(MAC, &[102], ETH_P_IP, &ipv4(tagged, 60)),
             ctx: on(eth0),
             verdict: TC_ACT_UNSPEC,
@@ -143,13 +159,23 @@ pub fn run() -> Result<Results> {
         Case {
             name: "guard, pass, source without entry",
             guard: true,
+            goal: true,
             frame: v4("198.51.100.7".parse()?),
             ctx: on(wan1),
             verdict: TC_ACT_UNSPEC,
         },
         Case {
+            name: "guard, pass, MAC-based child on the parent (hash lookup)",
+            guard: true,
+            goal: false,
+            frame: v4(mac_child),
+            ctx: on(eth0),
+            verdict: TC_ACT_UNSPEC,
+        },
+        Case {
             name: "guard, redirect, IPv4",
             guard: true,
+            goal: false,
             frame: v4(plain),
             ctx: on(wan1),
             verdict: TC_ACT_REDIRECT,
@@ -183,15 +209,15 @@ pub fn run() -> Result<Results> {
         ns: cases
             .iter()
             .zip(samples)
-            .map(|(case, s)| (case.name, median(&s)))
+            .map(|(case, s)| (case.name, case.goal, median(&s)))
             .collect(),
     })
 }
 
 pub fn section(results: &Results) -> Section {
-    let empty = results.ns.first().and_then(|(_, ns)| *ns);
+    let empty = results.ns.first().and_then(|(_, _, ns)| *ns);
     let mut rows = Vec::new();
-    for (name, ns) in &results.ns {
+    for (name, goal, ns) in &results.ns {
         rows.push(Row::new(
             format!("{name}: ns/packet"),
             Figure::Value(*ns, "ns"),
@@ -199,7 +225,7 @@ pub fn section(results: &Results) -> Section {
         if empty.is_some() && *ns != empty {
             let r = ratio(*ns, empty);
             let row = Row::new(format!("{name}: / empty"), Figure::Value(r, "x"));
-            rows.push(if name.contains("pass") {
+            rows.push(if *goal {
                 row.goal("<= 2x", r.map(|r| r <= 2.0))
             } else {
                 row
@@ -212,7 +238,11 @@ pub fn section(results: &Results) -> Section {
             "BPF_PROG_TEST_RUN, repeat {REPEAT}, kernel-reported average ns per run, median of \
              {TRIALS} trials (interleaved), 74-byte IPv4 / 94-byte IPv6 UDP frames. The empty \
              program is `return TC_ACT_UNSPEC` loaded by the bench; the guard is the daemon's \
-             object with three map entries."
+             object with four map entries. A source listed for the device it leaves through \
+             passes after an array lookup, a source without entry after a filter bit; the \
+             MAC-based child's source (never listed) and the redirect take the source's hash \
+             lookup. The goal applies to the pass paths the issue names, and to the source \
+             without entry."
         ),
         rows,
     }
