@@ -8,6 +8,12 @@
 //! lists may be incomplete (a full list, a device past [`OWN_SOURCES_DEVICES`], a write still to
 //! come); a source not listed takes the hash lookup, so [`OwnSources::pass`] only ever answers
 //! "pass" where `decide` would.
+//!
+//! One limit, of a single run during a write: the kernel copies a new list over the old one
+//! without a lock, so a run reading it meanwhile may see an item half old, half new. Old and new
+//! items are both right; a mix of two different addresses is another address, and a packet from
+//! exactly that address, if it belongs to another uplink, would pass once. Uplinks sharing a
+//! subnet (the common case) differ in the last bytes only, where a mix is one or the other.
 
 use crate::{frame::Source, maps::Egress};
 
