@@ -26,25 +26,16 @@ fn bpftool_prints_the_entries_by_field_name() {
     let mut guard = Guard::load(pins.path(), AttachMode::Auto).unwrap();
     let addr: IpAddr = "192.168.0.20".parse().unwrap();
     guard.put_entry(addr, &egress(4242, 1500)).unwrap();
-    let out = Command::new("bpftool")
-        .args(["map", "dump", "pinned"])
-        .arg(pins.path().join("SRC_V4"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = bpftool([
+        "map",
+        "dump",
+        "pinned",
+        &path_arg(&pins.path().join("SRC_V4")),
+    ]);
     assert!(text.contains("\"uplink_ifindex\": 4242"), "{text}");
     assert!(text.contains("\"addr\""), "{text}");
     // The program's size, for the record (`cargo test -- --nocapture`).
-    let prog = Command::new("bpftool")
-        .args(["prog", "show", "name", guard::PROGRAM_NAME])
-        .output()
-        .unwrap();
-    eprintln!("{}", String::from_utf8_lossy(&prog.stdout));
+    eprintln!("{}", bpftool(["prog", "show", "name", guard::PROGRAM_NAME]));
     drop(guard);
 }
 
@@ -140,12 +131,7 @@ fn a_pinned_map_of_another_layout_is_replaced() {
     let mut guard = Guard::load(pins.path(), AttachMode::Auto).unwrap();
     let addr: IpAddr = "192.168.0.20".parse().unwrap();
     guard.put_entry(addr, &egress(7, 1500)).unwrap();
-    let show = Command::new("bpftool")
-        .args(["map", "show", "pinned"])
-        .arg(&stale)
-        .output()
-        .unwrap();
-    let show = String::from_utf8_lossy(&show.stdout);
+    let show = bpftool(["map", "show", "pinned", &path_arg(&stale)]);
     assert!(
         show.contains("value 40B") && show.contains("max_entries 4096"),
         "{show}"
@@ -183,12 +169,7 @@ fn an_older_counters_map_is_replaced_and_the_kept_entries_are_counted_again() {
     pin_map(&counters, ["percpu_hash", "4", "40", "1024", "COUNTERS"]);
 
     let mut second = Guard::load(pins.path(), AttachMode::Auto).unwrap();
-    let show = Command::new("bpftool")
-        .args(["map", "show", "pinned"])
-        .arg(&counters)
-        .output()
-        .unwrap();
-    let show = String::from_utf8_lossy(&show.stdout);
+    let show = bpftool(["map", "show", "pinned", &path_arg(&counters)]);
     assert!(show.contains("percpu_array"), "{show}");
     // The entry survived in its own map, and counts in a slot of its uplink again.
     assert_eq!(
@@ -200,12 +181,7 @@ fn an_older_counters_map_is_replaced_and_the_kept_entries_are_counted_again() {
         TC_ACT_UNSPEC
     );
     assert_eq!(second.counters().unwrap()[&wan2].passed, 1);
-    let dump = Command::new("bpftool")
-        .args(["map", "dump", "pinned"])
-        .arg(&counters)
-        .output()
-        .unwrap();
-    let dump = String::from_utf8_lossy(&dump.stdout);
+    let dump = bpftool(["map", "dump", "pinned", &path_arg(&counters)]);
     assert!(
         dump.contains(&format!("\"uplink_ifindex\": {wan2}")) && dump.contains("\"passed\": 1"),
         "{dump}"
@@ -270,18 +246,49 @@ fn counters_slots_of_uplinks_without_entries_are_taken_back_when_all_are_taken()
 
 /// Pins a new map at `path` with bpftool: an earlier version's layout, for the loader to replace.
 fn pin_map(path: &Path, [kind, key, value, entries, name]: [&str; 5]) {
-    let out = Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(path)
-        .args(["type", kind, "key", key, "value", value])
-        .args(["entries", entries, "name", name])
-        .output()
-        .unwrap();
+    bpftool([
+        "map",
+        "create",
+        &path_arg(path),
+        "type",
+        kind,
+        "key",
+        key,
+        "value",
+        value,
+        "entries",
+        entries,
+        "name",
+        name,
+    ]);
+}
+
+fn path_arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Runs bpftool, which must succeed, and returns what it printed.
+fn bpftool<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> String {
+    let out = Command::new("bpftool").args(args).output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "bpftool: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// bpftool's arguments for `map OP pinned PATH key ...`, the key (and any value) as bytes.
+fn map_op(op: &str, path: &Path, key: &[u8], value: Option<&[u8]>) -> Vec<String> {
+    let mut args = vec!["map".to_owned(), op.to_owned(), "pinned".to_owned()];
+    args.push(path_arg(path));
+    args.push("key".to_owned());
+    args.extend(key.iter().map(u8::to_string));
+    if let Some(value) = value {
+        args.push("value".to_owned());
+        args.extend(value.iter().map(u8::to_string));
+    }
+    args
 }
 
 #[test]
@@ -307,36 +314,19 @@ fn shortcuts_follow_the_entries_and_stale_ones_are_rewritten_at_load() {
     assert_eq!(pass_one(&mut guard, &ns, src, wan2), TC_ACT_UNSPEC);
     assert_eq!(guard.counters().unwrap()[&wan2].passed, 1);
     let own = pins.path().join("OWN_SOURCES");
-    let lookup = Command::new("bpftool")
-        .args(["map", "lookup", "pinned"])
-        .arg(&own)
-        .arg("key")
-        .args(wan2.to_ne_bytes().map(|b| b.to_string()))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&lookup.stdout);
+    let text = bpftool(map_op("lookup", &own, &wan2.to_ne_bytes(), None));
     // For the record (`cargo test -- --nocapture`), as the README shows it.
     eprintln!("{text}");
     assert!(
         text.contains("\"addr\": [192,168,0,20") || text.contains("\"addr\": [192, 168, 0, 20"),
-        "bpftool map lookup of wan2's list: {text}{}",
-        String::from_utf8_lossy(&lookup.stderr)
+        "bpftool map lookup of wan2's list: {text}"
     );
 
     // A list left by a daemon that did not keep them (another version) names the address on
     // wan1 again; the program believes it (so the list is what decides) until a load rewrites it.
     let mut stale = vec![192, 168, 0, 20, 0, 0, 0, 0];
     stale.resize(size_of::<multihome_ebpf::OwnSources>(), 0);
-    let update = Command::new("bpftool")
-        .args(["map", "update", "pinned"])
-        .arg(&own)
-        .arg("key")
-        .args(wan1.to_ne_bytes().map(|b| b.to_string()))
-        .arg("value")
-        .args(stale.iter().map(|b| b.to_string()))
-        .output()
-        .unwrap();
-    assert!(update.status.success(), "{update:?}");
+    bpftool(map_op("update", &own, &wan1.to_ne_bytes(), Some(&stale)));
     assert_eq!(pass_one(&mut guard, &ns, src, wan1), TC_ACT_UNSPEC);
     drop(guard);
     let mut again = Guard::load(pins.path(), AttachMode::Auto).unwrap();
@@ -346,14 +336,8 @@ fn shortcuts_follow_the_entries_and_stale_ones_are_rewritten_at_load() {
     // Likewise a source filter without the address's bit: its packets pass anywhere as if it
     // had no entry, until a load rewrites the filter.
     let filter = pins.path().join("SOURCE_FILTER");
-    let clear = Command::new("bpftool")
-        .args(["map", "update", "pinned"])
-        .arg(&filter)
-        .args(["key", "0", "0", "0", "0", "value"])
-        .args(vec!["0"; size_of::<multihome_ebpf::SourceFilter>()])
-        .output()
-        .unwrap();
-    assert!(clear.status.success(), "{clear:?}");
+    let zeros = [0; size_of::<multihome_ebpf::SourceFilter>()];
+    bpftool(map_op("update", &filter, &[0; 4], Some(&zeros)));
     assert_eq!(pass_one(&mut again, &ns, src, wan1), TC_ACT_UNSPEC);
     drop(again);
     let mut third = Guard::load(pins.path(), AttachMode::Auto).unwrap();
