@@ -343,3 +343,41 @@ fn shortcuts_follow_the_entries_and_stale_ones_are_rewritten_at_load() {
     let mut third = Guard::load(pins.path(), AttachMode::Auto).unwrap();
     assert_eq!(pass_one(&mut third, &ns, src, wan1), TC_ACT_REDIRECT);
 }
+
+#[test]
+fn a_load_outlasts_signals_that_interrupt_the_verifier() {
+    require_root();
+    extern "C" fn ignore(_: libc::c_int) {}
+    // SAFETY: a handler that does nothing, for a signal nothing else in this binary uses.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+            0
+        );
+    }
+    let pins = PinDir::new("pg");
+    // SAFETY: pthread_self has no preconditions.
+    let loader = unsafe { libc::pthread_self() } as usize;
+    const STORM: std::time::Duration = std::time::Duration::from_millis(150);
+    let storm = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while start.elapsed() < STORM {
+            // SAFETY: the loading thread outlives the storm (it joins it below).
+            unsafe { libc::pthread_kill(loader as libc::pthread_t, libc::SIGUSR1) };
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    });
+    let start = std::time::Instant::now();
+    let guard = Guard::load(pins.path(), AttachMode::Auto);
+    let took = start.elapsed();
+    storm.join().unwrap();
+    guard.unwrap();
+    // Verifying takes tens of milliseconds, longer than the gaps between signals: the load can
+    // only have succeeded once the storm was over, after the verifier was interrupted.
+    assert!(
+        took >= STORM - std::time::Duration::from_millis(10),
+        "{took:?}"
+    );
+}

@@ -13,12 +13,13 @@ use std::{
     io,
     ops::{Deref, DerefMut},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     include_bytes_aligned,
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions},
     Ebpf, EbpfLoader,
 };
 
@@ -107,9 +108,7 @@ impl Guard {
                 privilege_hint("run with --no-ebpf to use the rules only")
             )
         })?;
-        program(&mut ebpf)?
-            .load()
-            .map_err(|e| anyhow!("the kernel refused the eBPF guard: {e}; run with --no-ebpf"))?;
+        load_program(&mut ebpf)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -282,6 +281,28 @@ pub fn remove_all(pin_dir: &Path) -> Result<Vec<String>> {
             )
         }),
         _ => Ok(removed),
+    }
+}
+
+/// How long a load is tried again while the verifier keeps being interrupted.
+const LOAD_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Loads the program into the kernel. The verifier gives up with EAGAIN when the loading thread
+/// has a signal pending (a SIGHUP to the daemon, say) and is then simply tried again, as libbpf
+/// does; the program takes tens of milliseconds to verify, a wide window.
+fn load_program(ebpf: &mut Ebpf) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        match program(ebpf)?.load() {
+            Ok(()) => return Ok(()),
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN)
+                    && started.elapsed() < LOAD_PATIENCE =>
+            {
+                log::debug!("verifying the guard was interrupted by a signal: again");
+            }
+            Err(e) => bail!("the kernel refused the eBPF guard: {e}; run with --no-ebpf"),
+        }
     }
 }
 
