@@ -10,7 +10,7 @@ use std::{
 };
 
 use multihome_ebpf::{
-    own_sources::{claims, OwnV4, OwnV6, OWN_SOURCES_DEVICES, OWN_V4, OWN_V6},
+    own_sources::{claims, OwnV4, OwnV6, OWN_SOURCES_DEVICES},
     source_filter, Egress, OwnSources, Source, SourceFilter,
 };
 
@@ -59,32 +59,29 @@ impl Shortcuts {
         let Some(items) = self.by_device.get(&ifindex) else {
             return list;
         };
-        let v4 = items
-            .iter()
-            .filter_map(|&(addr, vlan_id, counter_slot)| match addr {
-                IpAddr::V4(a) => Some(OwnV4 {
-                    addr: a.octets(),
-                    vlan_id,
-                    counter_slot,
-                }),
-                IpAddr::V6(_) => None,
-            });
-        let v6 = items
-            .iter()
-            .filter_map(|&(addr, vlan_id, counter_slot)| match addr {
-                IpAddr::V6(a) => Some(OwnV6 {
-                    addr: a.octets(),
-                    vlan_id,
-                    counter_slot,
-                    _pad: 0,
-                }),
-                IpAddr::V4(_) => None,
-            });
-        for (slot, own) in list.v4.iter_mut().zip(v4.take(OWN_V4)) {
-            *slot = own;
-        }
-        for (slot, own) in list.v6.iter_mut().zip(v6.take(OWN_V6)) {
-            *slot = own;
+        let (mut v4, mut v6) = (list.v4.iter_mut(), list.v6.iter_mut());
+        for &(addr, vlan_id, counter_slot) in items {
+            match addr {
+                IpAddr::V4(a) => {
+                    if let Some(slot) = v4.next() {
+                        *slot = OwnV4 {
+                            addr: a.octets(),
+                            vlan_id,
+                            counter_slot,
+                        };
+                    }
+                }
+                IpAddr::V6(a) => {
+                    if let Some(slot) = v6.next() {
+                        *slot = OwnV6 {
+                            addr: a.octets(),
+                            vlan_id,
+                            counter_slot,
+                            _pad: 0,
+                        };
+                    }
+                }
+            }
         }
         list
     }
@@ -136,12 +133,13 @@ impl Shortcuts {
         let claimed = |entry: Option<&Egress>| -> BTreeSet<(u32, Item)> {
             entry.map_or_else(BTreeSet::new, |entry| items(addr, entry).collect())
         };
-        if claimed(old) == claimed(new) {
+        let (old_items, new_items) = (claimed(old), claimed(new));
+        if old_items == new_items {
             return (Vec::new(), Vec::new());
         }
-        let devices: BTreeSet<u32> = claimed(old)
+        let devices: BTreeSet<u32> = old_items
             .iter()
-            .chain(&claimed(new))
+            .chain(&new_items)
             .map(|(d, _)| *d)
             .collect();
         let lists = |shortcuts: &Self| -> Vec<(u32, OwnSources)> {
