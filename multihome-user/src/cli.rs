@@ -73,6 +73,11 @@ pub struct RunArgs {
     /// Leave rules, routes and the guard in place on SIGTERM/SIGINT.
     #[arg(long)]
     pub keep_on_exit: bool,
+    /// With no uplink configured (no UPLINK given, MULTIHOME_UPLINKS empty or unset): stay
+    /// idle and say so (in the log, and to systemd as the unit's status) instead of exiting 2.
+    /// The unit uses it, so that an installed package waits for /etc/default/multihome.
+    #[arg(long)]
+    pub idle_without_uplinks: bool,
     /// How the guard attaches to devices.
     #[arg(long, value_enum, default_value_t = AttachChoice::Auto)]
     pub attach: AttachChoice,

@@ -14,8 +14,9 @@ use tokio::io::Interest;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{AttachChoice, RunArgs};
-use crate::config::{self, Config, GatewaySpec, Params};
+use crate::config::{self, Config, ConfigError, GatewaySpec, Params};
 use crate::guard::{self, AttachMode, Guard};
+use crate::idle;
 use crate::instance;
 use crate::netlink::{Events, Netlink, Notice};
 use crate::notify::{self, notify};
@@ -34,7 +35,13 @@ const RETRY_PAUSES: [Duration; 4] = [
 ];
 
 pub fn main(args: RunArgs) -> Result<ExitCode, Fatal> {
-    let config = config_from(&args)?;
+    let config = match config_from(&args) {
+        Err(ConfigError::NoUplinks) if args.idle_without_uplinks => {
+            runtime()?.block_on(idle::wait())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        config => config.map_err(Fatal::usage)?,
+    };
     let mut needed = vec![CAP_NET_ADMIN];
     if config.ebpf {
         needed.extend([CAP_BPF, CAP_PERFMON]);
@@ -45,25 +52,27 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Fatal> {
             cap.name, cap.why
         )));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Fatal::failure(format!("starting the runtime: {err}")))?;
-    runtime.block_on(run(config, &args))?;
+    runtime()?.block_on(run(config, &args))?;
     Ok(ExitCode::SUCCESS)
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, Fatal> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Fatal::failure(format!("starting the runtime: {err}")))
+}
+
 /// The configuration from the command line, or from $MULTIHOME_UPLINKS without uplinks there.
-fn config_from(args: &RunArgs) -> Result<Config, Fatal> {
+fn config_from(args: &RunArgs) -> Result<Config, ConfigError> {
     let uplinks = if args.uplinks.is_empty() {
         let list = std::env::var("MULTIHOME_UPLINKS").unwrap_or_default();
-        config::parse_uplink_list(&list).map_err(Fatal::usage)?
+        config::parse_uplink_list(&list)?
     } else {
         args.uplinks
             .iter()
             .map(|s| s.parse())
-            .collect::<Result<_, _>>()
-            .map_err(Fatal::usage)?
+            .collect::<Result<_, _>>()?
     };
     Config::new(Params {
         uplinks,
@@ -71,15 +80,13 @@ fn config_from(args: &RunArgs) -> Result<Config, Fatal> {
             .gateways
             .iter()
             .map(|s| s.parse::<GatewaySpec>())
-            .collect::<Result<_, _>>()
-            .map_err(Fatal::usage)?,
+            .collect::<Result<_, _>>()?,
         table_base: args.table_base,
         priority: args.priority,
         protocol: args.owned.protocol,
         rules: !args.no_rules,
         ebpf: !args.no_ebpf,
     })
-    .map_err(Fatal::usage)
 }
 
 async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {

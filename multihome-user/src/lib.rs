@@ -12,6 +12,7 @@ pub mod defaults;
 pub mod diff;
 pub mod generate;
 pub mod guard;
+mod idle;
 pub mod instance;
 pub mod linger;
 pub mod logging;

@@ -426,6 +426,88 @@ fn the_daemon_speaks_sd_notify_ready_watchdog_stopping() {
     std::fs::remove_file(socket_path).unwrap();
 }
 
+/// Installed and enabled but not configured yet (the package's /etc/default/multihome names
+/// no uplink): the unit's ExecStart idles, tells systemd why (STATUS=, shown by `systemctl
+/// status`), answers the watchdog, touches nothing and stops cleanly; a run from a shell
+/// without the flag refuses with exit 2 instead.
+#[test]
+fn without_uplinks_the_units_command_idles_and_says_why() {
+    use std::os::unix::net::UnixDatagram;
+    let unit = unit();
+    let exec = directive(&unit, "ExecStart");
+    assert_eq!(
+        exec,
+        ["/usr/local/bin/multihome run --idle-without-uplinks $MULTIHOME_OPTS"]
+    );
+    let (host, _router) = host();
+    let socket_path = std::env::temp_dir().join(format!("{}-notify", host.name()));
+    let _ = std::fs::remove_file(&socket_path);
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let notify = format!("NOTIFY_SOCKET={}", socket_path.display());
+    let bin = multihome_bin().display().to_string();
+    // What systemd's EnvironmentFile= makes of the shipped file: MULTIHOME_OPTS="" and no
+    // MULTIHOME_UPLINKS.
+    let log = std::env::temp_dir().join(format!("{}-idle.log", host.name()));
+    let mut idle = host
+        .spawn_logged(
+            &[
+                "env",
+                "-u",
+                "MULTIHOME_UPLINKS",
+                "MULTIHOME_OPTS=",
+                &notify,
+                "WATCHDOG_USEC=200000",
+                &bin,
+                "run",
+                "--idle-without-uplinks",
+            ],
+            &log,
+        )
+        .unwrap();
+    let next = || {
+        let mut buf = [0; 512];
+        let n = socket.recv(&mut buf).expect("a notification within 5 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let why = "no uplinks configured: set MULTIHOME_UPLINKS in /etc/default/multihome, then run \
+               `systemctl restart multihome`; idle until then";
+    assert_eq!(next(), format!("READY=1\nSTATUS={why}"));
+    for _ in 0..3 {
+        assert_eq!(next(), "WATCHDOG=1");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches(why).count(), 1, "{text}");
+    assert!(idle.running(), "{text}");
+    let rules = host.sh("ip rule; ip -6 rule").unwrap();
+    assert!(!rules.contains("proto 77"), "{rules}");
+    assert!(!host.pin_dir().exists());
+    assert!(idle.stop(libc::SIGTERM).unwrap().success());
+    let rest = std::iter::from_fn(|| {
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0; 64];
+        let n = socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .last();
+    assert_eq!(rest.as_deref(), Some("STOPPING=1"));
+
+    let out = host
+        .command("env")
+        .args(["-u", "MULTIHOME_UPLINKS", &bin, "run"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no uplink given"), "{stderr}");
+    std::fs::remove_file(socket_path).unwrap();
+    std::fs::remove_file(log).unwrap();
+}
+
 #[test]
 fn iproute2_reads_the_protocol_name_from_rt_protos_d() {
     require_root();

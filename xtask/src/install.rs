@@ -296,7 +296,9 @@ mod tests {
         assert_eq!(tree(&root), EXPECTED);
         let unit =
             fs::read_to_string(root.join("usr/lib/systemd/system/multihome.service")).unwrap();
-        assert!(unit.contains("\nExecStart=/usr/bin/multihome run $MULTIHOME_OPTS\n"));
+        assert!(unit.contains(
+            "\nExecStart=/usr/bin/multihome run --idle-without-uplinks $MULTIHOME_OPTS\n"
+        ));
         let mode = fs::metadata(root.join("usr/bin/multihome"))
             .unwrap()
             .permissions()
