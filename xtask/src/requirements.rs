@@ -31,6 +31,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "strace", // tier 3: the unit test holds the daemon's system calls to the unit's filter
     "busybox-static", // tier 4: the guest's shell and small tools (static: no libraries)
     "binutils", // tier 4: strips multihome's debug info for the initramfs
+    "dpkg-dev", // package: dpkg-shlibdeps and dpkg-gencontrol write the control file
+    "lintian", // package tier: the packages' policy check
 ];
 
 /// The Debian packages for nightly's LLVM major `llvm`.
@@ -211,9 +213,9 @@ pub fn plan(observed: &Observed) -> Plan {
         commands.push(Cmd {
             env: vec![],
             path_prefix: None,
-            argv: words("apt-get update"),
+            argv: apt("update"),
         });
-        let mut argv = words("apt-get install -y --no-install-recommends");
+        let mut argv = apt("install -y --no-install-recommends");
         argv.extend(missing_packages);
         commands.push(Cmd {
             env: vec![("DEBIAN_FRONTEND", "noninteractive".into())],
@@ -256,6 +258,14 @@ fn linker_install(llvm: u32, replace: bool) -> Cmd {
         path_prefix: Some(format!("/usr/lib/llvm-{llvm}/bin")),
         argv,
     }
+}
+
+/// An apt-get command that waits (up to 10 minutes) for another apt or dpkg to finish instead
+/// of failing at once: other work on the machine may hold dpkg's lock.
+fn apt(args: &str) -> Vec<String> {
+    let mut argv = words("apt-get -o DPkg::Lock::Timeout=600");
+    argv.extend(words(args));
+    argv
 }
 
 fn words(s: &str) -> Vec<String> {
@@ -349,9 +359,9 @@ mod tests {
         assert_eq!(
             rendered(&plan(&observed)),
             [
-                "apt-get update",
-                "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-                 llvm-22-dev cpio",
+                "apt-get -o DPkg::Lock::Timeout=600 update",
+                "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y \
+                 --no-install-recommends llvm-22-dev cpio",
             ]
         );
     }
@@ -394,7 +404,7 @@ mod tests {
         let plan = plan(&observed);
         let commands = rendered(&plan);
         assert_eq!(commands.len(), 4);
-        assert_eq!(commands[0], "apt-get update");
+        assert_eq!(commands[0], "apt-get -o DPkg::Lock::Timeout=600 update");
         for package in debian_packages(22) {
             assert!(
                 commands[1].contains(&package),
