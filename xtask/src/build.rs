@@ -12,3 +12,15 @@ pub fn run(release: bool) -> Result<()> {
     }
     proc::run(&mut cmd)
 }
+
+/// Builds the release binary for this machine (`cargo xtask install`, the packages) and returns
+/// its path.
+pub fn release_binary() -> Result<std::path::PathBuf> {
+    proc::run(&mut proc::cargo([
+        "build",
+        "--release",
+        "--package",
+        "multihome",
+    ]))?;
+    Ok(crate::run::target_dir()?.join("release/multihome"))
+}

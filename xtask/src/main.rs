@@ -5,6 +5,7 @@ mod build;
 mod demo;
 mod fuzz;
 mod install;
+mod package;
 mod proc;
 mod requirements;
 mod run;
@@ -50,6 +51,25 @@ enum Task {
     Install(InstallArgs),
     /// Remove what install wrote (a modified /etc/default/multihome stays).
     Uninstall(InstallArgs),
+    /// Build release and write target/package/multihome_VERSION_ARCH.deb for each arch.
+    Package {
+        /// Default: this machine's.
+        #[arg(long, value_enum)]
+        arch: Option<package::ArchChoice>,
+        /// Build as this Debian version instead of dist/debian/changelog's (e.g. an older one).
+        #[arg(long, value_name = "VERSION")]
+        version: Option<String>,
+        /// Where the packages go (default target/package).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+        /// Also unpack each package into DIR/ARCH (what it installs, e.g. for a VM).
+        #[arg(long, value_name = "DIR")]
+        extract: Option<std::path::PathBuf>,
+        /// Then run the package tier: lintian, file lists, control fields, and dpkg install,
+        /// upgrade, remove and purge of this machine's package (needs root).
+        #[arg(long)]
+        test: bool,
+    },
     /// Fuzz the guard's frame parser and decision for a bounded time (nightly, cargo-fuzz).
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -91,6 +111,19 @@ fn main() -> ExitCode {
         Task::Demo => demo::run(),
         Task::Install(a) => install::install(&a.prefix, a.destdir.as_deref()),
         Task::Uninstall(a) => install::uninstall(&a.prefix, a.destdir.as_deref()),
+        Task::Package {
+            arch,
+            version,
+            out_dir,
+            extract,
+            test,
+        } => package::run(&package::Request {
+            arch,
+            version,
+            out_dir,
+            extract,
+            test,
+        }),
         Task::Fuzz { seconds } => fuzz::run(seconds),
         Task::Vm { kvm, timeout } => {
             vm::run(if kvm { vm::Accel::Kvm } else { vm::Accel::Tcg }, timeout)

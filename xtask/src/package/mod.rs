@@ -1,0 +1,315 @@
+//! `cargo xtask package`: Debian packages of the release build, `multihome_VERSION_ARCH.deb`.
+//!
+//! Made with dpkg's own tools rather than cargo-deb (which every fresh machine would have to
+//! compile first): `install::Layout::debian` stages the files (the one table of what goes
+//! where, shared with `cargo xtask install`), this module adds what Debian policy asks of a
+//! package (stripped binary, gzipped man pages, copyright and changelog), `control` writes the
+//! DEBIAN/ tree (dpkg-shlibdeps and dpkg-gencontrol compute Depends and Installed-Size, the
+//! maintainer scripts come from dist/debian/), and `dpkg-deb --build` makes the archive.
+//! `--test` then runs the package tier (tests/tests/package.rs) against what was built.
+
+mod control;
+mod docs;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::install::{self, Layout};
+use crate::proc::{self, OperatorError};
+
+/// `--arch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchChoice {
+    Amd64,
+    Arm64,
+    All,
+}
+
+impl ArchChoice {
+    fn arches(self) -> Vec<Arch> {
+        match self {
+            ArchChoice::Amd64 => vec![Arch::Amd64],
+            ArchChoice::Arm64 => vec![Arch::Arm64],
+            ArchChoice::All => vec![Arch::Amd64, Arch::Arm64],
+        }
+    }
+}
+
+/// A Debian architecture multihome is packaged for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    /// Debian's name (the package's Architecture: field).
+    pub fn deb(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// Rust's target triple.
+    fn rust_target(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-unknown-linux-gnu",
+            Arch::Arm64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    /// The GNU triplet that prefixes the arch's binutils (Debian's binutils-<triplet>).
+    fn gnu_triplet(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-linux-gnu",
+            Arch::Arm64 => "aarch64-linux-gnu",
+        }
+    }
+
+    fn from_deb(name: &str) -> Option<Arch> {
+        [Arch::Amd64, Arch::Arm64]
+            .into_iter()
+            .find(|a| a.deb() == name)
+    }
+
+    /// This machine's architecture, as dpkg names it.
+    fn host() -> Result<Arch> {
+        let name = proc::stdout_of(Command::new("dpkg").arg("--print-architecture"))?;
+        Arch::from_deb(name.trim()).with_context(|| {
+            format!(
+                "packaging runs on amd64 or arm64 Debian/Ubuntu; this machine is {:?}",
+                name.trim()
+            )
+        })
+    }
+}
+
+/// What `cargo xtask package` was asked for.
+pub struct Request {
+    /// None: this machine's architecture.
+    pub arch: Option<ArchChoice>,
+    /// Replaces the version dist/debian/changelog gives (e.g. an older one, to test upgrades).
+    pub version: Option<String>,
+    /// Where the packages go (default target/package).
+    pub out_dir: Option<PathBuf>,
+    /// Extract each package into DIR/ARCH afterwards (`dpkg-deb -x`).
+    pub extract: Option<PathBuf>,
+    /// Run the package tier against the packages afterwards.
+    pub test: bool,
+}
+
+/// One package to build: the binary for its architecture, the version, where it goes.
+struct Build<'a> {
+    arch: Arch,
+    binary: &'a Path,
+    /// A build of the same sources that runs here: renders the man pages and completions.
+    generator: &'a Path,
+    release: &'a docs::Release,
+    out_dir: &'a Path,
+}
+
+pub fn run(request: &Request) -> Result<()> {
+    if request.test && !proc::is_root() {
+        return Err(OperatorError(
+            "package --test installs and purges the package with dpkg: run it as root".into(),
+        )
+        .into());
+    }
+    let host = Arch::host()?;
+    let release = docs::Release::read(request.version.as_deref())?;
+    let out_dir = match &request.out_dir {
+        Some(dir) => dir.clone(),
+        None => crate::run::target_dir()?.join("package"),
+    };
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let generator = crate::build::release_binary()?;
+    let mut debs = Vec::new();
+    let arches = request.arch.map_or(vec![host], ArchChoice::arches);
+    for arch in arches {
+        let binary = binary_for(arch, host, &generator)?;
+        let deb = build(&Build {
+            arch,
+            binary: &binary,
+            generator: &generator,
+            release: &release,
+            out_dir: &out_dir,
+        })?;
+        println!("package: wrote {}", deb.display());
+        if let Some(dir) = &request.extract {
+            let extracted = extract(&deb, &dir.join(arch.deb()))?;
+            println!(
+                "package: extracted {} and {}",
+                extracted.binary.display(),
+                extracted.unit.display()
+            );
+        }
+        debs.push(deb);
+    }
+    if request.test {
+        let Some(native) = debs.iter().find(|d| deb_arch(d) == Some(host)) else {
+            return Err(OperatorError(format!(
+                "package --test installs the {} package: build it too (--arch {} or all)",
+                host.deb(),
+                host.deb()
+            ))
+            .into());
+        };
+        // The previous version for the upgrade test: the same command with an older version.
+        let previous = docs::Release::read(Some(&docs::previous_version(&release.version)))?;
+        let previous = build(&Build {
+            arch: host,
+            binary: &generator,
+            generator: &generator,
+            release: &previous,
+            out_dir: &out_dir.join("previous"),
+        })?;
+        println!(
+            "package: wrote {} (for the upgrade test)",
+            previous.display()
+        );
+        run_tier(&debs, native, &previous)?;
+    }
+    Ok(())
+}
+
+/// The package tier: file lists, control fields and lintian for every package; install,
+/// upgrade from `previous`, remove and purge of `native`. Its own test target (built only when
+/// asked for by name), which reads what to test from the environment.
+fn run_tier(debs: &[PathBuf], native: &Path, previous: &Path) -> Result<()> {
+    let list = std::env::join_paths(debs).context("a package path holds a ':'")?;
+    proc::run(
+        proc::cargo(["test", "--package", "multihome-tests", "--test", "package"])
+            .env("MULTIHOME_PACKAGES", list)
+            .env("MULTIHOME_NATIVE_PACKAGE", native)
+            .env("MULTIHOME_PREVIOUS_PACKAGE", previous),
+    )
+}
+
+/// The release binary for `arch`: this machine's own build, or a cross-build.
+fn binary_for(arch: Arch, host: Arch, native: &Path) -> Result<PathBuf> {
+    if arch == host {
+        return Ok(native.to_path_buf());
+    }
+    Err(OperatorError(format!(
+        "package: building the {} binary on {} needs the cross-build (`cargo xtask build --arch`), \
+         which is not in this tree yet: use --arch {}",
+        arch.deb(),
+        host.deb(),
+        host.deb()
+    ))
+    .into())
+}
+
+/// The architecture in a package's file name (`multihome_V_ARCH.deb`).
+fn deb_arch(deb: &Path) -> Option<Arch> {
+    let stem = deb.file_stem()?.to_str()?;
+    Arch::from_deb(stem.rsplit('_').next()?)
+}
+
+/// Stages, completes and archives one package; returns the .deb's path.
+fn build(build: &Build) -> Result<PathBuf> {
+    let arch = build.arch;
+    let work = build.out_dir.join(format!("build-{}", arch.deb()));
+    if work.exists() {
+        fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    }
+    let root = work.join("root");
+    let layout = Layout::debian(&root);
+    install::stage(&layout, build.binary, build.generator)?;
+    strip(arch, &layout.staged(&layout.binary()))?;
+    docs::compress_man_pages(&layout.staged(&layout.man_dir()))?;
+    docs::write(&layout, build.release, &docs::crates(arch.rust_target())?)?;
+    normalise_permissions(&root)?;
+    control::write(&work, &root, arch, build.release)?;
+    let deb = build.out_dir.join(format!(
+        "multihome_{}_{}.deb",
+        build.release.version,
+        arch.deb()
+    ));
+    proc::run(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zxz", "--build"])
+            .arg(&root)
+            .arg(&deb)
+            .env("SOURCE_DATE_EPOCH", build.release.timestamp.to_string()),
+    )?;
+    Ok(deb)
+}
+
+/// Strips the binary as dh_strip does an executable's (the guard's eBPF object is data inside
+/// it, untouched), with the binutils of its own architecture.
+fn strip(arch: Arch, binary: &Path) -> Result<()> {
+    let tool = format!("{}-strip", arch.gnu_triplet());
+    proc::run(
+        Command::new(&tool)
+            .args(["--remove-section=.comment", "--remove-section=.note"])
+            .arg(binary),
+    )
+    .with_context(|| format!("stripping {} ({tool}, package binutils)", binary.display()))
+}
+
+/// Directories 0755 whatever the umask (files keep the modes `install::stage` gave them), as
+/// dh_fixperms leaves them.
+fn normalise_permissions(dir: &Path) -> Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() && !path.is_symlink() {
+            normalise_permissions(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where `extract` put the parts the VM matrix runs.
+pub struct Extracted {
+    pub binary: PathBuf,
+    pub unit: PathBuf,
+}
+
+/// Unpacks `deb` into `dir` (`dpkg-deb -x`), so that tests run exactly what the package
+/// installs.
+pub fn extract(deb: &Path, dir: &Path) -> Result<Extracted> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    proc::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir))?;
+    let layout = Layout::debian(dir);
+    let extracted = Extracted {
+        binary: layout.staged(&layout.binary()),
+        unit: layout.staged(&layout.unit()),
+    };
+    for part in [&extracted.binary, &extracted.unit] {
+        if !part.exists() {
+            bail!("{} holds no {}", deb.display(), part.display());
+        }
+    }
+    Ok(extracted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_architecture_is_read_from_the_file_name() {
+        let deb = Path::new("/x/multihome_0.1.0~previous-1_arm64.deb");
+        assert_eq!(deb_arch(deb), Some(Arch::Arm64));
+        assert_eq!(
+            deb_arch(Path::new("multihome_0.1.0-1_amd64.deb")),
+            Some(Arch::Amd64)
+        );
+        assert_eq!(deb_arch(Path::new("multihome_0.1.0-1_i386.deb")), None);
+    }
+
+    #[test]
+    fn all_means_both_architectures() {
+        assert_eq!(ArchChoice::All.arches(), [Arch::Amd64, Arch::Arm64]);
+        assert_eq!(ArchChoice::Arm64.arches(), [Arch::Arm64]);
+    }
+}
