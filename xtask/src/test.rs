@@ -34,6 +34,9 @@ const STEPS: &[Step] = &[
             "clippy",
             "--workspace",
             "--all-targets",
+            // The package tier's target is left out of --all-targets (test = false): by name.
+            "--test",
+            "package",
             "--",
             "-D",
             "warnings",
@@ -43,6 +46,12 @@ const STEPS: &[Step] = &[
     Step {
         name: "test",
         args: &["test", "--workspace", "--no-fail-fast"],
+    },
+    // The packages: built, then lintian, file lists, control fields, and dpkg install, upgrade,
+    // remove and purge of this machine's package (tests/tests/package.rs).
+    Step {
+        name: "package",
+        args: &["xtask", "package", "--arch", "amd64", "--test"],
     },
     // Tier 4: the seed's 802.1Q topology in a Debian 6.1 kernel under qemu.
     Step {
