@@ -167,7 +167,7 @@ fn unit_text(layout: &Layout) -> String {
 
 pub fn install(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
     let layout = Layout::local(prefix, destdir)?;
-    let built = crate::build::release_binary()?;
+    let built = crate::build::binary(crate::arch::Arch::host(), true)?;
     for line in stage(&layout, &built, &built)? {
         println!("install: {line}");
     }

@@ -15,7 +15,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use super::docs::{dist, Release};
-use super::Arch;
+use crate::arch::Arch;
 use crate::proc;
 
 /// The maintainer scripts, as dist/debian/ has them.
@@ -47,7 +47,7 @@ pub fn write(work: &Path, root: &Path, arch: Arch, release: &Release) -> Result<
             .arg("-Tdebian/substvars")
             .arg(binary)
             .current_dir(work)
-            .env("DEB_HOST_ARCH", arch.deb()),
+            .env("DEB_HOST_ARCH", arch.debian()),
     )?;
     proc::run(
         Command::new("dpkg-gencontrol")
@@ -59,7 +59,7 @@ pub fn write(work: &Path, root: &Path, arch: Arch, release: &Release) -> Result<
             ])
             .arg(format!("-v{}", release.version))
             .current_dir(work)
-            .env("DEB_HOST_ARCH", arch.deb()),
+            .env("DEB_HOST_ARCH", arch.debian()),
     )?;
 
     let files: Vec<PathBuf> = files_under(root, Path::new(""))?

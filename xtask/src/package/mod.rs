@@ -18,6 +18,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::arch::Arch;
 use crate::install::{self, Layout};
 use crate::proc::{self, OperatorError};
 
@@ -34,59 +35,14 @@ impl ArchChoice {
         match self {
             ArchChoice::Amd64 => vec![Arch::Amd64],
             ArchChoice::Arm64 => vec![Arch::Arm64],
-            ArchChoice::All => vec![Arch::Amd64, Arch::Arm64],
+            ArchChoice::All => Arch::ALL.to_vec(),
         }
     }
 }
 
-/// A Debian architecture multihome is packaged for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    Amd64,
-    Arm64,
-}
-
-impl Arch {
-    /// Debian's name (the package's Architecture: field).
-    pub fn deb(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-
-    /// Rust's target triple.
-    fn rust_target(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "x86_64-unknown-linux-gnu",
-            Arch::Arm64 => "aarch64-unknown-linux-gnu",
-        }
-    }
-
-    /// The GNU triplet that prefixes the arch's binutils (Debian's binutils-<triplet>).
-    fn gnu_triplet(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "x86_64-linux-gnu",
-            Arch::Arm64 => "aarch64-linux-gnu",
-        }
-    }
-
-    fn from_deb(name: &str) -> Option<Arch> {
-        [Arch::Amd64, Arch::Arm64]
-            .into_iter()
-            .find(|a| a.deb() == name)
-    }
-
-    /// This machine's architecture, as dpkg names it.
-    fn host() -> Result<Arch> {
-        let name = proc::stdout_of(Command::new("dpkg").arg("--print-architecture"))?;
-        Arch::from_deb(name.trim()).with_context(|| {
-            format!(
-                "packaging runs on amd64 or arm64 Debian/Ubuntu; this machine is {:?}",
-                name.trim()
-            )
-        })
-    }
+/// An architecture named in a package's file name or control file.
+fn arch_named(name: &str) -> Option<Arch> {
+    Arch::ALL.into_iter().find(|a| a.debian() == name)
 }
 
 /// What `cargo xtask package` was asked for.
@@ -120,18 +76,19 @@ pub fn run(request: &Request) -> Result<()> {
         )
         .into());
     }
-    let host = Arch::host()?;
+    let host = Arch::host();
     let release = docs::Release::read(request.version.as_deref())?;
     let out_dir = match &request.out_dir {
         Some(dir) => dir.clone(),
         None => crate::run::target_dir()?.join("package"),
     };
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let generator = crate::build::release_binary()?;
+    let generator = crate::build::binary(host, true)?;
     let mut debs = Vec::new();
     let arches = request.arch.map_or(vec![host], ArchChoice::arches);
     for arch in arches {
-        let binary = binary_for(arch, host, &generator)?;
+        // The host's own build, or a cross-build for another architecture.
+        let binary = crate::build::binary(arch, true)?;
         let deb = build(&Build {
             arch,
             binary: &binary,
@@ -141,7 +98,7 @@ pub fn run(request: &Request) -> Result<()> {
         })?;
         println!("package: wrote {}", deb.display());
         if let Some(dir) = &request.extract {
-            let extracted = extract(&deb, &dir.join(arch.deb()))?;
+            let extracted = extract(&deb, &dir.join(arch.debian()))?;
             println!(
                 "package: extracted {} and {}",
                 extracted.binary.display(),
@@ -154,8 +111,8 @@ pub fn run(request: &Request) -> Result<()> {
         let Some(native) = debs.iter().find(|d| deb_arch(d) == Some(host)) else {
             return Err(OperatorError(format!(
                 "package --test installs the {} package: build it too (--arch {} or all)",
-                host.deb(),
-                host.deb()
+                host.debian(),
+                host.debian()
             ))
             .into());
         };
@@ -190,31 +147,16 @@ fn run_tier(debs: &[PathBuf], native: &Path, previous: &Path) -> Result<()> {
     )
 }
 
-/// The release binary for `arch`: this machine's own build, or a cross-build.
-fn binary_for(arch: Arch, host: Arch, native: &Path) -> Result<PathBuf> {
-    if arch == host {
-        return Ok(native.to_path_buf());
-    }
-    Err(OperatorError(format!(
-        "package: building the {} binary on {} needs the cross-build (`cargo xtask build --arch`), \
-         which is not in this tree yet: use --arch {}",
-        arch.deb(),
-        host.deb(),
-        host.deb()
-    ))
-    .into())
-}
-
 /// The architecture in a package's file name (`multihome_V_ARCH.deb`).
 fn deb_arch(deb: &Path) -> Option<Arch> {
     let stem = deb.file_stem()?.to_str()?;
-    Arch::from_deb(stem.rsplit('_').next()?)
+    arch_named(stem.rsplit('_').next()?)
 }
 
 /// Stages, completes and archives one package; returns the .deb's path.
 fn build(build: &Build) -> Result<PathBuf> {
     let arch = build.arch;
-    let work = build.out_dir.join(format!("build-{}", arch.deb()));
+    let work = build.out_dir.join(format!("build-{}", arch.debian()));
     if work.exists() {
         fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
     }
@@ -223,13 +165,13 @@ fn build(build: &Build) -> Result<PathBuf> {
     install::stage(&layout, build.binary, build.generator)?;
     strip(arch, &layout.staged(&layout.binary()))?;
     docs::compress_man_pages(&layout.staged(&layout.man_dir()))?;
-    docs::write(&layout, build.release, &docs::crates(arch.rust_target())?)?;
+    docs::write(&layout, build.release, &docs::crates(arch.triple())?)?;
     normalise_permissions(&root)?;
     control::write(&work, &root, arch, build.release)?;
     let deb = build.out_dir.join(format!(
         "multihome_{}_{}.deb",
         build.release.version,
-        arch.deb()
+        arch.debian()
     ));
     proc::run(
         Command::new("dpkg-deb")
@@ -244,7 +186,7 @@ fn build(build: &Build) -> Result<PathBuf> {
 /// Strips the binary as dh_strip does an executable's (the guard's eBPF object is data inside
 /// it, untouched), with the binutils of its own architecture.
 fn strip(arch: Arch, binary: &Path) -> Result<()> {
-    let tool = format!("{}-strip", arch.gnu_triplet());
+    let tool = format!("{}-strip", arch.gnu());
     proc::run(
         Command::new(&tool)
             .args(["--remove-section=.comment", "--remove-section=.note"])
