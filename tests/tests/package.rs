@@ -470,11 +470,11 @@ impl FrontendLock {
     }
 }
 
-/// `dpkg ARGS` under our frontend lock, with no terminal to ask questions on.
-fn dpkg(args: &[&str], extra: &[&Path]) -> String {
+/// `dpkg --install DEB` under our frontend lock, with no terminal to ask questions on.
+fn dpkg_install(deb: &Path) -> String {
     let out = Command::new("dpkg")
-        .args(args)
-        .args(extra)
+        .arg("--install")
+        .arg(deb)
         .env("DPKG_FRONTEND_LOCKED", "1")
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdin(Stdio::null())
@@ -485,8 +485,8 @@ fn dpkg(args: &[&str], extra: &[&Path]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    println!("$ dpkg {} {extra:?}\n{text}", args.join(" "));
-    assert!(out.status.success(), "dpkg {args:?} failed:\n{text}");
+    println!("$ dpkg --install {}\n{text}", deb.display());
+    assert!(out.status.success(), "dpkg --install failed:\n{text}");
     text
 }
 
@@ -501,9 +501,7 @@ fn status() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Purges multihome on drop unless the test got to the end: a failed test leaves nothing. In
-/// a network namespace and bpffs of its own, so that the prerm's cleanup cannot touch the
-/// host's routing or pins.
+/// Purges multihome on drop unless the test got to the end: a failed test leaves nothing.
 struct Installed {
     done: bool,
 }
@@ -512,14 +510,20 @@ impl Drop for Installed {
     fn drop(&mut self) {
         if !self.done && status().is_some() {
             eprintln!("package tier: purging multihome after a failure");
-            let _ = Command::new("unshare")
-                .args(["--net", "--mount", "sh", "-c"])
-                .arg("mount -t bpf bpf /sys/fs/bpf; dpkg --purge multihome")
-                .env("DPKG_FRONTEND_LOCKED", "1")
-                .stdin(Stdio::null())
-                .status();
+            let _ = purge_isolated().status();
         }
     }
+}
+
+/// `dpkg --purge multihome` in a network namespace and bpffs of its own: the prerm's cleanup
+/// (when the package is still installed) cannot touch the host's routing or pins.
+fn purge_isolated() -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "--mount", "sh", "-c"])
+        .arg("mount -t bpf bpf /sys/fs/bpf && dpkg --purge multihome")
+        .env("DPKG_FRONTEND_LOCKED", "1")
+        .stdin(Stdio::null());
+    cmd
 }
 
 /// What the file system holds where a package can leave anything: path -> kind, mode, owner,
@@ -613,7 +617,7 @@ fn install_upgrade_remove_and_purge_leave_nothing_behind() {
     let mut installed = Installed { done: false };
 
     // Install the previous version: every file in place, the service enabled.
-    dpkg(&["--install"], &[&previous]);
+    dpkg_install(&previous);
     assert_eq!(status().unwrap(), format!("ii  {old}"));
     for file in FILES {
         assert!(Path::new(file).exists(), "{file} is not installed");
@@ -622,7 +626,7 @@ fn install_upgrade_remove_and_purge_leave_nothing_behind() {
 
     // The operator configures it; the upgrade keeps that and the enablement.
     fs::write("/etc/default/multihome", CONFIGURED).unwrap();
-    dpkg(&["--install"], &[&native]);
+    dpkg_install(&native);
     assert_eq!(status().unwrap(), format!("ii  {new}"));
     assert_eq!(
         fs::read_to_string("/etc/default/multihome").unwrap(),
@@ -675,8 +679,35 @@ fn install_upgrade_remove_and_purge_leave_nothing_behind() {
         "{WANTS} went with remove"
     );
 
-    // Purge: the conffiles, the enablement and dpkg's record go; the file system is as before.
-    dpkg(&["--purge", "multihome"], &[]);
+    // Installed again over the kept configuration: enabled, the configuration untouched. Then
+    // the operator disables the unit, and an upgrade (a reinstall: postinst runs the same way)
+    // leaves it disabled.
+    dpkg_install(&native);
+    assert_eq!(status().unwrap(), format!("ii  {new}"));
+    assert_enabled();
+    assert_eq!(
+        fs::read_to_string("/etc/default/multihome").unwrap(),
+        CONFIGURED
+    );
+    run(Command::new("systemctl").args(["disable", "multihome.service"]));
+    assert!(
+        fs::symlink_metadata(WANTS).is_err(),
+        "{WANTS} survived disable"
+    );
+    dpkg_install(&native);
+    assert!(
+        fs::symlink_metadata(WANTS).is_err(),
+        "an upgrade enabled the unit the operator had disabled"
+    );
+
+    // Purge: the conffiles, the enablement records and dpkg's record go; the file system is as
+    // before.
+    let purge = stdout(&mut purge_isolated());
+    println!("{purge}");
+    assert!(
+        purge.contains("Purging configuration files for multihome"),
+        "{purge}"
+    );
     assert_eq!(status(), None);
     installed.done = true;
     let dpkg_status = fs::read_to_string("/var/lib/dpkg/status").unwrap();
