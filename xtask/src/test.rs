@@ -51,7 +51,7 @@ const STEPS: &[Step] = &[
     // remove and purge of this machine's package (tests/tests/package.rs).
     Step {
         name: "package",
-        args: &["xtask", "package", "--arch", "amd64", "--test"],
+        args: &["xtask", "package", "--arch", "all", "--test"],
     },
     // Tier 4: the seed's 802.1Q topology in a Debian 6.1 kernel under qemu.
     Step {

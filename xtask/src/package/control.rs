@@ -2,7 +2,8 @@
 //! /etc, as dh_installdeb marks them), the maintainer scripts from dist/debian/, `control`
 //! from dist/debian/control by dpkg-gencontrol (Version, Architecture, Installed-Size) with
 //! Depends from dpkg-shlibdeps (the libraries the binary links at run time, and nothing used to
-//! build it), and `md5sums`.
+//! build it; for a foreign architecture, read from its own libraries: `foreign`), and
+//! `md5sums`.
 //!
 //! The dpkg tools read a source tree's debian/control and debian/changelog: `work/debian/`
 //! holds them, beside the package's root `work/root/`.
@@ -15,6 +16,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use super::docs::{dist, Release};
+use super::foreign;
 use crate::arch::Arch;
 use crate::proc;
 
@@ -41,11 +43,16 @@ pub fn write(work: &Path, root: &Path, arch: Arch, release: &Release) -> Result<
     }
 
     // The tools take the host architecture from the environment, as dpkg-buildpackage -a sets it.
-    let binary = Path::new("root/usr/bin/multihome");
+    let mut shlibdeps = Command::new("dpkg-shlibdeps");
+    shlibdeps.arg("-Tdebian/substvars");
+    if arch != Arch::host() {
+        for tree in foreign::runtime_libraries(work, arch)? {
+            shlibdeps.arg(format!("-S{}", tree.display()));
+        }
+    }
     proc::run(
-        Command::new("dpkg-shlibdeps")
-            .arg("-Tdebian/substvars")
-            .arg(binary)
+        shlibdeps
+            .arg("root/usr/bin/multihome")
             .current_dir(work)
             .env("DEB_HOST_ARCH", arch.debian()),
     )?;

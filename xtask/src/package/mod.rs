@@ -10,6 +10,7 @@
 
 mod control;
 mod docs;
+mod foreign;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -220,6 +221,7 @@ pub fn extract(deb: &Path, dir: &Path) -> Result<Extracted> {
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     proc::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir))?;
     let layout = Layout::debian(dir);
     let extracted = Extracted {
