@@ -109,6 +109,34 @@ fn ordering_and_readiness_are_as_documented() {
     );
 }
 
+/// With `ProcSubset=pid` the sandbox's /proc holds only processes: a path under /proc that
+/// another sandbox setting names (`ReadOnlyPaths=/proc/sys`, say) is missing there, and systemd
+/// fails the start with 226/NAMESPACE unless the path is marked optional with "-". The offline
+/// checks (`verify`, `security`) do not see it; a real systemd 252 did.
+#[test]
+fn paths_that_procsubset_hides_are_optional() {
+    let unit = unit();
+    assert_eq!(directive(&unit, "ProcSubset"), ["pid"]);
+    for key in [
+        "ReadOnlyPaths",
+        "ReadWritePaths",
+        "InaccessiblePaths",
+        "BindReadOnlyPaths",
+    ] {
+        for path in directive(&unit, key).join(" ").split_whitespace() {
+            let hidden = path.starts_with("/proc/") && !path.starts_with("/proc/self");
+            assert!(
+                !hidden,
+                "{key}={path}: ProcSubset=pid hides it; write -{path}"
+            );
+        }
+    }
+    assert!(directive(&unit, "ReadOnlyPaths")
+        .join(" ")
+        .split_whitespace()
+        .any(|p| p == "-/proc/sys"));
+}
+
 /// A host with uplink wan1 (192.168.0.10/24, DHCP-style default route) to a router namespace.
 fn host() -> (Netns, Netns) {
     require_root();
