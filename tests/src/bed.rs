@@ -12,6 +12,22 @@ use crate::netns::{require_root, veth, Netns};
 
 pub const CONVERGE: Duration = Duration::from_secs(5);
 
+/// The smallest bed a daemon reconciles on: a host with one uplink, wan1 (192.168.0.10/24 and
+/// a `proto dhcp` default route), to a router at 192.168.0.1. Returns (host, router).
+pub fn one_uplink() -> (Netns, Netns) {
+    require_root();
+    let host = Netns::new("h1").unwrap();
+    let router = Netns::new("r1").unwrap();
+    veth(&host, "wan1", &router, "lan").unwrap();
+    router
+        .run(&["ip", "addr", "add", "192.168.0.1/24", "dev", "lan"])
+        .unwrap();
+    host.sh("ip addr add 192.168.0.10/24 dev wan1 &&
+         ip route add default via 192.168.0.1 dev wan1 proto dhcp")
+        .unwrap();
+    (host, router)
+}
+
 /// The host with uplinks wan1 and wan2 to routers A and B.
 pub struct Bed {
     pub host: Netns,

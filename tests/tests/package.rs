@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use multihome_tests::netns::{require_root, veth, Netns};
+use multihome_tests::bed::one_uplink;
+use multihome_tests::netns::require_root;
 
 /// Every file each package installs.
 const FILES: &[&str] = &[
@@ -740,15 +741,7 @@ fn install_upgrade_remove_and_purge_leave_nothing_behind() {
 /// --keep-on-exit and stops it, then `dpkg --remove multihome` there; returns what was left
 /// before, dpkg's output, and what is left after.
 fn remove_beside_leftovers() -> (String, String, String) {
-    let host = Netns::new("pkh").unwrap();
-    let router = Netns::new("pkr").unwrap();
-    veth(&host, "wan1", &router, "lan").unwrap();
-    router
-        .run(&["ip", "addr", "add", "192.168.0.1/24", "dev", "lan"])
-        .unwrap();
-    host.sh("ip addr add 192.168.0.10/24 dev wan1 &&
-         ip route add default via 192.168.0.1 dev wan1 proto dhcp")
-        .unwrap();
+    let (host, _router) = one_uplink();
     let script = r#"
         set -e
         mount -t bpf bpf /sys/fs/bpf

@@ -8,12 +8,14 @@
 //! prints protocol 77 as `multihome` with dist/rt_protos.d/multihome.conf.
 
 use std::collections::BTreeSet;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use multihome_tests::bed::one_uplink;
 use multihome_tests::daemon::{multihome_bin, wait_for, Daemon};
-use multihome_tests::netns::{require_root, veth, Netns};
+use multihome_tests::netns::{require_root, Netns};
 
 const MAX_EXPOSURE: f64 = 2.0;
 
@@ -137,21 +139,6 @@ fn paths_that_procsubset_hides_are_optional() {
         .any(|p| p == "-/proc/sys"));
 }
 
-/// A host with uplink wan1 (192.168.0.10/24, DHCP-style default route) to a router namespace.
-fn host() -> (Netns, Netns) {
-    require_root();
-    let host = Netns::new("su").unwrap();
-    let router = Netns::new("sr").unwrap();
-    veth(&host, "wan1", &router, "lan").unwrap();
-    router
-        .run(&["ip", "addr", "add", "192.168.0.1/24", "dev", "lan"])
-        .unwrap();
-    host.sh("ip addr add 192.168.0.10/24 dev wan1 &&
-         ip route add default via 192.168.0.1 dev wan1 proto dhcp")
-        .unwrap();
-    (host, router)
-}
-
 /// setpriv's `--bounding-set` list for the unit's CapabilityBoundingSet=, minus `drop`.
 fn bounding_set(drop: Option<&str>) -> String {
     let caps = directive(&unit(), "CapabilityBoundingSet").join(" ");
@@ -165,7 +152,7 @@ fn bounding_set(drop: Option<&str>) -> String {
 
 #[test]
 fn the_units_capabilities_load_the_guard_and_one_less_does_not() {
-    let (host, _router) = host();
+    let (host, _router) = one_uplink();
     let set = bounding_set(None);
     assert_eq!(set, "-all,+net_admin,+bpf,+perfmon");
     let daemon = Daemon::start_wrapped(
@@ -251,7 +238,7 @@ fn allowed_syscalls(unit: &str) -> BTreeSet<String> {
 
 #[test]
 fn the_daemon_stays_inside_the_syscall_filter_and_address_families() {
-    let (host, _router) = host();
+    let (host, _router) = one_uplink();
     let unit = unit();
     let allowed = allowed_syscalls(&unit);
     assert!(allowed.contains("bpf") && !allowed.contains("reboot"));
@@ -405,17 +392,23 @@ const ALLOWED_PATHS: &[&str] = &[
     "/lib64/",
 ];
 
-#[test]
-fn the_daemon_speaks_sd_notify_ready_watchdog_stopping() {
-    use std::os::unix::net::UnixDatagram;
-    let (host, _router) = host();
-    let socket_path = std::env::temp_dir().join(format!("{}-notify", host.name()));
-    let _ = std::fs::remove_file(&socket_path);
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
+/// A socket in the role of systemd's notify socket for a daemon in `host`: the socket, its
+/// path, and the `NOTIFY_SOCKET=` assignment that points the daemon at it.
+fn notify_socket(host: &Netns) -> (UnixDatagram, PathBuf, String) {
+    let path = std::env::temp_dir().join(format!("{}-notify", host.name()));
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let notify = format!("NOTIFY_SOCKET={}", socket_path.display());
+    let notify = format!("NOTIFY_SOCKET={}", path.display());
+    (socket, path, notify)
+}
+
+#[test]
+fn the_daemon_speaks_sd_notify_ready_watchdog_stopping() {
+    let (host, _router) = one_uplink();
+    let (socket, socket_path, notify) = notify_socket(&host);
     // WatchdogSec=200ms: a ping every 100 ms.
     let daemon =
         Daemon::start_wrapped(&host, &["env", &notify, "WATCHDOG_USEC=200000"], &["wan1"]).unwrap();
@@ -460,21 +453,14 @@ fn the_daemon_speaks_sd_notify_ready_watchdog_stopping() {
 /// without the flag refuses with exit 2 instead.
 #[test]
 fn without_uplinks_the_units_command_idles_and_says_why() {
-    use std::os::unix::net::UnixDatagram;
     let unit = unit();
     let exec = directive(&unit, "ExecStart");
     assert_eq!(
         exec,
         ["/usr/local/bin/multihome run --idle-without-uplinks $MULTIHOME_OPTS"]
     );
-    let (host, _router) = host();
-    let socket_path = std::env::temp_dir().join(format!("{}-notify", host.name()));
-    let _ = std::fs::remove_file(&socket_path);
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let notify = format!("NOTIFY_SOCKET={}", socket_path.display());
+    let (host, _router) = one_uplink();
+    let (socket, socket_path, notify) = notify_socket(&host);
     let bin = multihome_bin().display().to_string();
     // What systemd's EnvironmentFile= makes of the shipped file: MULTIHOME_OPTS="" and no
     // MULTIHOME_UPLINKS.
