@@ -8,9 +8,10 @@ use std::process::ExitCode;
 
 use crate::cli::CheckArgs;
 use crate::config::{self, Config, Params};
+use crate::model::Family;
 use crate::netlink::Netlink;
 use crate::privileges::{self, Capability, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN};
-use crate::view::{Family, KernelView};
+use crate::view::KernelView;
 use crate::{defaults, plan, Fatal};
 
 /// One thing to fix, printed on one line.
@@ -309,7 +310,7 @@ fn networkd_leaves_foreign_alone() -> bool {
 mod tests {
     use super::*;
     use crate::diff::sim::fixtures::{config, seed};
-    use crate::view::Rule;
+    use crate::model::Rule;
 
     const ALL_CAPS: u64 = u64::MAX;
 
@@ -352,7 +353,7 @@ mod tests {
         let mut view = seed();
         view.links.get_mut(&12).unwrap().mtu = 1492;
         view.rules.push(Rule {
-            family: crate::view::Family::V4,
+            family: crate::model::Family::V4,
             priority: 1001,
             protocol: 4,
             src: None,

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use crate::cli::Owned;
 use crate::diff::diff;
+use crate::model::State;
 use crate::netlink::Netlink;
 use crate::privileges::{self, CAP_NET_ADMIN};
-use crate::state::State;
 use crate::{guard, plan, Fatal};
 
 pub fn main(args: Owned) -> Result<ExitCode, Fatal> {

@@ -15,13 +15,13 @@ pub mod guard;
 pub mod instance;
 pub mod linger;
 pub mod logging;
+pub mod model;
 pub mod netlink;
 pub mod notify;
 pub mod plan;
 pub mod privileges;
 pub mod reconcile;
 pub mod report;
-pub mod state;
 pub mod status;
 pub mod view;
 

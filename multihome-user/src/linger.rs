@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::state::{Op, State};
+use crate::model::{Op, State};
 
 /// Long enough for a client's drop-and-re-add, short enough that a released address does not
 /// stay guarded noticeably.
@@ -105,9 +105,9 @@ mod tests {
         assert_eq!(linger.deadline(), Some(later + LINGER));
     }
 
-    fn rule() -> crate::view::Rule {
-        crate::view::Rule {
-            family: crate::view::Family::V4,
+    fn rule() -> crate::model::Rule {
+        crate::model::Rule {
+            family: crate::model::Family::V4,
             priority: 1000,
             protocol: 77,
             src: Some((addr("192.168.0.20"), 32)),

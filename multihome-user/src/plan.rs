@@ -11,11 +11,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use multihome_ebpf::Egress;
 
 use crate::config::{Config, UplinkConfig};
-use crate::state::State;
-use crate::view::{
-    Address, Family, KernelView, Link, LinkKind, Route, Rule, Touched, RT_SCOPE_LINK,
-    RT_SCOPE_UNIVERSE, RT_TABLE_MAIN,
+use crate::model::{
+    Address, Family, Link, LinkKind, Route, Rule, State, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE,
+    RT_TABLE_MAIN,
 };
+use crate::view::{KernelView, Touched};
 
 mod describe;
 

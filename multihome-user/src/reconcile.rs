@@ -6,10 +6,10 @@ use crate::config::Config;
 use crate::diff::diff;
 use crate::guard::Guard;
 use crate::linger::Linger;
+use crate::model::{Op, Route, State};
 use crate::netlink::Netlink;
 use crate::plan::{self, Assignments, Scope};
-use crate::state::{Op, State};
-use crate::view::{KernelView, Route};
+use crate::view::KernelView;
 
 pub struct Reconciler {
     pub config: Config,

@@ -10,9 +10,9 @@ use multihome_ebpf::Counters;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::model::{LinkKind, State};
 use crate::plan;
-use crate::state::State;
-use crate::view::{KernelView, LinkKind};
+use crate::view::KernelView;
 
 /// Bumped on any incompatible change of the JSON form.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use crate::cli::StatusArgs;
 use crate::config::{self, Config, Params, UplinkSpec};
 use crate::guard::{self, PinnedMaps};
+use crate::model::State;
 use crate::netlink::Netlink;
 use crate::report::{report, Inputs, Report};
-use crate::state::State;
 use crate::view::KernelView;
 use crate::{defaults, plan, Fatal};
 

@@ -6,11 +6,11 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use multihome::netlink::{Error, Events, Netlink, Notice};
-use multihome::state::Op;
-use multihome::view::{
-    Address, AddressFlags, Event, Family, KernelView, LinkKind, Redump, Route, Rule, RT_TABLE_MAIN,
+use multihome::model::{
+    Address, AddressFlags, Event, Family, LinkKind, Op, Route, Rule, RT_TABLE_MAIN,
 };
+use multihome::netlink::{Error, Events, Netlink, Notice};
+use multihome::view::{KernelView, Redump};
 use multihome_tests::netns::{require_root, Netns};
 
 const PROTO: u8 = 77;

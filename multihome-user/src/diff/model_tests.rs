@@ -18,9 +18,9 @@ use proptest::test_runner::RngAlgorithm;
 use super::sim::fixtures::{self, *};
 use super::sim::Sim;
 use crate::config::Config;
+use crate::model::{Address, AddressFlags, Event, Family, Link, LinkKind, Op, Route, Rule, State};
 use crate::plan::{plan, Scope};
-use crate::state::{Op, State};
-use crate::view::{Address, AddressFlags, Event, Family, Link, LinkKind, Route, Rule, Touched};
+use crate::view::Touched;
 
 const PROTO: u8 = 77;
 const NAMES: [&str; 3] = ["vlan101", "vlan102", "vlan103"];

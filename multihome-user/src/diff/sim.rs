@@ -10,9 +10,9 @@ use multihome_ebpf::Egress;
 
 use crate::config::Config;
 use crate::diff::diff;
+use crate::model::{Event, Op, Route, Rule, State};
 use crate::plan::{owned_in, plan_in, Scope};
-use crate::state::{Op, State};
-use crate::view::{Event, KernelView, Route, Rule, Touched};
+use crate::view::{KernelView, Touched};
 
 #[derive(Clone, Debug, Default)]
 pub struct Sim {
@@ -226,7 +226,8 @@ pub mod fixtures {
     use std::net::IpAddr;
 
     use crate::config::{Config, Params};
-    use crate::view::{Address, AddressFlags, KernelView, Link, LinkKind, Route, RT_TABLE_MAIN};
+    use crate::model::{Address, AddressFlags, Link, LinkKind, Route, RT_TABLE_MAIN};
+    use crate::view::KernelView;
 
     pub const LO: u32 = 1;
     pub const ETH0: u32 = 2;

@@ -6,8 +6,9 @@ use super::sim::fixtures::{self, *};
 use super::sim::Sim;
 use super::*;
 use crate::config::Config;
+use crate::model::{Address, AddressFlags, Event, Link, LinkKind, Rule, RT_TABLE_MAIN};
 use crate::plan::plan;
-use crate::view::{Address, AddressFlags, Event, KernelView, Link, LinkKind, Rule, RT_TABLE_MAIN};
+use crate::view::KernelView;
 use multihome_ebpf::Egress;
 
 const PROTO: u8 = 77;

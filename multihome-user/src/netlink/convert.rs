@@ -19,7 +19,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::view::{Address, AddressFlags, Event, Family, Link, LinkKind, Route, Rule};
+use crate::model::{Address, AddressFlags, Event, Family, Link, LinkKind, Route, Rule};
 
 /// The kernel's "unset" value for a rule's suppress_prefixlength and suppress_ifgroup.
 const RULE_SUPPRESS_UNSET: u32 = u32::MAX;

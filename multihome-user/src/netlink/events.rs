@@ -22,7 +22,7 @@ use rtnetlink::MulticastGroup;
 use tokio::task::JoinHandle;
 
 use super::{convert, Error};
-use crate::view::Event;
+use crate::model::Event;
 
 /// The groups multihome follows: links, IPv4/IPv6 addresses, routes and rules.
 const GROUPS: [MulticastGroup; 7] = [

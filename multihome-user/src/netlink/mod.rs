@@ -21,7 +21,7 @@ use std::io;
 pub use events::{Events, Notice, DEFAULT_RECEIVE_BUFFER};
 pub use request::Netlink;
 
-use crate::state::Op;
+use crate::model::Op;
 
 /// What an rtnetlink request can fail with.
 #[derive(Debug, thiserror::Error)]

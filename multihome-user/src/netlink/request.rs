@@ -15,8 +15,8 @@ use rtnetlink::packet_core::{
 use rtnetlink::Handle;
 
 use super::{convert, Error, Request};
-use crate::state::Op;
-use crate::view::{KernelView, Redump, Route};
+use crate::model::{Op, Route};
+use crate::view::{KernelView, Redump};
 
 /// How often a dump is retried when the kernel flags it inconsistent (NLM_F_DUMP_INTR).
 const DUMP_ATTEMPTS: usize = 5;

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use super::{Path, Uplink};
 use crate::config::Config;
-use crate::view::Family;
+use crate::model::Family;
 
 /// Where a source address leaves, as the plan decided it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,8 +4,7 @@
 use super::*;
 use crate::config::Params;
 use crate::diff::sim::fixtures::*;
-use crate::state::Op;
-use crate::view::{AddressFlags, LinkKind};
+use crate::model::{AddressFlags, LinkKind, Op};
 
 struct Expect {
     routes: &'static [&'static str],
@@ -567,7 +566,7 @@ fn describes_changes() {
         (
             "uplink vanished",
             |v| {
-                v.apply(crate::view::Event::DelLink(WAN1));
+                v.apply(crate::model::Event::DelLink(WAN1));
             },
             &["vlan101: 192.168.0.100 released"],
         ),
