@@ -309,7 +309,7 @@ fn networkd_leaves_foreign_alone() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::sim::fixtures::{config, seed};
+    use crate::fixtures::{config, seed};
     use crate::model::Rule;
 
     const ALL_CAPS: u64 = u64::MAX;

@@ -10,6 +10,8 @@ pub mod config;
 pub mod daemon;
 pub mod defaults;
 pub mod diff;
+#[cfg(test)]
+mod fixtures;
 pub mod generate;
 pub mod guard;
 pub mod instance;

@@ -58,7 +58,7 @@ mod tests {
     }
 
     fn entry() -> multihome_ebpf::Egress {
-        crate::diff::sim::fixtures::egress(12)
+        crate::fixtures::egress(12)
     }
 
     #[test]

@@ -286,8 +286,8 @@ fn presence<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::sim::fixtures::{config, seed, ETH0, WAN1, WAN2};
     use crate::diff::sim::Sim;
+    use crate::fixtures::{config, seed, ETH0, WAN1, WAN2};
 
     /// The seed with everything multihome wants in place (applied on the simulated kernel).
     fn converged() -> (Config, KernelView, State) {
@@ -370,7 +370,7 @@ mod tests {
         );
         assert!(r.uplinks[0].ok, "vlan101 is unaffected");
 
-        let absent = crate::diff::sim::fixtures::config(&["vlan101", "vlan103"]);
+        let absent = crate::fixtures::config(&["vlan101", "vlan103"]);
         let r = run(&absent, &view, &owned, ALL);
         assert_eq!(r.uplinks[1].state, "absent");
         assert!(!r.uplinks[1].ok);

@@ -302,7 +302,7 @@ fn remove<T: Clone>(items: &mut Vec<T>, item: &T, same: impl Fn(&T, &T) -> bool)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::sim::fixtures::*;
+    use crate::fixtures::*;
     use crate::model::AddressFlags;
 
     /// Whether the view changed, and whether the routes must be dumped again.

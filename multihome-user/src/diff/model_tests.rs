@@ -15,9 +15,9 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 use proptest::test_runner::RngAlgorithm;
 
-use super::sim::fixtures::{self, *};
 use super::sim::Sim;
 use crate::config::Config;
+use crate::fixtures::{self, *};
 use crate::model::{Address, AddressFlags, Event, Family, Link, LinkKind, Op, Route, Rule, State};
 use crate::plan::{plan, Scope};
 use crate::view::Touched;

@@ -2,10 +2,10 @@
 //! scenarios on the simulated kernel for what an operator lives through (renumbering, gateway
 //! change, link flap, re-created device, leftovers, foreign objects).
 
-use super::sim::fixtures::{self, *};
 use super::sim::Sim;
 use super::*;
 use crate::config::Config;
+use crate::fixtures::{self, *};
 use crate::model::{Address, AddressFlags, Event, Link, LinkKind, Rule, RT_TABLE_MAIN};
 use crate::plan::plan;
 use crate::view::KernelView;
@@ -59,7 +59,7 @@ fn rule(src: &str, table: u32) -> Rule {
 }
 
 fn entry(uplink_ifindex: u32) -> Egress {
-    super::sim::fixtures::egress(uplink_ifindex)
+    crate::fixtures::egress(uplink_ifindex)
 }
 
 fn state(routes: &[Route], rules: &[Rule], entries: &[(&str, Egress)], guarded: &[u32]) -> State {

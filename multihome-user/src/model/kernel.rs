@@ -193,7 +193,7 @@ impl fmt::Display for Rule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::sim::fixtures::*;
+    use crate::fixtures::*;
 
     fn rule() -> Rule {
         Rule {

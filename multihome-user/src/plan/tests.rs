@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::Params;
-use crate::diff::sim::fixtures::*;
+use crate::fixtures::*;
 use crate::model::{AddressFlags, LinkKind, Op};
 
 struct Expect {
