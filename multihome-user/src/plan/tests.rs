@@ -5,6 +5,7 @@ use super::*;
 use crate::config::Params;
 use crate::fixtures::*;
 use crate::model::{AddressFlags, LinkKind, Op};
+use crate::view::Touched;
 
 struct Expect {
     routes: &'static [&'static str],

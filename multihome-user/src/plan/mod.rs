@@ -5,7 +5,7 @@
 //! Desired routes are written exactly as the kernel reports them in dumps (metric, scope), so
 //! that once applied they compare equal to what `owned` reads back and the next diff is empty.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use multihome_ebpf::Egress;
@@ -13,13 +13,17 @@ use multihome_ebpf::Egress;
 use crate::config::{Config, UplinkConfig};
 use crate::model::{
     Address, Family, Link, LinkKind, Route, Rule, State, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE,
-    RT_TABLE_MAIN,
 };
-use crate::view::{KernelView, Touched};
+use crate::view::KernelView;
 
 mod describe;
+mod index;
+mod scope;
 
 pub use describe::{describe, Assignment, Assignments};
+pub use scope::Scope;
+
+use index::Index;
 
 /// The metric the kernel gives an IPv6 route added without one (IP6_RT_PRIO_USER); IPv4 routes
 /// get 0.
@@ -45,139 +49,6 @@ pub fn plan_in(config: &Config, view: &KernelView, scope: &Scope) -> (State, Ass
         desired(config, view, scope, &present),
         describe::of(config, &present),
     )
-}
-
-/// The uplinks a pass looks at. A full pass plans every uplink and owns everything that
-/// carries multihome's protocol: at start, after lost notifications or a failed operation, on
-/// the watchdog's audit, and when a device changed. An address, route or rule event concerns
-/// the few uplinks it touched, and a pass over those alone costs the same with 2 uplinks or 256
-/// (a full pass with 256 uplinks took ~0.7 ms of planning and diffing for one address change).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
-    All,
-    /// Some uplinks (positions in the configuration) with their tables, and for those present,
-    /// their devices and the devices the guard sits on for them (the device and its parent).
-    Uplinks {
-        positions: BTreeSet<usize>,
-        tables: Few,
-        devices: Few,
-        guarded: Few,
-    },
-}
-
-impl Scope {
-    /// The uplinks concerned by what changed: those whose table or device it involves, and every
-    /// uplink holding an address that changed (the first of them wins it). A route or rule of
-    /// multihome's outside the configured uplinks' tables (an earlier configuration's) needs the
-    /// full pass, which is the one that removes it.
-    pub fn of(config: &Config, view: &KernelView, touched: &Touched) -> Scope {
-        if touched.all {
-            return Scope::All;
-        }
-        let mut positions = BTreeSet::new();
-        for &(table, protocol) in &touched.tables {
-            match table.and_then(|table| config.table_position(table)) {
-                Some(position) => {
-                    positions.insert(position);
-                }
-                None if protocol == config.protocol => return Scope::All,
-                None => {}
-            }
-        }
-        let position_of = |ifindex: &u32| {
-            view.links
-                .get(ifindex)
-                .and_then(|link| config.position(&link.name))
-        };
-        positions.extend(touched.devices.iter().filter_map(position_of));
-        if !touched.addresses.is_empty() {
-            positions.extend(
-                view.addresses
-                    .iter()
-                    .filter(|a| touched.addresses.contains(&a.addr))
-                    .filter_map(|a| position_of(&a.ifindex)),
-            );
-        }
-        let mut tables = Few::default();
-        let mut devices = Few::default();
-        let mut guarded = Few::default();
-        for &position in &positions {
-            let uplink = &config.uplinks[position];
-            tables.insert(uplink.table);
-            if let Some(link) = view.link_by_name(&uplink.name) {
-                devices.insert(link.ifindex);
-                guarded.insert(link.ifindex);
-                guarded.extend(lower_of(view, link).map(|lower| lower.ifindex));
-            }
-        }
-        Scope::Uplinks {
-            positions,
-            tables,
-            devices,
-            guarded,
-        }
-    }
-
-    /// No uplink: nothing to do.
-    pub fn is_empty(&self) -> bool {
-        matches!(self, Scope::Uplinks { positions, .. } if positions.is_empty())
-    }
-
-    /// The positions of the uplinks in the scope, in configuration order.
-    fn positions(&self, config: &Config) -> Vec<usize> {
-        match self {
-            Scope::All => (0..config.uplinks.len()).collect(),
-            Scope::Uplinks { positions, .. } => positions.iter().copied().collect(),
-        }
-    }
-
-    /// Whether the uplink named `name` is in the scope.
-    pub fn has_uplink(&self, config: &Config, name: &str) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Uplinks { positions, .. } => config
-                .position(name)
-                .is_some_and(|p| positions.contains(&p)),
-        }
-    }
-
-    /// Whether a route or rule in `table` (`None`: a rule that is not a lookup) is the scope's.
-    pub fn has_table(&self, table: Option<u32>) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Uplinks { tables, .. } => table.is_some_and(|table| tables.contains(&table)),
-        }
-    }
-
-    fn has_device(&self, ifindex: u32) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Uplinks { devices, .. } => devices.contains(&ifindex),
-        }
-    }
-}
-
-/// A few numbers (tables, ifindexes), sorted: a pass checks every route and address of the
-/// view against them, and a binary search in a short slice is cheaper than a tree's search.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Few(Vec<u32>);
-
-impl Few {
-    fn insert(&mut self, n: u32) {
-        if let Err(at) = self.0.binary_search(&n) {
-            self.0.insert(at, n);
-        }
-    }
-
-    fn extend(&mut self, ns: impl IntoIterator<Item = u32>) {
-        for n in ns {
-            self.insert(n);
-        }
-    }
-
-    fn contains(&self, n: &u32) -> bool {
-        self.0.binary_search(n).is_ok()
-    }
 }
 
 fn desired(config: &Config, view: &KernelView, scope: &Scope, present: &[Uplink]) -> State {
@@ -245,9 +116,8 @@ pub fn owned_in(
             .collect(),
         guarded: match scope {
             Scope::All => guarded.clone(),
-            Scope::Uplinks { guarded: ours, .. } => (ours.0.iter())
+            Scope::Uplinks { guarded: ours, .. } => (ours.iter())
                 .filter(|ifindex| guarded.contains(ifindex))
-                .copied()
                 .collect(),
         },
     }
@@ -340,116 +210,10 @@ fn uplinks<'a>(config: &'a Config, view: &'a KernelView, scope: &Scope) -> Vec<U
 }
 
 /// The parent device of `link`, when it is in the view and is not the device itself.
-fn lower_of<'a>(view: &'a KernelView, link: &Link) -> Option<&'a Link> {
+pub(super) fn lower_of<'a>(view: &'a KernelView, link: &Link) -> Option<&'a Link> {
     link.lower
         .filter(|&lower| lower != link.ifindex)
         .and_then(|lower| view.links.get(&lower))
-}
-
-/// The view indexed once per plan, over the devices of the uplinks in the scope. Looking each
-/// uplink's link, addresses and gateway up by scanning the whole view made a pass grow with the
-/// square of the number of uplinks (measured: 5 ms for one address change with 256 uplinks).
-struct Index<'a> {
-    links: HashMap<&'a str, &'a Link>,
-    addresses: HashMap<u32, Vec<&'a Address>>,
-    /// The position of the uplink that wins each usable address of those devices: the first in
-    /// the configuration whose device holds it, in the scope or not. Device names are unique in
-    /// the view (`KernelView::apply` drops a stale device when its name reappears).
-    winners: HashMap<IpAddr, usize>,
-    /// The discovered gateway by (uplink ifindex, family), with the key that chose it.
-    gateways: HashMap<(u32, Family), (GatewayRank, IpAddr)>,
-}
-
-/// Orders candidate default routes: lowest metric, then `main`, then the lowest table, then
-/// the lowest gateway, so that the choice never depends on dump order.
-type GatewayRank = (u32, bool, u32, IpAddr);
-
-impl<'a> Index<'a> {
-    fn new(config: &Config, view: &'a KernelView, scope: &Scope) -> Index<'a> {
-        // By ifindex order, the first of a name wins, as with `KernelView::link_by_name`.
-        let mut links = HashMap::new();
-        // The scope's devices looked up, not the view scanned, when it has a few.
-        let scope_links: Vec<&Link> = match scope {
-            Scope::All => view.links.values().collect(),
-            Scope::Uplinks { devices, .. } => (devices.0)
-                .iter()
-                .filter_map(|ifindex| view.links.get(ifindex))
-                .collect(),
-        };
-        for link in scope_links {
-            links.entry(link.name.as_str()).or_insert(link);
-        }
-        let mut addresses: HashMap<u32, Vec<&Address>> = HashMap::new();
-        for address in view
-            .addresses
-            .iter()
-            .filter(|a| scope.has_device(a.ifindex))
-        {
-            addresses.entry(address.ifindex).or_default().push(address);
-        }
-        // A BTreeSet: with a few uplinks it holds a few addresses, and a lookup costs a few
-        // comparisons where hashing every address of the view would cost more.
-        let contested: BTreeSet<IpAddr> = addresses
-            .values()
-            .flatten()
-            .filter(|a| usable(a))
-            .map(|a| a.addr)
-            .collect();
-        let mut winners: HashMap<IpAddr, usize> = HashMap::new();
-        for address in &view.addresses {
-            if !contested.contains(&address.addr) || !usable(address) {
-                continue;
-            }
-            let holder = view.links.get(&address.ifindex);
-            if let Some(position) = holder.and_then(|link| config.position(&link.name)) {
-                let winner = winners.entry(address.addr).or_insert(position);
-                *winner = (*winner).min(position);
-            }
-        }
-        let mut gateways: HashMap<(u32, Family), (GatewayRank, IpAddr)> = HashMap::new();
-        for route in &view.routes {
-            if let Some((oif, family, rank, gateway)) = gateway_candidate(config, scope, route) {
-                let best = gateways.entry((oif, family)).or_insert((rank, gateway));
-                if rank < best.0 {
-                    *best = (rank, gateway);
-                }
-            }
-        }
-        Index {
-            links,
-            addresses,
-            winners,
-            gateways,
-        }
-    }
-}
-
-/// A route that can give an uplink its gateway, as the DHCP client (or router advertisement)
-/// set it: a default route through an uplink of `scope`, in a table that is not ours, with a next hop of
-/// its own family (an RTA_VIA of the other family is not one a table route here can use).
-fn gateway_candidate(
-    config: &Config,
-    scope: &Scope,
-    route: &Route,
-) -> Option<(u32, Family, GatewayRank, IpAddr)> {
-    // Cheapest tests first: most routes are not defaults, and with a few uplinks in the scope
-    // most defaults go through other devices, before the table is hashed.
-    if !route.is_default() || route.protocol == config.protocol {
-        return None;
-    }
-    let oif = route.oif.filter(|&oif| scope.has_device(oif))?;
-    if config.table_position(route.table).is_some() {
-        return None;
-    }
-    let family = route.family();
-    let gateway = route.gateway.filter(|g| Family::of(g) == family)?;
-    let rank = (
-        route.metric,
-        route.table != RT_TABLE_MAIN,
-        route.table,
-        gateway,
-    );
-    Some((oif, family, rank, gateway))
 }
 
 impl Uplink<'_> {
@@ -605,7 +369,7 @@ impl Uplink<'_> {
 
 /// Addresses a source-routed packet may carry: global unicast that DAD has accepted.
 /// Deprecated addresses stay: existing flows still use them.
-fn usable(address: &Address) -> bool {
+pub(super) fn usable(address: &Address) -> bool {
     if address.flags.tentative || address.flags.dad_failed {
         return false;
     }
