@@ -12,7 +12,7 @@ use crate::model::Family;
 use crate::netlink::Netlink;
 use crate::privileges::{self, Capability, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN};
 use crate::view::KernelView;
-use crate::{defaults, plan, Fatal};
+use crate::{defaults, ownership, plan, Fatal};
 
 /// One thing to fix, printed on one line.
 #[derive(Debug, PartialEq, Eq)]
@@ -155,7 +155,7 @@ pub fn findings(host: &Host) -> Vec<Finding> {
             );
         }
     }
-    for (table, route) in plan::foreign_routes_in_tables(host.config, host.view) {
+    for (table, route) in ownership::foreign_routes(host.config, host.view, &plan::Scope::All) {
         add(
             format!(
                 "table {table} holds a route of another owner ({}/{} protocol {})",

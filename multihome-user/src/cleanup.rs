@@ -7,8 +7,10 @@ use crate::cli::Owned;
 use crate::diff::diff;
 use crate::model::State;
 use crate::netlink::Netlink;
+use crate::ownership::{owned, GuardState};
+use crate::plan::Scope;
 use crate::privileges::{self, CAP_NET_ADMIN};
-use crate::{guard, plan, Fatal};
+use crate::{guard, Fatal};
 
 pub fn main(args: Owned) -> Result<ExitCode, Fatal> {
     let protocol = crate::config::protocol(args.protocol).map_err(Fatal::usage)?;
@@ -41,7 +43,10 @@ async fn remove_routing(protocol: u8) -> Result<Vec<String>, Fatal> {
     let netlink = Netlink::connect().map_err(anyhow::Error::from)?;
     let view = netlink.dump().await.map_err(anyhow::Error::from)?;
     let mut removed = Vec::new();
-    for op in diff(&State::default(), &plan::owned(&view, protocol)) {
+    for op in diff(
+        &State::default(),
+        &owned(&view, protocol, &Scope::All, &GuardState::default()),
+    ) {
         netlink
             .apply(&op)
             .await

@@ -19,7 +19,8 @@ use crate::guard::{self, AttachMode, Guard};
 use crate::instance;
 use crate::netlink::{Events, Netlink, Notice};
 use crate::notify::{self, notify};
-use crate::plan::{self, Scope};
+use crate::ownership;
+use crate::plan::Scope;
 use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
 use crate::reconcile::Reconciler;
 use crate::view::{Redump, Touched};
@@ -89,7 +90,7 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
         Events::subscribe(Some(args.netlink_receive_buffer)).map_err(anyhow::Error::from)?;
     let netlink = Netlink::connect().map_err(anyhow::Error::from)?;
     let view = netlink.dump().await.map_err(anyhow::Error::from)?;
-    if let Some((table, route)) = plan::foreign_routes_in_tables(&config, &view).first() {
+    if let Some((table, route)) = ownership::foreign_routes(&config, &view, &Scope::All).first() {
         return Err(Fatal::usage(format!(
             "table {table} already holds a route multihome does not own ({}/{} protocol {}): \
              give the uplink another table (IFNAME=TABLE) or --table-base",

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod model;
 pub mod netlink;
 pub mod notify;
+pub mod ownership;
 pub mod plan;
 pub mod privileges;
 pub mod reconcile;

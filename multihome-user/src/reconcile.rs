@@ -8,6 +8,7 @@ use crate::guard::Guard;
 use crate::linger::Linger;
 use crate::model::{Op, Route, State};
 use crate::netlink::Netlink;
+use crate::ownership::{self, GuardState};
 use crate::plan::{self, Assignments, Scope};
 use crate::view::KernelView;
 
@@ -29,13 +30,6 @@ pub struct Reconciler {
     /// address change with 256 uplinks); they are read again only where the kernel could have
     /// changed them behind our back: at start, on a resync, and on the watchdog's audit.
     guard_state: GuardState,
-}
-
-/// See `Reconciler::guard_state`.
-#[derive(Debug, Default)]
-struct GuardState {
-    entries: std::collections::BTreeMap<std::net::IpAddr, multihome_ebpf::Egress>,
-    guarded: std::collections::BTreeSet<u32>,
 }
 
 /// How a pass went.
@@ -78,14 +72,7 @@ impl Reconciler {
     /// What multihome owns within `scope`: its routes and rules from the view, its entries and
     /// attachments from the guard.
     fn owned(&self, scope: &Scope) -> State {
-        let guard = &self.guard_state;
-        plan::owned_in(
-            &self.view,
-            self.config.protocol,
-            scope,
-            &guard.entries,
-            &guard.guarded,
-        )
+        ownership::owned(&self.view, self.config.protocol, scope, &self.guard_state)
     }
 
     /// Brings the kernel to the plan, for the uplinks in `scope`.
@@ -125,7 +112,7 @@ impl Reconciler {
     /// Someone put a route in one of our tables while we run (start-up refuses them): `plan`
     /// yields its slot rather than overwrite it; the operator has to hear about it.
     fn warn_foreign_routes(&mut self, scope: &Scope) {
-        let foreign = plan::foreign_routes_in(&self.config, &self.view, scope);
+        let foreign = ownership::foreign_routes(&self.config, &self.view, scope);
         for (table, route) in foreign.iter().filter(|f| !self.foreign.contains(f)) {
             log::warn!(
                 "table {table} holds a route that is not multihome's ({route}): left alone, the \

@@ -9,9 +9,11 @@ use crate::config::{self, Config, Params, UplinkSpec};
 use crate::guard::{self, PinnedMaps};
 use crate::model::State;
 use crate::netlink::Netlink;
+use crate::ownership::{owned, GuardState};
+use crate::plan::Scope;
 use crate::report::{report, Inputs, Report};
 use crate::view::KernelView;
-use crate::{defaults, plan, Fatal};
+use crate::{defaults, Fatal};
 
 pub fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
     let protocol = config::protocol(args.owned.protocol).map_err(Fatal::usage)?;
@@ -24,19 +26,20 @@ pub fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
         netlink.dump().await
     });
     let view = view.map_err(|err| Fatal::failure(format!("reading the kernel's state: {err}")))?;
-    let mut owned = plan::owned(&view, protocol);
     let pins = PinnedMaps::open(&args.owned.pin_dir);
     let guard_pinned = pins.is_ok();
+    let mut guard = GuardState::default();
     let mut counters = BTreeMap::new();
     if let Ok(maps) = &pins {
-        owned.entries = maps.entries().map_err(Fatal::from)?;
+        guard.entries = maps.entries().map_err(Fatal::from)?;
         counters = maps.counters().map_err(Fatal::from)?;
     }
     let attach_modes: BTreeMap<u32, String> = guard::attachments(&args.owned.pin_dir)
         .into_iter()
         .map(|(ifindex, kind)| (ifindex, kind.to_string()))
         .collect();
-    owned.guarded = attach_modes.keys().copied().collect();
+    guard.guarded = attach_modes.keys().copied().collect();
+    let owned = owned(&view, protocol, &Scope::All, &guard);
     let config = infer_config(&args, protocol, &view, &owned, guard_pinned)?;
     let report = report(&Inputs {
         config: &config,

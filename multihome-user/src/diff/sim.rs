@@ -11,7 +11,8 @@ use multihome_ebpf::Egress;
 use crate::config::Config;
 use crate::diff::diff;
 use crate::model::{Event, Op, Route, Rule, State};
-use crate::plan::{owned_in, plan_in, Scope};
+use crate::ownership::{owned, GuardState};
+use crate::plan::{plan_in, Scope};
 use crate::view::{KernelView, Touched};
 
 #[derive(Clone, Debug, Default)]
@@ -33,13 +34,14 @@ impl Sim {
 
     /// What multihome owns, as the daemon would assemble it.
     pub fn owned(&self) -> State {
-        owned_in(
-            &self.view,
-            self.protocol,
-            &Scope::All,
-            &self.entries,
-            &self.guarded,
-        )
+        owned(&self.view, self.protocol, &Scope::All, &self.guard())
+    }
+
+    fn guard(&self) -> GuardState {
+        GuardState {
+            entries: self.entries.clone(),
+            guarded: self.guarded.clone(),
+        }
     }
 
     /// A kernel event, with what the kernel does silently alongside it: a deleted device takes
@@ -146,13 +148,7 @@ impl Sim {
     /// One reconcile of the uplinks in `scope`, as the daemon makes after an event.
     pub fn reconcile_in(&mut self, config: &Config, scope: &Scope) -> Vec<Op> {
         let desired = plan_in(config, &self.view, scope).0;
-        let owned = owned_in(
-            &self.view,
-            self.protocol,
-            scope,
-            &self.entries,
-            &self.guarded,
-        );
+        let owned = owned(&self.view, self.protocol, scope, &self.guard());
         let ops = diff(&desired, &owned);
         for op in &ops {
             self.apply(op)

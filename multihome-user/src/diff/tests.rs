@@ -210,7 +210,7 @@ fn play(what: &str, config: &Config, start: KernelView, steps: Vec<Step>) {
         );
         assert_eq!(
             plan(config, &sim.view).routes,
-            crate::plan::owned(&sim.view, config.protocol).routes,
+            sim.owned().routes,
             "{what}, step {n}"
         );
     }

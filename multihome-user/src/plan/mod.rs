@@ -14,6 +14,7 @@ use crate::config::{Config, UplinkConfig};
 use crate::model::{
     Address, Family, Link, LinkKind, Route, Rule, State, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE,
 };
+use crate::ownership;
 use crate::view::KernelView;
 
 mod describe;
@@ -65,86 +66,11 @@ fn desired(config: &Config, view: &KernelView, scope: &Scope, present: &[Uplink]
     // run time): multihome never overwrites what is not its own. It yields the slot (the
     // reconciler warns about foreign routes in its tables) and takes it back once the other
     // route is gone; meanwhile the guard keeps sources on their uplinks.
-    let held: BTreeSet<_> = view
-        .routes
-        .iter()
-        .filter(|r| r.protocol != config.protocol && ours_in(config, scope, r.table))
-        .map(Route::slot)
+    let held: BTreeSet<_> = (ownership::foreign_routes(config, view, scope).iter())
+        .map(|(_, route)| route.slot())
         .collect();
     state.routes.retain(|r| !held.contains(&r.slot()));
     state
-}
-
-/// The routes and rules multihome owns now: those carrying its protocol, wherever they are.
-/// `entries` and `guarded` are the guard's to fill.
-pub fn owned(view: &KernelView, protocol: u8) -> State {
-    owned_in(
-        view,
-        protocol,
-        &Scope::All,
-        &BTreeMap::new(),
-        &BTreeSet::new(),
-    )
-}
-
-/// What multihome owns within `scope`: its routes and rules in the scope's tables, and of the
-/// guard's `entries` and `guarded` devices, those bound to the scope's devices.
-pub fn owned_in(
-    view: &KernelView,
-    protocol: u8,
-    scope: &Scope,
-    entries: &BTreeMap<IpAddr, Egress>,
-    guarded: &BTreeSet<u32>,
-) -> State {
-    State {
-        routes: view
-            .routes
-            .iter()
-            .filter(|r| r.protocol == protocol && scope.has_table(Some(r.table)))
-            .copied()
-            .collect(),
-        rules: view
-            .rules
-            .iter()
-            .filter(|r| r.protocol == protocol && scope.has_table(r.table))
-            .cloned()
-            .collect(),
-        entries: entries
-            .iter()
-            .filter(|(_, egress)| scope.has_device(egress.uplink_ifindex))
-            .map(|(&addr, &egress)| (addr, egress))
-            .collect(),
-        guarded: match scope {
-            Scope::All => guarded.clone(),
-            Scope::Uplinks { guarded: ours, .. } => (ours.iter())
-                .filter(|ifindex| guarded.contains(ifindex))
-                .collect(),
-        },
-    }
-}
-
-/// Routes of someone else in a table the configuration gives multihome: the daemon refuses to
-/// start rather than mix its routes with them (or replace one of them).
-pub fn foreign_routes_in_tables(config: &Config, view: &KernelView) -> Vec<(u32, Route)> {
-    foreign_routes_in(config, view, &Scope::All)
-}
-
-/// `foreign_routes_in_tables`, in the tables of the uplinks in `scope` only.
-pub fn foreign_routes_in(config: &Config, view: &KernelView, scope: &Scope) -> Vec<(u32, Route)> {
-    let mut foreign: Vec<(u32, Route)> = view
-        .routes
-        .iter()
-        .filter(|r| r.protocol != config.protocol && ours_in(config, scope, r.table))
-        .map(|r| (r.table, *r))
-        .collect();
-    foreign.sort();
-    foreign
-}
-
-/// Whether `table` is one the configuration gives an uplink in `scope`.
-fn ours_in(config: &Config, scope: &Scope, table: u32) -> bool {
-    // The scope first: with a few uplinks, it rules out most routes before any hashing.
-    scope.has_table(Some(table)) && config.table_position(table).is_some()
 }
 
 /// Why an uplink that is present does or does not get its table and rules.

@@ -108,7 +108,7 @@ impl Scope {
         }
     }
 
-    pub(super) fn has_device(&self, ifindex: u32) -> bool {
+    pub fn has_device(&self, ifindex: u32) -> bool {
         match self {
             Scope::All => true,
             Scope::Uplinks { devices, .. } => devices.contains(&ifindex),
