@@ -180,7 +180,7 @@ impl Guard {
             .into_iter()
             .filter(|&(ifindex, kind)| {
                 let live = kind != AttachKind::Tcx
-                    || pins::tcx_link_attached(
+                    || attach::tcx_link_attached(
                         &pins::attachment_pin(&self.pin_dir, kind, ifindex),
                         ifindex,
                     );

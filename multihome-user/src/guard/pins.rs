@@ -20,11 +20,6 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{
-    links::{FdLink, PinnedLink},
-    tc::TcAttachType,
-    SchedClassifier,
-};
 
 use super::{privilege_hint, AttachKind};
 
@@ -73,25 +68,6 @@ pub fn attachments(pin_dir: &Path) -> BTreeMap<u32, AttachKind> {
         }
     }
     found
-}
-
-/// Whether the TCX link pinned at `pin` is still attached to `ifindex` of the caller's network
-/// namespace: `bpftool link detach` leaves the pin of a detached link behind. Anything that
-/// cannot be checked counts as attached (the pin is the record).
-pub(super) fn tcx_link_attached(pin: &Path, ifindex: u32) -> bool {
-    let Ok(link) = PinnedLink::from_pin(pin) else {
-        return true;
-    };
-    let Ok(info) = FdLink::from(link).info() else {
-        return true;
-    };
-    let Ok(name) = super::attach::ifname(ifindex) else {
-        return true;
-    };
-    match SchedClassifier::query_tcx(&name, TcAttachType::Egress) {
-        Ok((_, programs)) => programs.iter().any(|p| p.id() == info.program_id()),
-        Err(_) => true,
-    }
 }
 
 /// Makes sure `pin_dir` exists on a bpf filesystem, mounting bpffs at /sys/fs/bpf when the
