@@ -6,6 +6,8 @@ use std::fs;
 use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use crate::cli::CheckArgs;
 use crate::config::{self, Config, Params};
 use crate::model::Family;
@@ -226,10 +228,10 @@ pub fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|err| Fatal::failure(format!("starting the runtime: {err}")))?;
+        .context("starting the runtime")?;
     let view = runtime
         .block_on(async { Netlink::connect()?.dump().await })
-        .map_err(|err| Fatal::failure(format!("reading the kernel's state: {err}")))?;
+        .context("reading the kernel's state")?;
     let host = gather(&config, &view);
     let found = findings(&host);
     for f in &found {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use std::os::fd::OwnedFd;
 
+use anyhow::{anyhow, Context};
 use futures::FutureExt;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -49,7 +50,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Fatal> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|err| Fatal::failure(format!("starting the runtime: {err}")))?;
+        .context("starting the runtime")?;
     runtime.block_on(run(config, &args))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -86,10 +87,9 @@ fn config_from(args: &RunArgs) -> Result<Config, Fatal> {
 async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
     let _instance = instance::claim(config.protocol).map_err(Fatal::usage)?;
     // Subscribe before the dump, so that nothing that changes in between is missed.
-    let mut events =
-        Events::subscribe(Some(args.netlink_receive_buffer)).map_err(anyhow::Error::from)?;
-    let netlink = Netlink::connect().map_err(anyhow::Error::from)?;
-    let view = netlink.dump().await.map_err(anyhow::Error::from)?;
+    let mut events = Events::subscribe(Some(args.netlink_receive_buffer))?;
+    let netlink = Netlink::connect()?;
+    let view = netlink.dump().await?;
     if let Some((table, route)) = ownership::foreign_routes(&config, &view, &Scope::All).first() {
         return Err(Fatal::usage(format!(
             "table {table} already holds a route multihome does not own ({}/{} protocol {}): \
@@ -103,14 +103,14 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
         log::info!("rules only (--no-ebpf): the eBPF guard is not loaded");
         None
     };
-    let mut sigterm = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let guard_log = match guard.as_ref().and_then(Guard::log_fd) {
         // SAFETY: an OwnedFd stays open, on the same description, for as long as it lives,
         // and the AsyncFd owns it.
         Some(fd) => Some(
             unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-                .map_err(|err| Fatal::failure(format!("watching the guard's log: {err}")))?,
+                .context("watching the guard's log")?,
         ),
         None => None,
     };
@@ -163,12 +163,11 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
         }
         let netlink = &reconciler.netlink;
         if resync.all {
-            reconciler.view = netlink.dump().await.map_err(anyhow::Error::from)?;
+            reconciler.view = netlink.dump().await?;
             reconciler.reread_guard();
             resync.touched = Touched::all();
         } else if resync.routes != Redump::Nothing {
-            let routes =
-                (netlink.dump_routes_of(&resync.routes).await).map_err(anyhow::Error::from)?;
+            let routes = (netlink.dump_routes_of(&resync.routes).await)?;
             let changed = reconciler.view.replace_routes(&resync.routes, routes);
             resync.touched.merge(changed);
         }
@@ -190,7 +189,7 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
         log::info!("stopping, removing what multihome installed");
         reconciler.teardown().await;
         if let Some(guard) = reconciler.guard.take() {
-            for line in guard.remove_all().map_err(Fatal::from)? {
+            for line in guard.remove_all()? {
                 log::debug!("removed {line}");
             }
         }
@@ -210,9 +209,10 @@ fn load_guard(args: &RunArgs) -> Result<Option<Guard>, Fatal> {
     guard::prepare_pin_dir(&args.owned.pin_dir).map_err(|err| Fatal::usage(format!("{err:#}")))?;
     match Guard::load(&args.owned.pin_dir, mode) {
         Ok(guard) => Ok(Some(guard)),
-        Err(err) if args.no_rules => Err(Fatal::failure(format!(
+        Err(err) if args.no_rules => Err(anyhow!(
             "the eBPF guard cannot load ({err:#}) and --no-rules leaves nothing else to do"
-        ))),
+        )
+        .into()),
         Err(err) => {
             log::warn!("the eBPF guard cannot load, running rules only: {err:#}");
             Ok(None)
@@ -248,9 +248,9 @@ fn absorb(
             resync.all = true;
         }
         Err(err) => {
-            return Err(Fatal::failure(format!(
-                "netlink subscription failed: {err}"
-            )))
+            return Err(anyhow::Error::from(err)
+                .context("netlink subscription failed")
+                .into())
         }
     }
     Ok(())

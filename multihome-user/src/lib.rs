@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod defaults;
 pub mod diff;
+mod error;
 #[cfg(test)]
 mod fixtures;
 pub mod generate;
@@ -28,34 +29,4 @@ pub mod report;
 pub mod status;
 pub mod view;
 
-/// An error that ends a command with a given exit status: 2 for bad input or a missing
-/// privilege (the operator must change something), 1 for everything else.
-#[derive(Debug)]
-pub struct Fatal {
-    pub status: u8,
-    pub message: String,
-}
-
-impl Fatal {
-    /// Bad input or a missing privilege: exit status 2.
-    pub fn usage(message: impl std::fmt::Display) -> Fatal {
-        Fatal {
-            status: 2,
-            message: message.to_string(),
-        }
-    }
-
-    /// A failure at run time: exit status 1.
-    pub fn failure(message: impl std::fmt::Display) -> Fatal {
-        Fatal {
-            status: 1,
-            message: message.to_string(),
-        }
-    }
-}
-
-impl From<anyhow::Error> for Fatal {
-    fn from(err: anyhow::Error) -> Fatal {
-        Fatal::failure(format!("{err:#}"))
-    }
-}
+pub use error::Fatal;

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use crate::cli::StatusArgs;
 use crate::config::{self, Config, Params, UplinkSpec};
 use crate::guard::{self, PinnedMaps};
@@ -20,19 +22,19 @@ pub fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|err| Fatal::failure(format!("starting the runtime: {err}")))?;
+        .context("starting the runtime")?;
     let view = runtime.block_on(async {
         let netlink = Netlink::connect()?;
         netlink.dump().await
     });
-    let view = view.map_err(|err| Fatal::failure(format!("reading the kernel's state: {err}")))?;
+    let view = view.context("reading the kernel's state")?;
     let pins = PinnedMaps::open(&args.owned.pin_dir);
     let guard_pinned = pins.is_ok();
     let mut guard = GuardState::default();
     let mut counters = BTreeMap::new();
     if let Ok(maps) = &pins {
-        guard.entries = maps.entries().map_err(Fatal::from)?;
-        counters = maps.counters().map_err(Fatal::from)?;
+        guard.entries = maps.entries()?;
+        counters = maps.counters()?;
     }
     let attach_modes: BTreeMap<u32, String> = guard::attachments(&args.owned.pin_dir)
         .into_iter()
@@ -50,10 +52,7 @@ pub fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
         guard_pinned,
     });
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| Fatal::failure(e.to_string()))?
-        );
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", table(&report));
     }

@@ -26,8 +26,8 @@ use crate::model::Op;
 /// What an rtnetlink request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The socket could not be opened or configured.
-    #[error("netlink socket: {0}")]
+    /// The socket could not be opened or configured (the cause follows in the error's chain).
+    #[error("netlink socket")]
     Socket(#[from] io::Error),
     /// The kernel refused the request with this errno.
     #[error("{request}: {}", io::Error::from_raw_os_error(*errno))]
