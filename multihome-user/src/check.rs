@@ -6,12 +6,10 @@ use std::fs;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 use crate::cli::CheckArgs;
 use crate::config::{self, Config, Params};
 use crate::model::Family;
-use crate::netlink::Netlink;
+use crate::netlink;
 use crate::privileges::{self, Capability, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN};
 use crate::view::KernelView;
 use crate::{defaults, ownership, plan, Fatal};
@@ -225,13 +223,7 @@ pub fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
         ..Params::default()
     })
     .map_err(Fatal::usage)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let view = runtime
-        .block_on(async { Netlink::connect()?.dump().await })
-        .context("reading the kernel's state")?;
+    let view = netlink::snapshot()?;
     let host = gather(&config, &view);
     let found = findings(&host);
     for f in &found {

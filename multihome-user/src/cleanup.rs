@@ -12,6 +12,7 @@ use crate::netlink::Netlink;
 use crate::ownership::{owned, GuardState};
 use crate::plan::Scope;
 use crate::privileges::{self, CAP_NET_ADMIN};
+use crate::runtime;
 use crate::{guard, Fatal};
 
 pub fn main(args: Owned) -> Result<ExitCode, Fatal> {
@@ -22,11 +23,7 @@ pub fn main(args: Owned) -> Result<ExitCode, Fatal> {
             cap.name, cap.why
         )));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let mut removed = runtime.block_on(remove_routing(protocol))?;
+    let mut removed = runtime::block_on(remove_routing(protocol))?;
     removed.extend(guard::remove_all(&args.pin_dir)?);
     if removed.is_empty() {
         println!(

@@ -24,6 +24,7 @@ use crate::ownership;
 use crate::plan::Scope;
 use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
 use crate::reconcile::Reconciler;
+use crate::runtime;
 use crate::view::{Redump, Touched};
 use crate::Fatal;
 
@@ -47,11 +48,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Fatal> {
             cap.name, cap.why
         )));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(run(config, &args))?;
+    runtime::block_on(run(config, &args))?;
     Ok(ExitCode::SUCCESS)
 }
 

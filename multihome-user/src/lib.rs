@@ -26,6 +26,7 @@ pub mod plan;
 pub mod privileges;
 pub mod reconcile;
 pub mod report;
+mod runtime;
 pub mod status;
 pub mod view;
 

@@ -4,13 +4,11 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 use crate::cli::StatusArgs;
 use crate::config::{self, Config, Params, UplinkSpec};
 use crate::guard::{self, PinnedMaps};
 use crate::model::State;
-use crate::netlink::Netlink;
+use crate::netlink;
 use crate::ownership::{owned, GuardState};
 use crate::plan::Scope;
 use crate::report::{report, Inputs, Report};
@@ -19,15 +17,7 @@ use crate::{defaults, Fatal};
 
 pub fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
     let protocol = config::protocol(args.owned.protocol).map_err(Fatal::usage)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let view = runtime.block_on(async {
-        let netlink = Netlink::connect()?;
-        netlink.dump().await
-    });
-    let view = view.context("reading the kernel's state")?;
+    let view = netlink::snapshot()?;
     let pins = PinnedMaps::open(&args.owned.pin_dir);
     let guard_pinned = pins.is_ok();
     let mut guard = GuardState::default();

@@ -21,7 +21,22 @@ use std::io;
 pub use events::{Events, Notice, DEFAULT_RECEIVE_BUFFER};
 pub use request::Netlink;
 
+use anyhow::Context;
+
+use crate::runtime;
+use crate::view::KernelView;
+
 use crate::model::Op;
+
+/// The kernel's state, read once: for the commands an operator runs from a shell (`status`,
+/// `check`), on a runtime of their own.
+pub(crate) fn snapshot() -> anyhow::Result<KernelView> {
+    runtime::block_on(async {
+        let view = Netlink::connect()?.dump().await?;
+        Ok::<_, anyhow::Error>(view)
+    })
+    .context("reading the kernel's state")
+}
 
 /// What an rtnetlink request can fail with.
 #[derive(Debug, thiserror::Error)]
