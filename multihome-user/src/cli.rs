@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use crate::netlink::DEFAULT_RECEIVE_BUFFER;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/multihome";
+use crate::config::{DEFAULT_PIN_DIR, DEFAULT_PRIORITY, DEFAULT_PROTOCOL, DEFAULT_TABLE_BASE};
+use crate::netlink::DEFAULT_RECEIVE_BUFFER;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,7 +46,7 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct Owned {
     /// Routing protocol number marking multihome's routes and rules.
-    #[arg(long, default_value_t = 77, value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_PROTOCOL.into(), value_name = "N")]
     pub protocol: u32,
     /// Where the guard's maps and attachments are pinned (bpffs).
     #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
@@ -56,10 +56,10 @@ pub struct Owned {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Table of the first uplink is N+1, of the second N+2, and so on.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_TABLE_BASE, value_name = "N")]
     pub table_base: u32,
     /// Priority of the `from ADDR` rules; the `oif` rules take P+1.
-    #[arg(long, default_value_t = 1000, value_name = "P")]
+    #[arg(long, default_value_t = DEFAULT_PRIORITY, value_name = "P")]
     pub priority: u32,
     /// A gateway to use for an uplink instead of the one its DHCP client installs.
     #[arg(long = "gateway", value_name = "IFNAME=ADDR")]
@@ -102,7 +102,7 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Priority the daemon will use (to find conflicting rules).
-    #[arg(long, default_value_t = 1000, value_name = "P")]
+    #[arg(long, default_value_t = DEFAULT_PRIORITY, value_name = "P")]
     pub priority: u32,
     /// Uplinks to check; default: $MULTIHOME_UPLINKS, else MULTIHOME_UPLINKS in
     /// /etc/default/multihome ($MULTIHOME_DEFAULTS).

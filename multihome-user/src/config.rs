@@ -16,6 +16,8 @@ pub const DEFAULT_TABLE_BASE: u32 = 1000;
 pub const DEFAULT_PRIORITY: u32 = 1000;
 /// The routing protocol number marking everything multihome owns (`multihome` in rt_protos.d).
 pub const DEFAULT_PROTOCOL: u8 = 77;
+/// Where the guard's maps and attachments are pinned: a directory of the bpf filesystem.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/multihome";
 
 /// The priority of the kernel's `lookup main` rule: ours must all come before it.
 const MAIN_RULE_PRIORITY: u32 = 32766;

@@ -24,7 +24,7 @@ use aya::{
 };
 
 pub use maps::PinnedMaps;
-pub use pins::{attachments, prepare as prepare_pin_dir, DEFAULT_PIN_DIR};
+pub use pins::{attachments, prepare as prepare_pin_dir};
 
 /// The program's name in the object and in the kernel (which keeps 15 characters).
 pub const PROGRAM_NAME: &str = "multihome_guard";

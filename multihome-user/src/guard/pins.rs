@@ -23,8 +23,6 @@ use anyhow::{bail, Context, Result};
 
 use super::{privilege_hint, AttachKind};
 
-/// Where the daemon pins by default.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/multihome";
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
