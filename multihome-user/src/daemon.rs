@@ -81,7 +81,7 @@ fn config_from(args: &RunArgs) -> Result<Config, Fatal> {
     .map_err(Fatal::usage)
 }
 
-async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
+async fn run(mut config: Config, args: &RunArgs) -> Result<(), Fatal> {
     let _instance = instance::claim(config.protocol).map_err(Fatal::usage)?;
     // Subscribe before the dump, so that nothing that changes in between is missed.
     let mut events = Events::subscribe(Some(args.netlink_receive_buffer))?;
@@ -100,6 +100,9 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
         log::info!("rules only (--no-ebpf): the eBPF guard is not loaded");
         None
     };
+    // A guard that could not load leaves the rules alone to plan: planning entries and
+    // attachments that nothing can apply would fail every pass, and retry for ever.
+    config.ebpf = guard.is_some();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let guard_log = match guard.as_ref().and_then(Guard::log_fd) {
