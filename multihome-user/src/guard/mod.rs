@@ -222,24 +222,33 @@ impl Guard {
         Ok((result.return_value as i32, out))
     }
 
-    /// Writes the program's pending log records (debug level) to the `log` crate.
-    /// A descriptor that becomes readable when the program has logged something (only when
-    /// debug logging is on, the only level the program logs at): the daemon waits on it and
-    /// then calls [`Self::flush_log`], so the guard's messages cost no timer.
-    pub fn log_fd(&self) -> Option<std::os::fd::OwnedFd> {
-        use std::os::fd::AsFd;
+    /// The program's log, taken out of the guard so that its reader can wait on it apart from
+    /// the guard; `None` unless debug logging is on (the only level the program logs at) and
+    /// the log could be opened.
+    pub fn take_log(&mut self) -> Option<GuardLog> {
         if log::max_level() < log::LevelFilter::Debug {
             return None;
         }
-        self.logger
-            .as_ref()
-            .and_then(|logger| logger.as_fd().try_clone_to_owned().ok())
+        self.logger.take().map(|logger| GuardLog { logger })
+    }
+}
+
+/// The guard program's log records (aya-log).
+pub struct GuardLog {
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+}
+
+impl GuardLog {
+    /// A descriptor that becomes readable when the program has logged something: the daemon
+    /// waits on it and then calls [`Self::flush`], so the guard's messages cost no timer.
+    pub fn fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.logger.as_fd().try_clone_to_owned()
     }
 
-    pub fn flush_log(&mut self) {
-        if let Some(logger) = &mut self.logger {
-            logger.flush();
-        }
+    /// Writes the pending records to the `log` crate.
+    pub fn flush(&mut self) {
+        self.logger.flush();
     }
 }
 

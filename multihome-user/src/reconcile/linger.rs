@@ -16,7 +16,7 @@ use crate::model::{Op, State};
 pub const LINGER: Duration = Duration::from_secs(2);
 
 /// Released addresses whose entry removal is held back, with when it becomes due.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Linger {
     due: BTreeMap<IpAddr, Instant>,
 }
