@@ -11,11 +11,7 @@ use std::net::IpAddr;
 use crate::model::{Family, Op, Route, State};
 
 #[cfg(test)]
-mod model_tests;
-#[cfg(test)]
-pub mod sim;
-#[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub fn diff(desired: &State, owned: &State) -> Vec<Op> {
     let mut ops = Vec::new();

@@ -286,16 +286,15 @@ fn presence<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::sim::Sim;
     use crate::fixtures::{config, seed, ETH0, WAN1, WAN2};
+    use crate::reconcile::sim::Sim;
 
     /// The seed with everything multihome wants in place (applied on the simulated kernel).
     fn converged() -> (Config, KernelView, State) {
         let config = config(&["vlan101", "vlan102"]);
-        let mut sim = Sim::new(seed(), 77);
-        sim.reconcile(&config);
+        let sim = Sim::converged(&config, seed());
         let owned = sim.owned();
-        (config, sim.view.clone(), owned)
+        (config, sim.kernel.clone(), owned)
     }
 
     /// The report with the guard attached by TCX on `attached`.

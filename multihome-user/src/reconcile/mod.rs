@@ -12,6 +12,12 @@
 
 mod kernel;
 mod linger;
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod scenarios;
+#[cfg(test)]
+pub(crate) mod sim;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
