@@ -23,6 +23,7 @@ pub mod notify;
 pub mod ownership;
 pub mod plan;
 pub mod privileges;
+pub mod probe;
 pub(crate) mod reconcile;
 pub mod report;
 mod runtime;

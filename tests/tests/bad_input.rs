@@ -33,6 +33,9 @@ const CASES: &[(&[&str], &str)] = &[
     (&["run", "--priority", "many", "wan1"], "many"),
     (&["status", "--protocol", "999"], "protocol"),
     (&["cleanup", "--protocol", "1"], "protocol"),
+    (&["check", "--priority", "0"], "priority"),
+    (&["check", "--protocol", "300"], "protocol"),
+    (&["check", "wan/1"], "wan/1"),
     (&["frobnicate"], "frobnicate"),
 ];
 
@@ -120,8 +123,8 @@ fn an_unusable_pin_directory_is_refused_before_anything_changes() {
     let bin = multihome_bin();
     let bin = bin.to_str().unwrap();
     let not_bpffs = std::env::temp_dir().join(format!("{}-pins", host.name()));
-    // Not on bpffs; then bpffs missing (a private mount namespace without it) and not mountable
-    // without CAP_SYS_ADMIN.
+    // Not on bpffs; then bpffs missing (a private mount namespace without it, whether or not
+    // the machine has one mounted, once or stacked) and not mountable without CAP_SYS_ADMIN.
     let cases: [(Vec<String>, &str); 2] = [
         (
             vec![bin.into(), "run".into(), "--pin-dir".into(), not_bpffs.display().to_string(), "wan1".into()],
@@ -130,7 +133,7 @@ fn an_unusable_pin_directory_is_refused_before_anything_changes() {
         (
             vec![
                 "unshare".into(), "-m".into(), "sh".into(), "-c".into(),
-                format!("umount /sys/fs/bpf && exec setpriv --bounding-set -sys_admin --inh-caps -sys_admin {bin} run wan1"),
+                format!("while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf || exit 97; done; exec setpriv --bounding-set -sys_admin --inh-caps -sys_admin {bin} run wan1"),
             ],
             "mount",
         ),

@@ -19,7 +19,7 @@ pub fn run(args: &[OsString]) -> Result<()> {
         .into());
     }
     let started = Instant::now();
-    build::run(true)?;
+    build::run(true, None)?;
     let target = run::target_dir()?;
     let release = target.join("release");
     let out = target.join("bench");

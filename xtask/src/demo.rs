@@ -18,7 +18,7 @@ pub fn run() -> Result<()> {
         .into());
     }
     setup::run()?;
-    build::run(false)?;
+    build::run(false, None)?;
     let demo = run::target_dir()?.join("debug").join("mh-demo");
     proc::run(&mut Command::new(demo))
 }

@@ -101,13 +101,7 @@ fn unit_text(layout: &Layout) -> String {
 
 pub fn install(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
     let layout = Layout::new(prefix, destdir)?;
-    proc::run(&mut proc::cargo([
-        "build",
-        "--release",
-        "--package",
-        "multihome",
-    ]))?;
-    let built = crate::run::target_dir()?.join("release/multihome");
+    let built = crate::build::binary(crate::arch::Arch::host(), true)?;
     for line in stage(&layout, &built)? {
         println!("install: {line}");
     }

@@ -1,5 +1,6 @@
 //! multihome's development tasks: `cargo xtask <task>` (alias in `.cargo/config.toml`).
 
+mod arch;
 mod bench;
 mod build;
 mod demo;
@@ -18,6 +19,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::arch::Arch;
 use crate::proc::{OperatorError, Reported};
 
 #[derive(Parser)]
@@ -29,10 +31,17 @@ use crate::proc::{OperatorError, Reported};
 enum Task {
     /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker).
     Setup,
-    /// Build the workspace (the eBPF object included).
+    /// Build the workspace (the eBPF object included), or with --arch/--target the multihome
+    /// binary alone for that architecture (cross-compiled, installing the toolchain it needs).
     Build {
         #[arg(long)]
         release: bool,
+        /// Build multihome for this architecture (Debian's name).
+        #[arg(long, value_enum, conflicts_with = "target")]
+        arch: Option<Arch>,
+        /// Build multihome for this Rust target triple (e.g. aarch64-unknown-linux-gnu).
+        #[arg(long, value_name = "TRIPLE", value_parser = parse_triple)]
+        target: Option<Arch>,
     },
     /// Build, then run `multihome ARGS` (e.g. `cargo xtask run -- run wan1 wan2`).
     Run {
@@ -82,10 +91,22 @@ struct InstallArgs {
     destdir: Option<std::path::PathBuf>,
 }
 
+/// A `--target` triple that names one of the supported architectures.
+fn parse_triple(triple: &str) -> Result<Arch, String> {
+    Arch::from_triple(triple).ok_or_else(|| {
+        let known: Vec<&str> = Arch::ALL.iter().map(|a| a.triple()).collect();
+        format!("not a supported target; supported: {}", known.join(", "))
+    })
+}
+
 fn main() -> ExitCode {
     let result = match Task::parse() {
         Task::Setup => setup::run(),
-        Task::Build { release } => build::run(release),
+        Task::Build {
+            release,
+            arch,
+            target,
+        } => build::run(release, arch.or(target)),
         Task::Run { release, args } => run::run(release, &args),
         Task::Test => test::run(),
         Task::Demo => demo::run(),

@@ -6,8 +6,11 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-/// Debian packages (bookworm names). `{llvm}` stands for nightly's LLVM major version, so that
-/// bpf-linker links against the LLVM that emits the eBPF object's bitcode.
+use crate::arch::Arch;
+
+/// Debian packages (bookworm names) every machine needs, whatever its architecture; see
+/// [`debian_packages`] for the ones that depend on it. `{llvm}` stands for nightly's LLVM major
+/// version, so that bpf-linker links against the LLVM that emits the eBPF object's bitcode.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",            // tier 3 (namespaces): `ip` links, addresses, routes, rules, netns
     "bpftool",             // tiers 2-3: inspect attached programs and pinned maps
@@ -17,7 +20,6 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libzstd-dev",         // build: libLLVM's link dependency (bpf-linker)
     "dnsmasq-base",        // tier 3: DHCP server in each ISP router namespace
     "isc-dhcp-client",     // tier 3: dhclient, one of the real DHCP clients under test
-    "qemu-system-x86",     // tier 4: boots the Debian kernel with 802.1Q for the VLAN topology
     "iperf3",              // tier 3 / bench: throughput through the guard
     "nftables",            // tier 3: NAT in the router namespaces
     "socat",               // tier 3: the "internet" echo service that reports the caller's address
@@ -33,11 +35,30 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "binutils", // tier 4: strips multihome's debug info for the initramfs
 ];
 
-/// The Debian packages for nightly's LLVM major `llvm`.
-pub fn debian_packages(llvm: u32) -> Vec<String> {
-    DEBIAN_PACKAGES
+/// The Debian packages for nightly's LLVM major `llvm` on a `host` machine: the common ones,
+/// then per architecture the qemu that boots its VM cells (tier 4) and, for every architecture
+/// but the host's, the cross compiler and C library that link its `multihome`
+/// (`cargo xtask build --arch`, the arm64 VM cell, the packages).
+pub fn debian_packages(llvm: u32, host: Arch) -> Vec<String> {
+    let common = DEBIAN_PACKAGES
         .iter()
-        .map(|p| p.replace("{llvm}", &llvm.to_string()))
+        .map(|p| p.replace("{llvm}", &llvm.to_string()));
+    let qemu = Arch::ALL.into_iter().map(|a| a.qemu().1.to_string());
+    let cross = foreign(host).flat_map(Arch::cross_packages);
+    common.chain(qemu).chain(cross).collect()
+}
+
+/// The architectures other than the host's: cross-built.
+fn foreign(host: Arch) -> impl Iterator<Item = Arch> {
+    Arch::ALL.into_iter().filter(move |&a| a != host)
+}
+
+/// The installed targets from `rustup target list --installed`, one triple a line.
+pub fn parse_rust_targets(out: &str) -> BTreeSet<String> {
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
         .collect()
 }
 
@@ -99,11 +120,15 @@ pub fn parse_crates2_linker(crates2: &str) -> Option<Vec<String>> {
 /// The machine as observed by `setup`.
 #[derive(Debug, Clone)]
 pub struct Observed {
+    /// The machine's architecture.
+    pub host: Arch,
     /// Nightly's LLVM major version.
     pub llvm: u32,
     /// Installed Debian packages; `None` off Debian (dpkg cannot be asked).
     pub packages: Option<BTreeSet<String>>,
     pub rust_src: bool,
+    /// Targets installed for the workspace's toolchain (the one running xtask).
+    pub rust_targets: BTreeSet<String>,
     pub linker: Linker,
 }
 
@@ -163,7 +188,7 @@ fn llvm_feature(llvm: u32) -> String {
 pub fn plan(observed: &Observed) -> Plan {
     let mut checks = Vec::new();
     let mut missing_packages = Vec::new();
-    for package in debian_packages(observed.llvm) {
+    for package in debian_packages(observed.llvm, observed.host) {
         let state = match &observed.packages {
             None => State::Unknown,
             Some(installed) if installed.contains(&package) => State::Present,
@@ -187,6 +212,22 @@ pub fn plan(observed: &Observed) -> Plan {
         },
         note: None,
     });
+    let mut missing_targets = Vec::new();
+    for arch in foreign(observed.host) {
+        let present = observed.rust_targets.contains(arch.triple());
+        if !present {
+            missing_targets.push(arch.triple().to_string());
+        }
+        checks.push(Check {
+            what: format!("rustup target {}", arch.triple()),
+            state: if present {
+                State::Present
+            } else {
+                State::Missing
+            },
+            note: None,
+        });
+    }
     let feature = llvm_feature(observed.llvm);
     let (linker_state, linker_note) = match &observed.linker {
         Linker::Missing => (State::Missing, None),
@@ -213,7 +254,9 @@ pub fn plan(observed: &Observed) -> Plan {
             path_prefix: None,
             argv: words("apt-get update"),
         });
-        let mut argv = words("apt-get install -y --no-install-recommends");
+        // Another apt run (of another checkout's tests, say) may hold dpkg's lock: wait for it.
+        let mut argv =
+            words("apt-get install -o DPkg::Lock::Timeout=600 -y --no-install-recommends");
         argv.extend(missing_packages);
         commands.push(Cmd {
             env: vec![("DEBIAN_FRONTEND", "noninteractive".into())],
@@ -226,6 +269,15 @@ pub fn plan(observed: &Observed) -> Plan {
             env: vec![],
             path_prefix: None,
             argv: words("rustup component add rust-src --toolchain nightly"),
+        });
+    }
+    if !missing_targets.is_empty() {
+        let mut argv = words("rustup target add");
+        argv.extend(missing_targets);
+        commands.push(Cmd {
+            env: vec![],
+            path_prefix: None,
+            argv,
         });
     }
     if linker_state != State::Present {
@@ -268,9 +320,13 @@ mod tests {
 
     fn all_present(llvm: u32) -> Observed {
         Observed {
+            host: Arch::Amd64,
             llvm,
-            packages: Some(debian_packages(llvm).into_iter().collect()),
+            packages: Some(debian_packages(llvm, Arch::Amd64).into_iter().collect()),
             rust_src: true,
+            rust_targets: ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"]
+                .map(String::from)
+                .into(),
             linker: Linker::Cargo {
                 features: vec![llvm_feature(llvm)],
             },
@@ -292,10 +348,50 @@ mod tests {
 
     #[test]
     fn package_list_follows_the_llvm_major() {
-        let packages = debian_packages(21);
+        let packages = debian_packages(21, Arch::Amd64);
         assert!(packages.contains(&"llvm-21-dev".to_string()));
         assert!(packages.contains(&"libpolly-21-dev".to_string()));
         assert!(!packages.iter().any(|p| p.contains('{')));
+    }
+
+    #[test]
+    fn every_architectures_qemu_and_the_other_ones_cross_compiler() {
+        let on_amd64 = debian_packages(22, Arch::Amd64);
+        for package in [
+            "qemu-system-x86",
+            "qemu-system-arm",
+            "gcc-aarch64-linux-gnu",
+            "libc6-dev-arm64-cross",
+        ] {
+            assert!(on_amd64.contains(&package.to_string()), "{package}");
+        }
+        assert!(!on_amd64.iter().any(|p| p.contains("x86-64-linux-gnu")));
+        let on_arm64 = debian_packages(22, Arch::Arm64);
+        assert!(on_arm64.contains(&"gcc-x86-64-linux-gnu".to_string()));
+        assert!(!on_arm64.contains(&"gcc-aarch64-linux-gnu".to_string()));
+    }
+
+    #[test]
+    fn rustup_lists_installed_targets_one_a_line() {
+        let targets = parse_rust_targets("aarch64-unknown-linux-gnu\nx86_64-unknown-linux-gnu\n");
+        assert!(targets.contains("aarch64-unknown-linux-gnu"));
+        assert_eq!(targets.len(), 2);
+    }
+
+    #[test]
+    fn a_missing_cross_target_is_added_to_the_workspace_toolchain() {
+        let mut observed = all_present(22);
+        observed.rust_targets.remove("aarch64-unknown-linux-gnu");
+        let plan = plan(&observed);
+        assert_eq!(
+            rendered(&plan),
+            ["rustup target add aarch64-unknown-linux-gnu"]
+        );
+        assert!(plan
+            .checks
+            .iter()
+            .any(|c| c.what == "rustup target aarch64-unknown-linux-gnu"
+                && c.state == State::Missing));
     }
 
     #[test]
@@ -337,7 +433,11 @@ mod tests {
         let plan = plan(&all_present(22));
         assert!(plan.commands.is_empty());
         assert!(plan.checks.iter().all(|c| c.state == State::Present));
-        assert_eq!(plan.checks.len(), DEBIAN_PACKAGES.len() + 2);
+        // Packages, rust-src, the arm64 target, bpf-linker.
+        assert_eq!(
+            plan.checks.len(),
+            debian_packages(22, Arch::Amd64).len() + 3
+        );
     }
 
     #[test]
@@ -350,8 +450,8 @@ mod tests {
             rendered(&plan(&observed)),
             [
                 "apt-get update",
-                "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-                 llvm-22-dev cpio",
+                "DEBIAN_FRONTEND=noninteractive apt-get install -o DPkg::Lock::Timeout=600 -y \
+                 --no-install-recommends llvm-22-dev cpio",
             ]
         );
     }
@@ -386,16 +486,18 @@ mod tests {
     #[test]
     fn off_debian_every_package_is_named_and_apt_comes_before_cargo() {
         let observed = Observed {
+            host: Arch::Amd64,
             llvm: 22,
             packages: None,
             rust_src: false,
+            rust_targets: BTreeSet::new(),
             linker: Linker::Unrecorded,
         };
         let plan = plan(&observed);
         let commands = rendered(&plan);
-        assert_eq!(commands.len(), 4);
+        assert_eq!(commands.len(), 5);
         assert_eq!(commands[0], "apt-get update");
-        for package in debian_packages(22) {
+        for package in debian_packages(22, Arch::Amd64) {
             assert!(
                 commands[1].contains(&package),
                 "{package} not in {}",
@@ -406,11 +508,12 @@ mod tests {
             commands[2],
             "rustup component add rust-src --toolchain nightly"
         );
-        assert!(commands[3].contains("--features llvm-22 --force"));
+        assert_eq!(commands[3], "rustup target add aarch64-unknown-linux-gnu");
+        assert!(commands[4].contains("--features llvm-22 --force"));
         assert!(plan
             .checks
             .iter()
-            .take(DEBIAN_PACKAGES.len())
+            .take(debian_packages(22, Arch::Amd64).len())
             .all(|c| c.state == State::Unknown));
     }
 }

@@ -8,13 +8,11 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
+use crate::arch::Arch;
 use crate::{build, proc};
 
 pub fn run(release: bool, args: &[OsString]) -> Result<()> {
-    build::run(release)?;
-    let binary = target_dir()?
-        .join(if release { "release" } else { "debug" })
-        .join("multihome");
+    let binary = build::binary(Arch::host(), release)?;
     let mut cmd = Command::new(&binary);
     cmd.args(args);
     let shown: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use crate::arch::Arch;
 use crate::proc::{self, OperatorError};
 use crate::requirements::{self, Check, Cmd, Linker, Observed, State};
 
@@ -99,7 +100,7 @@ fn observe(debian: bool) -> Result<Observed> {
     let packages = if debian {
         let mut dpkg = Command::new("dpkg-query");
         dpkg.args(["-W", "-f=${Package} ${Status}\\n"])
-            .args(requirements::debian_packages(llvm));
+            .args(requirements::debian_packages(llvm, Arch::host()));
         Some(requirements::parse_dpkg_installed(&proc::stdout_of(
             &mut dpkg,
         )?))
@@ -113,10 +114,15 @@ fn observe(debian: bool) -> Result<Observed> {
         "--toolchain",
         "nightly",
     ]))?;
+    // Run by cargo through rustup, xtask has RUSTUP_TOOLCHAIN set: this lists (and `rustup
+    // target add` extends) the workspace's toolchain.
+    let targets = proc::stdout_of(Command::new("rustup").args(["target", "list", "--installed"]))?;
     Ok(Observed {
+        host: Arch::host(),
         llvm,
         packages,
         rust_src: requirements::has_rust_src(&components),
+        rust_targets: requirements::parse_rust_targets(&targets),
         linker: linker()?,
     })
 }

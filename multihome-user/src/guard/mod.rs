@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use aya::{
     include_bytes_aligned,
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions},
@@ -45,7 +45,8 @@ pub enum AttachMode {
 }
 
 /// How a device is actually hooked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachKind {
     Tcx,
     Clsact,
@@ -102,11 +103,12 @@ impl Guard {
         // The program logs at debug level only; keep it silent unless we would print it.
         let level = log::max_level() as u8;
         loader.override_global("AYA_LOG_LEVEL", &level, false);
+        // The kernel's error stays the source (`check` reads its errno and the verifier's log).
         let mut ebpf = loader.load(OBJECT).map_err(|e| {
-            anyhow!(
-                "cannot load the eBPF guard: {e}; {}",
+            anyhow::Error::new(e).context(format!(
+                "cannot load the eBPF guard ({})",
                 privilege_hint("run with --no-ebpf to use the rules only")
-            )
+            ))
         })?;
         load_program(&mut ebpf)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -139,6 +141,11 @@ impl Guard {
         log::debug!("guard attached to ifindex {ifindex} ({kind})");
         self.mine.insert(ifindex);
         Ok(())
+    }
+
+    /// How later [`Self::attach`] calls hook a device (`check` tries each way in turn).
+    pub fn set_attach_mode(&mut self, mode: AttachMode) {
+        self.mode = mode;
     }
 
     /// Unhooks `ifindex`, whoever hooked it; a device that is not hooked, or gone, is fine.
@@ -310,7 +317,10 @@ fn load_program(ebpf: &mut Ebpf) -> Result<()> {
             {
                 log::debug!("verifying the guard was interrupted by a signal: again");
             }
-            Err(e) => bail!("the kernel refused the eBPF guard: {e}; run with --no-ebpf"),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context("the kernel refused the eBPF guard (run with --no-ebpf)"))
+            }
         }
     }
 }
