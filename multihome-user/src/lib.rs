@@ -31,3 +31,4 @@ pub mod status;
 pub mod view;
 
 pub use error::Fatal;
+pub use reconcile::LINGER;

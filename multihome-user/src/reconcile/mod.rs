@@ -33,6 +33,7 @@ use crate::plan::{self, Assignments, Scope};
 use crate::view::{KernelView, Redump, Touched};
 
 pub use kernel::Kernel;
+pub use linger::LINGER;
 use linger::Linger;
 
 /// Pauses between attempts after an operation failed (doubling up to the last).

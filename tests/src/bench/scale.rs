@@ -330,7 +330,7 @@ pub fn run(bin: &Path) -> Result<Results> {
     let changes = changes(&host, &watcher, &daemon, UPLINKS)?;
     // The renumberings released addresses whose guard entries linger a moment (deferred work
     // the changes caused, not idleness): let that run out before the idle window.
-    std::thread::sleep(multihome::linger::LINGER + Duration::from_secs(1));
+    std::thread::sleep(multihome::LINGER + Duration::from_secs(1));
     let before = proc_stat(daemon.pid())?;
     std::thread::sleep(IDLE);
     let after = proc_stat(daemon.pid())?;
