@@ -249,8 +249,7 @@ pub fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
         ok: verdict.findings.is_empty(),
     };
     if args.json {
-        let json =
-            serde_json::to_string_pretty(&report)?;
+        let json = serde_json::to_string_pretty(&report)?;
         println!("{json}");
     } else {
         print!("{}", text(&report));

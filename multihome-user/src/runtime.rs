@@ -6,15 +6,19 @@ use std::future::Future;
 
 use anyhow::Context;
 
+/// A runtime on the calling thread.
+pub(crate) fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 /// Runs `future` to completion on a current-thread runtime; a runtime that cannot start fails
 /// like the future would.
 pub(crate) fn block_on<T, E>(future: impl Future<Output = Result<T, E>>) -> Result<T, E>
 where
     E: From<anyhow::Error>,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = current_thread().context("starting the runtime")?;
     runtime.block_on(future)
 }

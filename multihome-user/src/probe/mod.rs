@@ -17,6 +17,7 @@ use multihome_ebpf::Egress;
 use serde::Serialize;
 
 use crate::guard::{AttachKind, AttachMode, Guard};
+use crate::runtime;
 pub use failure::{Failure, Kind};
 
 /// How one step went.
@@ -143,10 +144,7 @@ fn inside(probe: &mut Probe) {
 /// A veth pair, left down: attaching and BPF_PROG_TEST_RUN need no traffic.
 fn scratch_devices() -> Result<(u32, u32), Failure> {
     let what = format!("cannot create a scratch veth pair ({DEVICE}, {PEER})");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| Failure::os(&what, e))?;
+    let runtime = runtime::current_thread().map_err(|e| Failure::os(&what, e))?;
     runtime
         .block_on(async {
             // Made on this thread, so the socket is in the private network namespace.

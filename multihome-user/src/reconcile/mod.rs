@@ -33,8 +33,8 @@ use crate::plan::{self, Assignments, Scope};
 use crate::view::{KernelView, Redump, Touched};
 
 pub use kernel::Kernel;
-pub use linger::LINGER;
 use linger::Linger;
+pub use linger::LINGER;
 
 /// Pauses between attempts after an operation failed (doubling up to the last).
 const RETRY_PAUSES: [Duration; 4] = [
