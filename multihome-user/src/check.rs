@@ -24,37 +24,37 @@ use crate::{privileges, status, Fatal};
 
 /// One thing to fix, printed on one line.
 #[derive(Debug, PartialEq, Eq, Serialize)]
-pub struct Finding {
-    pub problem: String,
-    pub fix: String,
+pub(crate) struct Finding {
+    pub(crate) problem: String,
+    pub(crate) fix: String,
 }
 
 /// Per-uplink sysctls that matter (IPv4 conf of the device and of "all").
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Sysctls {
-    pub rp_filter: u8,
-    pub arp_ignore: u8,
-    pub arp_announce: u8,
+pub(crate) struct Sysctls {
+    pub(crate) rp_filter: u8,
+    pub(crate) arp_ignore: u8,
+    pub(crate) arp_announce: u8,
 }
 
 /// Everything `findings` looks at.
-pub struct Host<'a> {
+pub(crate) struct Host<'a> {
     /// The uplinks, when any are known: without them only the host is checked.
-    pub config: Option<&'a Config>,
-    pub view: &'a KernelView,
+    pub(crate) config: Option<&'a Config>,
+    pub(crate) view: &'a KernelView,
     /// The rule priority and protocol the daemon will use.
-    pub priority: u32,
-    pub protocol: u8,
-    pub bpffs_mounted: bool,
+    pub(crate) priority: u32,
+    pub(crate) protocol: u8,
+    pub(crate) bpffs_mounted: bool,
     /// Effective values for each present uplink (the larger of "all" and the device's).
-    pub sysctls: BTreeMap<String, Sysctls>,
+    pub(crate) sysctls: BTreeMap<String, Sysctls>,
     /// systemd-networkd runs and would delete foreign rules/routes.
-    pub networkd_manages_foreign: bool,
-    pub network_manager_running: bool,
+    pub(crate) networkd_manages_foreign: bool,
+    pub(crate) network_manager_running: bool,
 }
 
 /// What is wrong with the host's settings (the guard's own findings come from the probe).
-pub fn findings(host: &Host) -> Vec<Finding> {
+pub(crate) fn findings(host: &Host) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut add = |problem: String, fix: &str| {
         out.push(Finding {
@@ -208,7 +208,7 @@ struct Kernel {
     btf: bool,
 }
 
-pub fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
+pub(crate) fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
     let protocol = config::protocol(args.owned.protocol).map_err(Fatal::usage)?;
     let priority = config::priority(args.priority).map_err(Fatal::usage)?;
     let view = netlink::snapshot()?;

@@ -15,7 +15,7 @@ use crate::privileges::{self, CAP_NET_ADMIN};
 use crate::runtime;
 use crate::{guard, Fatal};
 
-pub fn main(args: Owned) -> Result<ExitCode, Fatal> {
+pub(crate) fn main(args: Owned) -> Result<ExitCode, Fatal> {
     let protocol = crate::config::protocol(args.protocol).map_err(Fatal::usage)?;
     if let Some(cap) = privileges::missing(privileges::effective(), &[CAP_NET_ADMIN]).first() {
         return Err(Fatal::usage(format!(

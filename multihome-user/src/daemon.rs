@@ -27,7 +27,7 @@ use crate::reconcile::{Kernel, Reconciler};
 use crate::runtime;
 use crate::Fatal;
 
-pub fn main(args: RunArgs) -> Result<ExitCode, Fatal> {
+pub(crate) fn main(args: RunArgs) -> Result<ExitCode, Fatal> {
     let config = config_from(&args)?;
     let mut needed = vec![CAP_NET_ADMIN];
     if config.ebpf {

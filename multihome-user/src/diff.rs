@@ -13,7 +13,7 @@ use crate::model::{Family, Op, Route, State};
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub fn diff(desired: &State, owned: &State) -> Vec<Op> {
+pub(crate) fn diff(desired: &State, owned: &State) -> Vec<Op> {
     let mut ops = Vec::new();
     ops.extend(
         desired

@@ -9,14 +9,14 @@ use std::fmt;
 
 /// What ends a command: the line printed and the exit status.
 #[derive(Debug)]
-pub struct Fatal {
-    pub status: u8,
-    pub message: String,
+pub(crate) struct Fatal {
+    pub(crate) status: u8,
+    pub(crate) message: String,
 }
 
 impl Fatal {
     /// Bad input or a missing privilege: exit status 2.
-    pub fn usage(message: impl fmt::Display) -> Fatal {
+    pub(crate) fn usage(message: impl fmt::Display) -> Fatal {
         Fatal {
             status: 2,
             message: message.to_string(),

@@ -7,17 +7,17 @@ use crate::config::{Config, Params};
 use crate::model::{Address, AddressFlags, Link, LinkKind, Route, RT_TABLE_MAIN};
 use crate::view::KernelView;
 
-pub const LO: u32 = 1;
-pub const ETH0: u32 = 2;
-pub const WAN1: u32 = 11;
-pub const WAN2: u32 = 12;
-pub const RTPROT_KERNEL: u8 = 2;
-pub const RTPROT_STATIC: u8 = 4;
-pub const RTPROT_RA: u8 = 9;
-pub const RTPROT_DHCP: u8 = 16;
+pub(crate) const LO: u32 = 1;
+pub(crate) const ETH0: u32 = 2;
+pub(crate) const WAN1: u32 = 11;
+pub(crate) const WAN2: u32 = 12;
+pub(crate) const RTPROT_KERNEL: u8 = 2;
+pub(crate) const RTPROT_STATIC: u8 = 4;
+pub(crate) const RTPROT_RA: u8 = 9;
+pub(crate) const RTPROT_DHCP: u8 = 16;
 
 /// A plain guard entry for an uplink without a parent.
-pub fn egress(uplink_ifindex: u32) -> multihome_ebpf::Egress {
+pub(crate) fn egress(uplink_ifindex: u32) -> multihome_ebpf::Egress {
     multihome_ebpf::Egress {
         uplink_ifindex,
         lower_ifindex: 0,
@@ -31,11 +31,11 @@ pub fn egress(uplink_ifindex: u32) -> multihome_ebpf::Egress {
     }
 }
 
-pub fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap_or_else(|_| panic!("bad address {s}"))
 }
 
-pub fn link(ifindex: u32, name: &str, kind: LinkKind, lower: Option<u32>) -> Link {
+pub(crate) fn link(ifindex: u32, name: &str, kind: LinkKind, lower: Option<u32>) -> Link {
     Link {
         ifindex,
         name: name.into(),
@@ -48,7 +48,7 @@ pub fn link(ifindex: u32, name: &str, kind: LinkKind, lower: Option<u32>) -> Lin
 }
 
 /// `"192.168.0.100/24"` on `ifindex`, usable.
-pub fn address(ifindex: u32, cidr: &str) -> Address {
+pub(crate) fn address(ifindex: u32, cidr: &str) -> Address {
     let (addr, len) = cidr.split_once('/').expect("address/len");
     Address {
         ifindex,
@@ -59,7 +59,7 @@ pub fn address(ifindex: u32, cidr: &str) -> Address {
 }
 
 /// A default route in `main` as a DHCP client or router advertisement installs it.
-pub fn client_default(oif: u32, gateway: &str, metric: u32) -> Route {
+pub(crate) fn client_default(oif: u32, gateway: &str, metric: u32) -> Route {
     let gateway = ip(gateway);
     let (dst, protocol) = match gateway {
         IpAddr::V4(_) => (ip("0.0.0.0"), RTPROT_DHCP),
@@ -79,7 +79,7 @@ pub fn client_default(oif: u32, gateway: &str, metric: u32) -> Route {
 }
 
 /// The kernel's own prefix route in `main` for an address.
-pub fn kernel_prefix(oif: u32, cidr: &str, src: &str) -> Route {
+pub(crate) fn kernel_prefix(oif: u32, cidr: &str, src: &str) -> Route {
     let (dst, len) = cidr.split_once('/').expect("prefix/len");
     Route {
         table: RT_TABLE_MAIN,
@@ -96,7 +96,7 @@ pub fn kernel_prefix(oif: u32, cidr: &str, src: &str) -> Route {
 
 /// The seed: eth0 192.168.0.210/24 (static), vlan101 192.168.0.100/24 and vlan102
 /// 192.168.0.101/24 by DHCP, both via 192.168.0.1 (metrics 1024 and 1025) in main.
-pub fn seed() -> KernelView {
+pub(crate) fn seed() -> KernelView {
     let mut view = KernelView::default();
     for l in [
         link(LO, "lo", LinkKind::Other, None),
@@ -122,12 +122,18 @@ pub fn seed() -> KernelView {
     view
 }
 
+/// The whole plan: what multihome wants in the kernel. `entries` and `guarded` stay empty unless
+/// the guard is enabled; routes and rules stay empty unless rules are.
+pub(crate) fn plan(config: &Config, view: &KernelView) -> crate::model::State {
+    crate::plan::plan_in(config, view, &crate::plan::Scope::All).0
+}
+
 /// `multihome run UPLINK...` with default flags.
-pub fn config(uplinks: &[&str]) -> Config {
+pub(crate) fn config(uplinks: &[&str]) -> Config {
     config_with(uplinks, Params::default())
 }
 
-pub fn config_with(uplinks: &[&str], params: Params) -> Config {
+pub(crate) fn config_with(uplinks: &[&str], params: Params) -> Config {
     let uplinks = uplinks.iter().map(|s| s.parse().expect("uplink")).collect();
     Config::new(Params { uplinks, ..params }).expect("valid config")
 }

@@ -16,15 +16,15 @@ use crate::view::KernelView;
 /// The guard's part of what multihome owns: its map entries and the devices it is attached to
 /// (by ifindex), as read from the maps and pins (or kept current by the reconciler since).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GuardState {
-    pub entries: BTreeMap<IpAddr, Egress>,
-    pub guarded: BTreeSet<u32>,
+pub(crate) struct GuardState {
+    pub(crate) entries: BTreeMap<IpAddr, Egress>,
+    pub(crate) guarded: BTreeSet<u32>,
 }
 
 /// What multihome owns within `scope`: its routes and rules in the scope's tables (with
 /// `Scope::All`, every one that carries `protocol`, wherever it is), and of the guard's entries
 /// and attachments those bound to the scope's devices.
-pub fn owned(view: &KernelView, protocol: u8, scope: &Scope, guard: &GuardState) -> State {
+pub(crate) fn owned(view: &KernelView, protocol: u8, scope: &Scope, guard: &GuardState) -> State {
     State {
         routes: view
             .routes
@@ -54,7 +54,11 @@ pub fn owned(view: &KernelView, protocol: u8, scope: &Scope, guard: &GuardState)
 /// Routes of someone else in the tables the configuration gives the uplinks in `scope`, sorted:
 /// the daemon refuses to start rather than mix its routes with them (or replace one of them),
 /// and at run time yields their slots and warns.
-pub fn foreign_routes(config: &Config, view: &KernelView, scope: &Scope) -> Vec<(u32, Route)> {
+pub(crate) fn foreign_routes(
+    config: &Config,
+    view: &KernelView,
+    scope: &Scope,
+) -> Vec<(u32, Route)> {
     let mut foreign: Vec<(u32, Route)> = view
         .routes
         .iter()
@@ -72,7 +76,6 @@ mod tests {
     use super::*;
     use crate::fixtures::*;
     use crate::model::Rule;
-    use crate::plan::plan;
 
     #[test]
     fn owned_is_what_carries_our_protocol() {

@@ -15,71 +15,71 @@ use crate::plan;
 use crate::view::KernelView;
 
 /// Bumped on any incompatible change of the JSON form.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Report {
-    pub version: u32,
-    pub protocol: u8,
+pub(crate) struct Report {
+    pub(crate) version: u32,
+    pub(crate) protocol: u8,
     /// Whether the guard's maps are pinned (it is loaded, or was left by `--keep-on-exit`).
-    pub guard_pinned: bool,
-    pub uplinks: Vec<UplinkReport>,
+    pub(crate) guard_pinned: bool,
+    pub(crate) uplinks: Vec<UplinkReport>,
     /// True when every uplink is healthy: `status` exits 0 only then.
-    pub healthy: bool,
+    pub(crate) healthy: bool,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct UplinkReport {
-    pub name: String,
+pub(crate) struct UplinkReport {
+    pub(crate) name: String,
     /// "up", "down" or "absent".
-    pub state: &'static str,
-    pub ifindex: Option<u32>,
-    pub table: u32,
-    pub lower: Option<Lower>,
+    pub(crate) state: &'static str,
+    pub(crate) ifindex: Option<u32>,
+    pub(crate) table: u32,
+    pub(crate) lower: Option<Lower>,
     /// Usable addresses with their prefix length, e.g. "192.168.0.100/24".
-    pub addresses: Vec<String>,
-    pub gateways: Vec<String>,
-    pub rules: Presence,
-    pub routes: Presence,
-    pub entries: Presence,
+    pub(crate) addresses: Vec<String>,
+    pub(crate) gateways: Vec<String>,
+    pub(crate) rules: Presence,
+    pub(crate) routes: Presence,
+    pub(crate) entries: Presence,
     /// Each guarded device of this uplink and how the guard is attached there ("tcx",
     /// "clsact"), or null where it is missing.
-    pub attachments: Vec<Attachment>,
-    pub counters: CounterReport,
+    pub(crate) attachments: Vec<Attachment>,
+    pub(crate) counters: CounterReport,
     /// One line: "ok" or what is wrong.
-    pub health: String,
-    pub ok: bool,
+    pub(crate) health: String,
+    pub(crate) ok: bool,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Lower {
-    pub name: String,
-    pub ifindex: u32,
-    pub vlan: Option<u16>,
+pub(crate) struct Lower {
+    pub(crate) name: String,
+    pub(crate) ifindex: u32,
+    pub(crate) vlan: Option<u16>,
 }
 
 /// How many of the wanted objects are there, and which are not.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Presence {
-    pub wanted: usize,
-    pub present: usize,
-    pub missing: Vec<String>,
+pub(crate) struct Presence {
+    pub(crate) wanted: usize,
+    pub(crate) present: usize,
+    pub(crate) missing: Vec<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Attachment {
-    pub device: String,
-    pub ifindex: u32,
-    pub mode: Option<String>,
+pub(crate) struct Attachment {
+    pub(crate) device: String,
+    pub(crate) ifindex: u32,
+    pub(crate) mode: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
-pub struct CounterReport {
-    pub passed: u64,
-    pub redirected: u64,
-    pub redirect_failed: u64,
-    pub bytes_redirected: u64,
-    pub dropped_too_big: u64,
+pub(crate) struct CounterReport {
+    pub(crate) passed: u64,
+    pub(crate) redirected: u64,
+    pub(crate) redirect_failed: u64,
+    pub(crate) bytes_redirected: u64,
+    pub(crate) dropped_too_big: u64,
 }
 
 impl From<Counters> for CounterReport {
@@ -95,18 +95,18 @@ impl From<Counters> for CounterReport {
 }
 
 /// Everything `report` reads.
-pub struct Inputs<'a> {
-    pub config: &'a Config,
-    pub view: &'a KernelView,
+pub(crate) struct Inputs<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) view: &'a KernelView,
     /// Owned routes and rules, entries from the pinned map, guarded devices from the pins.
-    pub owned: &'a State,
+    pub(crate) owned: &'a State,
     /// Attach mode by ifindex, from the pins.
-    pub attach_modes: &'a BTreeMap<u32, String>,
-    pub counters: &'a BTreeMap<u32, Counters>,
-    pub guard_pinned: bool,
+    pub(crate) attach_modes: &'a BTreeMap<u32, String>,
+    pub(crate) counters: &'a BTreeMap<u32, Counters>,
+    pub(crate) guard_pinned: bool,
 }
 
-pub fn report(inputs: &Inputs) -> Report {
+pub(crate) fn report(inputs: &Inputs) -> Report {
     let (desired, assignments) = plan::plan_and_assignments(inputs.config, inputs.view);
     let uplinks: Vec<UplinkReport> = inputs
         .config

@@ -15,7 +15,7 @@ use crate::report::{report, Inputs, Report};
 use crate::view::KernelView;
 use crate::{defaults, Fatal};
 
-pub fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
+pub(crate) fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
     let protocol = config::protocol(args.owned.protocol).map_err(Fatal::usage)?;
     let view = netlink::snapshot()?;
     let pins = PinnedMaps::open(&args.owned.pin_dir);

@@ -24,7 +24,8 @@ use aya::{
 };
 
 pub use maps::PinnedMaps;
-pub use pins::{attachments, prepare as prepare_pin_dir};
+pub use pins::attachments;
+pub(crate) use pins::prepare as prepare_pin_dir;
 
 /// The program's name in the object and in the kernel (which keeps 15 characters).
 pub const PROGRAM_NAME: &str = "multihome_guard";
@@ -144,7 +145,7 @@ impl Guard {
     }
 
     /// How later [`Self::attach`] calls hook a device (`check` tries each way in turn).
-    pub fn set_attach_mode(&mut self, mode: AttachMode) {
+    pub(crate) fn set_attach_mode(&mut self, mode: AttachMode) {
         self.mode = mode;
     }
 
@@ -158,7 +159,7 @@ impl Guard {
     /// the directory detaches every TCX link with it; `attached` then reports them gone and the
     /// reconciler attaches again), so that `status`, `cleanup` and a restart find them.
     /// Whether anything had to be restored.
-    pub fn restore_pins(&self) -> Result<bool> {
+    pub(crate) fn restore_pins(&self) -> Result<bool> {
         let missing: Vec<&maps::Shape> = maps::SHAPES
             .iter()
             .filter(|shape| !self.pin_dir.join(shape.name).exists())
@@ -232,7 +233,7 @@ impl Guard {
     /// The program's log, taken out of the guard so that its reader can wait on it apart from
     /// the guard; `None` unless debug logging is on (the only level the program logs at) and
     /// the log could be opened.
-    pub fn take_log(&mut self) -> Option<GuardLog> {
+    pub(crate) fn take_log(&mut self) -> Option<GuardLog> {
         if log::max_level() < log::LevelFilter::Debug {
             return None;
         }
@@ -241,20 +242,20 @@ impl Guard {
 }
 
 /// The guard program's log records (aya-log).
-pub struct GuardLog {
+pub(crate) struct GuardLog {
     logger: aya_log::EbpfLogger<&'static dyn log::Log>,
 }
 
 impl GuardLog {
     /// A descriptor that becomes readable when the program has logged something: the daemon
     /// waits on it and then calls [`Self::flush`], so the guard's messages cost no timer.
-    pub fn fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+    pub(crate) fn fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
         use std::os::fd::AsFd;
         self.logger.as_fd().try_clone_to_owned()
     }
 
     /// Writes the pending records to the `log` crate.
-    pub fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         self.logger.flush();
     }
 }

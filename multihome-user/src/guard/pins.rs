@@ -70,7 +70,7 @@ pub fn attachments(pin_dir: &Path) -> BTreeMap<u32, AttachKind> {
 
 /// Makes sure `pin_dir` exists on a bpf filesystem, mounting bpffs at /sys/fs/bpf when the
 /// directory is meant to live there and nothing is mounted yet.
-pub fn prepare(pin_dir: &Path) -> Result<()> {
+pub(crate) fn prepare(pin_dir: &Path) -> Result<()> {
     if pin_dir.starts_with(BPFFS_ROOT) && !is_bpffs(Path::new(BPFFS_ROOT)) {
         mount_bpffs()?;
     }

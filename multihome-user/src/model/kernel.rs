@@ -4,9 +4,6 @@
 use std::fmt;
 use std::net::IpAddr;
 
-/// Routing protocol numbers the kernel gives special meaning to (rtnetlink.h).
-pub const RTPROT_KERNEL: u8 = 2;
-
 /// Route scopes (rtnetlink.h): multihome's routes use these two.
 pub const RT_SCOPE_UNIVERSE: u8 = 0;
 pub const RT_SCOPE_LINK: u8 = 253;

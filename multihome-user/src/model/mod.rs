@@ -5,8 +5,7 @@ mod kernel;
 mod ops;
 
 pub use kernel::{
-    Address, AddressFlags, Event, Family, Link, LinkKind, Route, Rule, RTPROT_KERNEL,
-    RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_DEFAULT, RT_TABLE_LOCAL, RT_TABLE_MAIN,
-    RT_TABLE_UNSPEC,
+    Address, AddressFlags, Event, Family, Link, LinkKind, Route, Rule, RT_SCOPE_LINK,
+    RT_SCOPE_UNIVERSE, RT_TABLE_DEFAULT, RT_TABLE_LOCAL, RT_TABLE_MAIN, RT_TABLE_UNSPEC,
 };
 pub use ops::{Op, State};

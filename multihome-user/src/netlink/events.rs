@@ -37,7 +37,7 @@ const GROUPS: [MulticastGroup; 7] = [
 
 /// A receive buffer that absorbs the burst of a link flap on a busy host (every route of every
 /// table is announced again), so that a re-dump stays the exception.
-pub const DEFAULT_RECEIVE_BUFFER: usize = 4 << 20;
+pub(crate) const DEFAULT_RECEIVE_BUFFER: usize = 4 << 20;
 
 /// What the subscription reports.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,7 +18,8 @@ mod request;
 use std::fmt;
 use std::io;
 
-pub use events::{Events, Notice, DEFAULT_RECEIVE_BUFFER};
+pub(crate) use events::DEFAULT_RECEIVE_BUFFER;
+pub use events::{Events, Notice};
 pub use request::Netlink;
 
 use anyhow::Context;

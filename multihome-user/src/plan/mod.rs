@@ -21,8 +21,8 @@ mod describe;
 mod index;
 mod scope;
 
-pub use describe::{describe, Assignment, Assignments};
-pub use scope::Scope;
+pub(crate) use describe::{describe, Assignment, Assignments};
+pub(crate) use scope::Scope;
 
 use index::Index;
 
@@ -30,21 +30,15 @@ use index::Index;
 /// get 0.
 const IPV6_DEFAULT_METRIC: u32 = 1024;
 
-/// What multihome wants in the kernel. `entries` and `guarded` stay empty unless the guard is
-/// enabled; routes and rules stay empty unless rules are.
-pub fn plan(config: &Config, view: &KernelView) -> State {
-    plan_in(config, view, &Scope::All).0
-}
-
 /// The plan and the operator's view of it (`assignments`), from one look at the view: the
 /// reconciler and `status` need both on every pass.
-pub fn plan_and_assignments(config: &Config, view: &KernelView) -> (State, Assignments) {
+pub(crate) fn plan_and_assignments(config: &Config, view: &KernelView) -> (State, Assignments) {
     plan_in(config, view, &Scope::All)
 }
 
 /// The part of the plan (and of its assignments) that belongs to the uplinks in `scope`: with
 /// `Scope::All`, the whole plan; otherwise exactly what the whole plan holds for those uplinks.
-pub fn plan_in(config: &Config, view: &KernelView, scope: &Scope) -> (State, Assignments) {
+pub(crate) fn plan_in(config: &Config, view: &KernelView, scope: &Scope) -> (State, Assignments) {
     let present = uplinks(config, view, scope);
     (
         desired(config, view, scope, &present),
@@ -75,7 +69,7 @@ fn desired(config: &Config, view: &KernelView, scope: &Scope, present: &[Uplink]
 
 /// Why an uplink that is present does or does not get its table and rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
+pub(crate) enum Path {
     /// Table routes and rules are wanted.
     Routed,
     /// The device is down: the kernel refuses routes through it; the guard entries stay.

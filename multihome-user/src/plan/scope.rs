@@ -12,7 +12,7 @@ use crate::view::{KernelView, Touched};
 /// the few uplinks it touched, and a pass over those alone costs the same with 2 uplinks or 256
 /// (a full pass with 256 uplinks took ~0.7 ms of planning and diffing for one address change).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     All,
     /// Some uplinks (positions in the configuration) with their tables, and for those present,
     /// their devices and the devices the guard sits on for them (the device and its parent).
@@ -29,7 +29,7 @@ impl Scope {
     /// uplink holding an address that changed (the first of them wins it). A route or rule of
     /// multihome's outside the configured uplinks' tables (an earlier configuration's) needs the
     /// full pass, which is the one that removes it.
-    pub fn of(config: &Config, view: &KernelView, touched: &Touched) -> Scope {
+    pub(crate) fn of(config: &Config, view: &KernelView, touched: &Touched) -> Scope {
         if touched.all {
             return Scope::All;
         }
@@ -78,7 +78,7 @@ impl Scope {
     }
 
     /// No uplink: nothing to do.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         matches!(self, Scope::Uplinks { positions, .. } if positions.is_empty())
     }
 
@@ -91,7 +91,7 @@ impl Scope {
     }
 
     /// Whether the uplink named `name` is in the scope.
-    pub fn has_uplink(&self, config: &Config, name: &str) -> bool {
+    pub(crate) fn has_uplink(&self, config: &Config, name: &str) -> bool {
         match self {
             Scope::All => true,
             Scope::Uplinks { positions, .. } => config
@@ -101,14 +101,14 @@ impl Scope {
     }
 
     /// Whether a route or rule in `table` (`None`: a rule that is not a lookup) is the scope's.
-    pub fn has_table(&self, table: Option<u32>) -> bool {
+    pub(crate) fn has_table(&self, table: Option<u32>) -> bool {
         match self {
             Scope::All => true,
             Scope::Uplinks { tables, .. } => table.is_some_and(|table| tables.contains(&table)),
         }
     }
 
-    pub fn has_device(&self, ifindex: u32) -> bool {
+    pub(crate) fn has_device(&self, ifindex: u32) -> bool {
         match self {
             Scope::All => true,
             Scope::Uplinks { devices, .. } => devices.contains(&ifindex),
@@ -119,7 +119,7 @@ impl Scope {
 /// A few numbers (tables, ifindexes), sorted: a pass checks every route and address of the
 /// view against them, and a binary search in a short slice is cheaper than a tree's search.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Few(Vec<u32>);
+pub(crate) struct Few(Vec<u32>);
 
 impl Few {
     fn insert(&mut self, n: u32) {
@@ -139,7 +139,7 @@ impl Few {
     }
 
     /// The numbers, in order.
-    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         self.0.iter().copied()
     }
 }

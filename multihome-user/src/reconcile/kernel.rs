@@ -14,14 +14,14 @@ use crate::model::{Op, Route};
 use crate::netlink::Netlink;
 use crate::view::{KernelView, Redump};
 
-pub struct Kernel {
+pub(crate) struct Kernel {
     netlink: Netlink,
     /// `None` in rules-only mode, asked for or forced (the guard could not load).
     guard: Option<Guard>,
 }
 
 impl Kernel {
-    pub fn new(netlink: Netlink, guard: Option<Guard>) -> Kernel {
+    pub(crate) fn new(netlink: Netlink, guard: Option<Guard>) -> Kernel {
         Kernel { netlink, guard }
     }
 }

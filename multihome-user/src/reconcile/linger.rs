@@ -17,14 +17,14 @@ pub const LINGER: Duration = Duration::from_secs(2);
 
 /// Released addresses whose entry removal is held back, with when it becomes due.
 #[derive(Clone, Debug, Default)]
-pub struct Linger {
+pub(crate) struct Linger {
     due: BTreeMap<IpAddr, Instant>,
 }
 
 impl Linger {
     /// The ops to apply now: `DelEntry` of an address released less than `LINGER` ago is held
     /// back; an address that is wanted again stops lingering.
-    pub fn hold_back(&mut self, ops: Vec<Op>, desired: &State, now: Instant) -> Vec<Op> {
+    pub(crate) fn hold_back(&mut self, ops: Vec<Op>, desired: &State, now: Instant) -> Vec<Op> {
         self.due
             .retain(|addr, _| !desired.entries.contains_key(addr));
         ops.into_iter()
@@ -44,7 +44,7 @@ impl Linger {
     }
 
     /// When the next held-back removal becomes due, so the daemon wakes for it (and only then).
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         self.due.values().min().copied()
     }
 }

@@ -32,7 +32,7 @@ use crate::ownership::{self, GuardState};
 use crate::plan::{self, Assignments, Scope};
 use crate::view::{KernelView, Redump, Touched};
 
-pub use kernel::Kernel;
+pub(crate) use kernel::Kernel;
 use linger::Linger;
 pub use linger::LINGER;
 
@@ -45,7 +45,7 @@ const RETRY_PAUSES: [Duration; 4] = [
 ];
 
 /// What the reconciler does to the world, and the clock it reads.
-pub trait Effects {
+pub(crate) trait Effects {
     /// Everything the view holds, dumped again.
     async fn dump(&mut self) -> anyhow::Result<KernelView>;
     /// The routes `redump` names, dumped again (routes it does not name may come too).
@@ -64,7 +64,7 @@ pub trait Effects {
 }
 
 #[derive(Clone)]
-pub struct Reconciler<E> {
+pub(crate) struct Reconciler<E> {
     config: Config,
     effects: E,
     view: KernelView,
@@ -108,17 +108,17 @@ struct Retry {
 
 /// How a pass went.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Outcome {
-    pub applied: usize,
+pub(crate) struct Outcome {
+    pub(crate) applied: usize,
     /// Operations that failed; the reconciler dumps and tries again after a pause.
-    pub failed: usize,
+    pub(crate) failed: usize,
 }
 
 impl<E: Effects> Reconciler<E> {
     /// A reconciler over `view` (a dump made after subscribing to the kernel's events), which
     /// reads the guard's state and whose first pass is a full one. `config.ebpf` says whether
     /// `effects` has a guard.
-    pub fn new(config: Config, effects: E, view: KernelView) -> Self {
+    pub(crate) fn new(config: Config, effects: E, view: KernelView) -> Self {
         let mut reconciler = Reconciler {
             config,
             effects,
@@ -138,14 +138,14 @@ impl<E: Effects> Reconciler<E> {
     }
 
     /// Folds one kernel notification into the view.
-    pub fn event(&mut self, event: Event) {
+    pub(crate) fn event(&mut self, event: Event) {
         let effect = self.view.apply(event);
         self.pending.routes.merge(effect.redump);
         self.pending.touched.merge(effect.touched);
     }
 
     /// Notifications were lost: the next pass dumps everything again.
-    pub fn sync_lost(&mut self) {
+    pub(crate) fn sync_lost(&mut self) {
         log::warn!("netlink notifications were lost, dumping the kernel's state again");
         self.pending.resync = true;
     }
@@ -153,7 +153,7 @@ impl<E: Effects> Reconciler<E> {
     /// The watchdog's audit of the guard: removing a pin or detaching a TCX link by hand sends
     /// no notification. Pins are put back, the attachments read again, and the next pass is a
     /// full one, which attaches again what was detached.
-    pub fn audit(&mut self) {
+    pub(crate) fn audit(&mut self) {
         if self.config.ebpf {
             if let Err(err) = self.effects.restore_pins() {
                 log::warn!("restoring the guard's pins: {err:#}");
@@ -165,7 +165,7 @@ impl<E: Effects> Reconciler<E> {
 
     /// When the reconciler wants to run again by itself: a retry, or a lingering entry's
     /// removal coming due. Never without either: an idle daemon does not wake up.
-    pub fn wake_at(&self) -> Option<Instant> {
+    pub(crate) fn wake_at(&self) -> Option<Instant> {
         [self.retry.at, self.linger.deadline()]
             .into_iter()
             .flatten()
@@ -173,7 +173,7 @@ impl<E: Effects> Reconciler<E> {
     }
 
     /// Takes note of what came due by `wake_at`.
-    pub fn tick(&mut self) {
+    pub(crate) fn tick(&mut self) {
         let now = self.effects.now();
         if self.retry.at.is_some_and(|at| at <= now) {
             self.retry.at = None;
@@ -187,7 +187,7 @@ impl<E: Effects> Reconciler<E> {
 
     /// One pass over what changed since the last: dumps what must be dumped again, then
     /// reconciles the uplinks concerned. Fails only when a dump fails.
-    pub async fn pass(&mut self) -> anyhow::Result<Outcome> {
+    pub(crate) async fn pass(&mut self) -> anyhow::Result<Outcome> {
         let pending = std::mem::take(&mut self.pending);
         let mut touched = pending.touched;
         if pending.resync {
@@ -213,7 +213,7 @@ impl<E: Effects> Reconciler<E> {
 
     /// Removes everything owned, the guard and its pins included (shutdown without
     /// --keep-on-exit).
-    pub async fn teardown(&mut self) -> anyhow::Result<Outcome> {
+    pub(crate) async fn teardown(&mut self) -> anyhow::Result<Outcome> {
         let outcome = self
             .apply_all(diff(&State::default(), &self.owned(&Scope::All)))
             .await;

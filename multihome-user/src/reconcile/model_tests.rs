@@ -24,7 +24,6 @@ use super::Reconciler;
 use crate::config::Config;
 use crate::fixtures::{self, *};
 use crate::model::{Address, AddressFlags, Event, Family, Link, LinkKind, Op, Route, Rule, State};
-use crate::plan::plan;
 use crate::view::Touched;
 
 const PROTO: u8 = 77;

@@ -9,7 +9,6 @@ use crate::config::Config;
 use crate::diff::tests::{rank, route, rule, strings, PROTO};
 use crate::fixtures::{self, *};
 use crate::model::{Address, AddressFlags, Event, Link, LinkKind, Op, Route, Rule, RT_TABLE_MAIN};
-use crate::plan::plan;
 use crate::view::KernelView;
 
 fn down(link: &Link) -> Event {

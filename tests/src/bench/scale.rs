@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use multihome::config::DEFAULT_PRIORITY;
+use multihome::DEFAULT_PRIORITY;
 
 use super::bed::{clock_ticks, proc_stat, Batch, Multihome};
 use super::report::{median, ratio, Figure, Row, Section, Summary};
