@@ -11,8 +11,10 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const MAX_TAGS: usize = 2;
 
 /// A source of frame bytes.
-// `is_empty` would be dead code: an empty frame simply fails to parse.
-#[allow(clippy::len_without_is_empty)]
+#[allow(
+    clippy::len_without_is_empty,
+    reason = "`is_empty` would be dead code: an empty frame simply fails to parse"
+)]
 pub trait FrameBytes {
     /// Length of the whole frame.
     fn len(&self) -> usize;

@@ -18,7 +18,7 @@ use crate::proc::{self, OperatorError};
 
 /// Where everything goes.
 #[derive(Debug, Clone)]
-pub struct Layout {
+pub(crate) struct Layout {
     /// Staging root (`--destdir`), "/" for a real install.
     pub destdir: PathBuf,
     /// Absolute, e.g. /usr/local.
@@ -40,7 +40,7 @@ const COMPLETIONS: &[(&str, &str)] = &[
 const MAN_DIR: &str = "share/man/man1";
 
 impl Layout {
-    pub fn new(prefix: &Path, destdir: Option<&Path>) -> Result<Layout> {
+    pub(crate) fn new(prefix: &Path, destdir: Option<&Path>) -> Result<Layout> {
         if !prefix.is_absolute() {
             return Err(OperatorError(format!(
                 "--prefix {} is not absolute: give e.g. /usr/local or /usr",
@@ -99,7 +99,7 @@ fn unit_text(layout: &Layout) -> String {
     UNIT.replace(UNIT_BINARY, &layout.binary().display().to_string())
 }
 
-pub fn install(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
+pub(crate) fn install(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
     let layout = Layout::new(prefix, destdir)?;
     let built = crate::build::binary(crate::arch::Arch::host(), true)?;
     for line in stage(&layout, &built)? {
@@ -112,7 +112,7 @@ pub fn install(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-pub fn uninstall(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
+pub(crate) fn uninstall(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
     let layout = Layout::new(prefix, destdir)?;
     let lines = unstage(&layout)?;
     if lines.is_empty() {
@@ -128,7 +128,7 @@ pub fn uninstall(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
 }
 
 /// Writes every file for `layout` from the built binary `built`; returns one line per file.
-pub fn stage(layout: &Layout, built: &Path) -> Result<Vec<String>> {
+pub(crate) fn stage(layout: &Layout, built: &Path) -> Result<Vec<String>> {
     let mut lines = Vec::new();
     let mut put = |path: &Path, contents: &[u8], mode: u32| -> Result<()> {
         let staged = layout.staged(path);
@@ -170,7 +170,7 @@ pub fn stage(layout: &Layout, built: &Path) -> Result<Vec<String>> {
 }
 
 /// Removes what `stage` wrote; returns one line per file removed or kept.
-pub fn unstage(layout: &Layout) -> Result<Vec<String>> {
+pub(crate) fn unstage(layout: &Layout) -> Result<Vec<String>> {
     let mut lines = Vec::new();
     let man = layout.under_prefix(MAN_DIR);
     let mut files = layout.fixed_files();

@@ -51,7 +51,7 @@ const STEPS: &[Step] = &[
     },
 ];
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     setup::run()?;
     if !proc::is_root() {
         return Err(OperatorError(

@@ -25,7 +25,7 @@ const AF_INET6: u32 = 10;
 /// The program's name (kernel program names have at most 15 characters); the loader finds
 /// clsact filters left by an earlier run by it.
 #[classifier]
-pub fn multihome_guard(ctx: TcContext) -> i32 {
+pub(crate) fn multihome_guard(ctx: TcContext) -> i32 {
     guard(&ctx)
 }
 

@@ -118,7 +118,7 @@ pub(super) fn detach(pin_dir: &Path, ifindex: u32) -> Result<()> {
                 Err(e) => {
                     return Err(anyhow!(
                         "cannot remove the guard's clsact filter from {name}: {e}; {}",
-                        privilege_hint("run `tc filter del dev {name} egress` by hand")
+                        privilege_hint(&format!("run `tc filter del dev {name} egress` by hand"))
                     ))
                 }
             }
