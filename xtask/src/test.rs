@@ -135,7 +135,11 @@ mod tests {
         let manifest = include_str!("../../Cargo.toml");
         let mut covered = array(manifest, "default-members");
         let privileged = STEPS.iter().find(|s| s.name == "privileged").unwrap();
-        let package = privileged.args.iter().position(|a| *a == "--package").unwrap();
+        let package = privileged
+            .args
+            .iter()
+            .position(|a| *a == "--package")
+            .unwrap();
         let package = privileged.args[package + 1];
         // The members are directories, the step names a package: the tests crate's.
         assert_eq!(package, "multihome-tests");
