@@ -5,38 +5,168 @@
 use multihome_tests::daemon::multihome_bin;
 use multihome_tests::netns::{require_root, veth, Netns};
 
-/// (arguments after `multihome`, text the one-line error must contain)
-const CASES: &[(&[&str], &str)] = &[
-    (&["run", "wan/1"], "wan/1"),
-    (&["run", "averyveryverylongname"], "15"),
-    (&["run", "wan1", "wan1"], "wan1"),
-    (&["run", "wan1=0"], "0"),
-    (&["run", "wan1=253"], "253"),
-    (&["run", "wan1=254"], "254"),
-    (&["run", "wan1=255"], "255"),
-    (&["run", "wan1=4294967296"], "4294967296"),
-    (&["run", "wan1=main"], "main"),
-    (&["run", "wan1=1001", "wan2=1001"], "1001"),
-    (&["run", "--priority", "0", "wan1"], "priority"),
-    (&["run", "--priority", "32766", "wan1"], "priority"),
-    (&["run", "--priority", "32765", "wan1"], "priority"),
-    (&["run", "--protocol", "0", "wan1"], "protocol"),
-    (&["run", "--protocol", "2", "wan1"], "protocol"),
-    (&["run", "--protocol", "300", "wan1"], "protocol"),
-    (&["run", "--table-base", "4294967295", "wan1"], "table"),
-    (&["run", "--gateway", "wan1", "wan1"], "wan1"),
-    (&["run", "--gateway", "wan1=router", "wan1"], "router"),
-    (&["run", "--gateway", "wan3=192.168.0.1", "wan1"], "wan3"),
-    (&["run", "--no-ebpf", "--no-rules", "wan1"], "no-rules"),
-    (&["run"], "uplink"),
-    (&["run", "--frobnicate", "wan1"], "frobnicate"),
-    (&["run", "--priority", "many", "wan1"], "many"),
-    (&["status", "--protocol", "999"], "protocol"),
-    (&["cleanup", "--protocol", "1"], "protocol"),
-    (&["check", "--priority", "0"], "priority"),
-    (&["check", "--protocol", "300"], "protocol"),
-    (&["check", "wan/1"], "wan/1"),
-    (&["frobnicate"], "frobnicate"),
+/// (arguments after `multihome`, what the one-line error must say: the problem, naming what is
+/// wrong, and what to do)
+const CASES: &[(&[&str], &[&str])] = &[
+    (
+        &["run", "wan/1"],
+        &["invalid interface name \"wan/1\"", "use 1 to 15 characters"],
+    ),
+    (
+        &["run", "averyveryverylongname"],
+        &[
+            "invalid interface name \"averyveryverylongname\"",
+            "use 1 to 15 characters",
+        ],
+    ),
+    (
+        &["run", "wan1", "wan1"],
+        &["uplink wan1 is given twice", "name each uplink once"],
+    ),
+    (
+        &["run", "wan1=0"],
+        &["use table 0, which is reserved", "use another table number"],
+    ),
+    (
+        &["run", "wan1=253"],
+        &[
+            "use table 253, which is reserved",
+            "use another table number",
+        ],
+    ),
+    (
+        &["run", "wan1=254"],
+        &[
+            "use table 254, which is reserved",
+            "use another table number",
+        ],
+    ),
+    (
+        &["run", "wan1=255"],
+        &[
+            "use table 255, which is reserved",
+            "use another table number",
+        ],
+    ),
+    (
+        &["run", "wan1=4294967296"],
+        &[
+            "table 4294967296 of uplink wan1 is out of range",
+            "use a number from 1 to 4294967295",
+        ],
+    ),
+    (
+        &["run", "wan1=main"],
+        &[
+            "invalid uplink \"wan1=main\"",
+            "IFNAME=TABLE with TABLE a number",
+        ],
+    ),
+    (
+        &["run", "wan1=1001", "wan2=1001"],
+        &[
+            "uplinks wan1 and wan2 both use table 1001",
+            "give each uplink its own table",
+        ],
+    ),
+    (
+        &["run", "--priority", "0", "wan1"],
+        &["--priority 0 is invalid", "use 1 to 32764"],
+    ),
+    (
+        &["run", "--priority", "32766", "wan1"],
+        &["--priority 32766 is invalid", "use 1 to 32764"],
+    ),
+    (
+        &["run", "--priority", "32765", "wan1"],
+        &["--priority 32765 is invalid", "use 1 to 32764"],
+    ),
+    (
+        &["run", "--protocol", "0", "wan1"],
+        &["--protocol 0 is invalid", "use 5 to 254"],
+    ),
+    (
+        &["run", "--protocol", "2", "wan1"],
+        &["--protocol 2 is invalid", "use 5 to 254"],
+    ),
+    (
+        &["run", "--protocol", "300", "wan1"],
+        &["--protocol 300 is invalid", "use 5 to 254"],
+    ),
+    (
+        &["run", "--table-base", "4294967295", "wan1"],
+        &[
+            "--table-base 4294967295 leaves no table",
+            "use a smaller --table-base",
+        ],
+    ),
+    (
+        &["run", "--gateway", "wan1", "wan1"],
+        &["invalid --gateway \"wan1\"", "write IFNAME=ADDR"],
+    ),
+    (
+        &["run", "--gateway", "wan1=router", "wan1"],
+        &[
+            "invalid --gateway \"wan1=router\"",
+            "ADDR must be an IPv4 or IPv6 address",
+        ],
+    ),
+    (
+        &["run", "--gateway", "wan3=192.168.0.1", "wan1"],
+        &[
+            "--gateway for wan3, which is not an uplink",
+            "add wan3 to the uplinks",
+        ],
+    ),
+    (
+        &["run", "--no-ebpf", "--no-rules", "wan1"],
+        &[
+            "--no-rules and --no-ebpf together leave nothing to do",
+            "drop one of them",
+        ],
+    ),
+    (&["run"], &["no uplink given", "name at least one"]),
+    (
+        &["run", "--frobnicate", "wan1"],
+        &[
+            "unexpected argument '--frobnicate'",
+            "see `multihome --help`",
+        ],
+    ),
+    (
+        &["run", "--priority", "many", "wan1"],
+        &[
+            "invalid value 'many' for '--priority <P>'",
+            "see `multihome --help`",
+        ],
+    ),
+    (
+        &["status", "--protocol", "999"],
+        &["--protocol 999 is invalid", "use 5 to 254"],
+    ),
+    (
+        &["cleanup", "--protocol", "1"],
+        &["--protocol 1 is invalid", "use 5 to 254"],
+    ),
+    (
+        &["check", "--priority", "0"],
+        &["--priority 0 is invalid", "use 1 to 32764"],
+    ),
+    (
+        &["check", "--protocol", "300"],
+        &["--protocol 300 is invalid", "use 5 to 254"],
+    ),
+    (
+        &["check", "wan/1"],
+        &["invalid interface name \"wan/1\"", "use 1 to 15 characters"],
+    ),
+    (
+        &["frobnicate"],
+        &[
+            "unrecognized subcommand 'frobnicate'",
+            "see `multihome --help`",
+        ],
+    ),
 ];
 
 fn owned(ns: &Netns) -> String {
@@ -60,7 +190,7 @@ fn bad_input_exits_2_with_one_line_and_changes_nothing() {
     let pin_dir = host.pin_dir().display().to_string();
     let bin = multihome_bin();
     let mut failures = Vec::new();
-    for (args, needle) in CASES {
+    for (args, needles) in CASES {
         // `run` gets a pin directory of this test's own, so anything pinned would be seen.
         let mut argv: Vec<&str> = args.to_vec();
         if argv.first() == Some(&"run") {
@@ -74,7 +204,8 @@ fn bad_input_exits_2_with_one_line_and_changes_nothing() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         let one_line = stderr.trim_end().lines().count() == 1;
-        if out.status.code() != Some(2) || !one_line || !stderr.contains(needle) {
+        let says_it = needles.iter().all(|needle| stderr.contains(needle));
+        if out.status.code() != Some(2) || !one_line || !says_it {
             failures.push(format!(
                 "{args:?}: status {:?}, stderr {stderr:?}",
                 out.status.code()
@@ -128,14 +259,14 @@ fn an_unusable_pin_directory_is_refused_before_anything_changes() {
     let cases: [(Vec<String>, &str); 2] = [
         (
             vec![bin.into(), "run".into(), "--pin-dir".into(), not_bpffs.display().to_string(), "wan1".into()],
-            "not on a bpf filesystem",
+            "is not on a bpf filesystem: choose one under /sys/fs/bpf",
         ),
         (
             vec![
                 "unshare".into(), "-m".into(), "sh".into(), "-c".into(),
                 format!("while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf || exit 97; done; exec setpriv --bounding-set -sys_admin --inh-caps -sys_admin {bin} run wan1"),
             ],
-            "mount",
+            "no bpf filesystem at /sys/fs/bpf and mounting one failed",
         ),
     ];
     for (argv, needle) in cases {
