@@ -183,7 +183,7 @@ fn network(addr: std::net::IpAddr, len: u8) -> std::net::IpAddr {
     }
 }
 
-/// `multihome check --json` (schema in the README; `version` changes on any incompatible
+/// `multihome check --json` (schema in docs/operations.md; `version` changes on any incompatible
 /// change, fields may be added).
 #[derive(Serialize)]
 struct Report<'a> {

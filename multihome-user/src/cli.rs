@@ -88,7 +88,7 @@ pub(crate) struct RunArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
-    /// Machine-readable output (schema in the README).
+    /// Machine-readable output (schema in docs/operations.md).
     #[arg(long)]
     pub(crate) json: bool,
     /// Uplinks to report on; default: $MULTIHOME_UPLINKS, else MULTIHOME_UPLINKS in
@@ -101,7 +101,7 @@ pub(crate) struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct CheckArgs {
-    /// Machine-readable output (schema in the README).
+    /// Machine-readable output (schema in docs/operations.md).
     #[arg(long)]
     pub(crate) json: bool,
     /// Priority the daemon will use (to find conflicting rules).

@@ -2,7 +2,7 @@
 //! what multihome owns and the guard's pins. Health is "what the plan wants is there".
 //!
 //! The JSON form (`status --json`) is this module's `Report` serialised; its schema is
-//! documented in the README and versioned by `Report::version`.
+//! documented in docs/operations.md and versioned by `Report::version`.
 
 use std::collections::BTreeMap;
 

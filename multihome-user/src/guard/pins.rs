@@ -2,7 +2,8 @@
 //! `multihome run` process, so that a restarted daemon, `status` and `cleanup` find it.
 //!
 //! Layout of `<pin_dir>` (default `/sys/fs/bpf/multihome`):
-//! - `SRC_V4`, `SRC_V6`, `COUNTERS`, `OWN_SOURCES`: the maps (BTF maps; `bpftool map dump pinned` names fields);
+//! - `SRC_V4`, `SRC_V6`, `COUNTERS`, `OWN_SOURCES`, `SOURCE_FILTER`: the maps (`maps::SHAPES`;
+//!   BTF maps, so `bpftool map dump pinned` names their fields);
 //! - `link_<ifindex>`: the TCX link attaching the guard to the egress of `ifindex`; removing the
 //!   pin (with no process holding the link) detaches it;
 //! - `clsact_<ifindex>`: the program itself, pinned as the record of a cls_bpf filter named

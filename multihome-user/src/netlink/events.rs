@@ -1,4 +1,4 @@
-//! The multicast subscription: kernel notifications as `view::Event`s, and the loss of sync.
+//! The multicast subscription: kernel notifications as `model::Event`s, and the loss of sync.
 //!
 //! How ENOBUFS surfaces in rtnetlink 0.24 / netlink-proto 0.14: the kernel does not block for a
 //! slow reader of multicast messages; when the socket's receive buffer is full it drops them and

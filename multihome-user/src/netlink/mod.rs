@@ -1,5 +1,5 @@
 //! The rtnetlink edge: dumps the kernel's links, addresses, routes and rules into a `KernelView`,
-//! turns multicast notifications into `view::Event`s, and applies route and rule `Op`s.
+//! turns multicast notifications into `model::Event`s, and applies route and rule `Op`s.
 //!
 //! Two sockets, on purpose: `Events` (multicast only) and `Netlink` (requests only). A dump's reply
 //! then never shares a receive buffer with a burst of notifications, so ENOBUFS can only cost

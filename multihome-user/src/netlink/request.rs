@@ -1,4 +1,4 @@
-//! Requests on the request socket: dumps and the route/rule operations of `state::Op`.
+//! Requests on the request socket: dumps and the route/rule operations of `model::Op`.
 
 use std::os::fd::AsRawFd;
 
@@ -140,7 +140,7 @@ impl Netlink {
     }
 
     /// Applies one route or rule operation; the others (Attach, Detach, PutEntry, DelEntry) are
-    /// the guard's and give `Error::NotNetlink`, so the daemon can hand every `Op` here first.
+    /// the guard's and give `Error::NotNetlink`.
     ///
     /// Idempotent: ReplaceRoute creates or replaces (NLM_F_CREATE|NLM_F_REPLACE: same table,
     /// destination and metric); AddRule of a rule that exists (EEXIST: checked with NLM_F_EXCL,
