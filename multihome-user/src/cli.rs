@@ -76,8 +76,9 @@ pub(crate) struct RunArgs {
     /// How the guard attaches to devices.
     #[arg(long, value_enum, default_value_t = AttachChoice::Auto)]
     pub(crate) attach: AttachChoice,
-    /// SO_RCVBUF of the netlink subscription (tests shrink it to provoke lost notifications).
-    #[arg(long, hide = true, default_value_t = DEFAULT_RECEIVE_BUFFER, value_name = "BYTES")]
+    /// Receive buffer of the netlink subscription: a burst of changes larger than this loses
+    /// notifications, which costs a full re-dump of the kernel's state.
+    #[arg(long, default_value_t = DEFAULT_RECEIVE_BUFFER, value_name = "BYTES")]
     pub(crate) netlink_receive_buffer: usize,
     #[command(flatten)]
     pub(crate) owned: Owned,

@@ -92,7 +92,7 @@ impl Netlink {
     /// The unicast routes of all tables, IPv4 and IPv6. The kernel does not announce the IPv4
     /// routes it flushes when a device goes down or an address goes away, so after such events
     /// the routes must be dumped again rather than tracked from notifications.
-    pub async fn dump_routes(&self) -> Result<Vec<Route>, Error> {
+    async fn dump_routes(&self) -> Result<Vec<Route>, Error> {
         let mut routes = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut req = RouteMessage::default();
