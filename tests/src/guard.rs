@@ -1,5 +1,5 @@
-//! What the guard tests share: a private pin directory, `__sk_buff` contexts, frame builders.
-#![allow(dead_code, reason = "each test crate uses a different part")]
+//! What the guard's tests and the bench share: a private pin directory, `__sk_buff` contexts,
+//! frame and entry builders.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -12,10 +12,10 @@ use multihome_ebpf::Egress;
 /// A pin directory of the test's own under /sys/fs/bpf, never the daemon's: tests run in
 /// parallel and beside a running daemon. Its pins are removed on drop (attachments go with the
 /// test's namespaces).
-pub(crate) struct PinDir(PathBuf);
+pub struct PinDir(PathBuf);
 
 impl PinDir {
-    pub(crate) fn new(tag: &str) -> PinDir {
+    pub fn new(tag: &str) -> PinDir {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         PinDir(PathBuf::from(format!(
@@ -24,7 +24,7 @@ impl PinDir {
         )))
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -40,20 +40,20 @@ impl Drop for PinDir {
     }
 }
 
-pub(crate) const TC_ACT_UNSPEC: i32 = -1;
-pub(crate) const TC_ACT_SHOT: i32 = 2;
-pub(crate) const TC_ACT_REDIRECT: i32 = 7;
+pub const TC_ACT_UNSPEC: i32 = -1;
+pub const TC_ACT_SHOT: i32 = 2;
+pub const TC_ACT_REDIRECT: i32 = 7;
 
 /// An `__sk_buff` for BPF_PROG_TEST_RUN's `ctx_in` (the uapi layout; the kernel takes ifindex,
 /// mark, priority, cb, tstamp, wire_len and the gso fields from it, and wants the rest zero).
-pub(crate) struct SkbCtx {
+pub struct SkbCtx {
     pub ifindex: u32,
     pub gso_segs: u32,
     pub gso_size: u32,
 }
 
 impl SkbCtx {
-    pub(crate) fn on(ifindex: u32) -> SkbCtx {
+    pub fn on(ifindex: u32) -> SkbCtx {
         SkbCtx {
             ifindex,
             gso_segs: 0,
@@ -61,7 +61,7 @@ impl SkbCtx {
         }
     }
 
-    pub(crate) fn bytes(&self) -> Vec<u8> {
+    pub fn bytes(&self) -> Vec<u8> {
         let mut ctx = vec![0u8; 192];
         ctx[40..44].copy_from_slice(&self.ifindex.to_ne_bytes());
         ctx[164..168].copy_from_slice(&self.gso_segs.to_ne_bytes());
@@ -71,7 +71,7 @@ impl SkbCtx {
 }
 
 /// An Ethernet frame from `src_mac` with the given 802.1Q tags, carrying `l3`.
-pub(crate) fn frame(src_mac: [u8; 6], tags: &[u16], ethertype: u16, l3: &[u8]) -> Vec<u8> {
+pub fn frame(src_mac: [u8; 6], tags: &[u16], ethertype: u16, l3: &[u8]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 0xfe];
     f.extend_from_slice(&src_mac);
     for tag in tags {
@@ -84,7 +84,7 @@ pub(crate) fn frame(src_mac: [u8; 6], tags: &[u16], ethertype: u16, l3: &[u8]) -
 }
 
 /// An IPv4 UDP packet of `len` bytes (at least 28) from `src`.
-pub(crate) fn ipv4(src: Ipv4Addr, len: usize) -> Vec<u8> {
+pub fn ipv4(src: Ipv4Addr, len: usize) -> Vec<u8> {
     let len = len.max(28);
     let mut p = vec![0u8; len];
     p[0] = 0x45;
@@ -97,7 +97,7 @@ pub(crate) fn ipv4(src: Ipv4Addr, len: usize) -> Vec<u8> {
 }
 
 /// An IPv6 UDP packet of `len` bytes (at least 48) from `src`.
-pub(crate) fn ipv6(src: Ipv6Addr, len: usize) -> Vec<u8> {
+pub fn ipv6(src: Ipv6Addr, len: usize) -> Vec<u8> {
     let len = len.max(48);
     let mut p = vec![0u8; len];
     p[0] = 0x60;
@@ -110,7 +110,7 @@ pub(crate) fn ipv6(src: Ipv6Addr, len: usize) -> Vec<u8> {
 }
 
 /// An entry for a plain uplink (no parent).
-pub(crate) fn egress(uplink: u32, mtu: u32) -> Egress {
+pub fn egress(uplink: u32, mtu: u32) -> Egress {
     Egress {
         uplink_ifindex: uplink,
         lower_ifindex: 0,
@@ -126,10 +126,10 @@ pub(crate) fn egress(uplink: u32, mtu: u32) -> Egress {
 
 /// Router B's link-local address, the usual IPv6 gateway (learned from its router
 /// advertisement).
-pub(crate) const ROUTER_B_LL: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xb];
+pub const ROUTER_B_LL: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xb];
 
 /// An entry for an IPv6 address of a plain uplink, in a `/prefix_len` with `gateway`.
-pub(crate) fn egress_v6(uplink: u32, prefix_len: u8, gateway: [u8; 16]) -> Egress {
+pub fn egress_v6(uplink: u32, prefix_len: u8, gateway: [u8; 16]) -> Egress {
     Egress {
         prefix_len,
         gateway,

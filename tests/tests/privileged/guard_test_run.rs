@@ -2,16 +2,14 @@
 //! the test's own) give the verdicts of the design, move the counters, and random or truncated
 //! frames never trip the verifier, crash, or redirect without an entry.
 
-mod guard_support;
-
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use guard_support::*;
 use multihome::guard::{AttachMode, Guard};
 use multihome_ebpf::{decide, parse, Counters, Egress, Packet, Source, Verdict};
+use multihome_tests::guard::*;
 use multihome_tests::netns::{require_root, veth, Netns};
 
 const ETH_P_IP: u16 = 0x0800;
