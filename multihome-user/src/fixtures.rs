@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use crate::config::{Config, Params};
-use crate::model::{Address, AddressFlags, Link, LinkKind, Route, RT_TABLE_MAIN};
+use crate::model::{Address, AddressFlags, Family, Link, LinkKind, Route, Rule, RT_TABLE_MAIN};
 use crate::view::KernelView;
 
 pub(crate) const LO: u32 = 1;
@@ -126,6 +126,19 @@ pub(crate) fn seed() -> KernelView {
 /// the guard is enabled; routes and rules stay empty unless rules are.
 pub(crate) fn plan(config: &Config, view: &KernelView) -> crate::model::State {
     crate::plan::plan_in(config, view, &crate::plan::Scope::All).0
+}
+
+/// A `from SRC lookup TABLE` rule of ours (protocol 77, priority 1000), IPv4.
+pub(crate) fn rule(src: &str, table: u32) -> Rule {
+    Rule {
+        family: Family::V4,
+        priority: 1000,
+        protocol: 77,
+        src: Some((ip(src), 32)),
+        oif: None,
+        table: Some(table),
+        other_selectors: false,
+    }
 }
 
 /// `multihome run UPLINK...` with default flags.

@@ -42,18 +42,6 @@ pub(crate) fn route(table: u32, cidr: &str, gateway: Option<&str>, metric: u32) 
     }
 }
 
-pub(crate) fn rule(src: &str, table: u32) -> Rule {
-    Rule {
-        family: Family::V4,
-        priority: 1000,
-        protocol: PROTO,
-        src: Some((ip(src), 32)),
-        oif: None,
-        table: Some(table),
-        other_selectors: false,
-    }
-}
-
 fn entry(uplink_ifindex: u32) -> Egress {
     crate::fixtures::egress(uplink_ifindex)
 }

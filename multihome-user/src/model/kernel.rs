@@ -192,18 +192,6 @@ mod tests {
     use super::*;
     use crate::fixtures::*;
 
-    fn rule() -> Rule {
-        Rule {
-            family: Family::V4,
-            priority: 1000,
-            protocol: 77,
-            src: Some((ip("192.168.0.101"), 32)),
-            oif: None,
-            table: Some(1002),
-            other_selectors: false,
-        }
-    }
-
     #[test]
     fn displays() {
         let ours = Route {
@@ -221,7 +209,7 @@ mod tests {
                 "192.168.0.0/24 dev if11 table 254 proto 2 scope link src 192.168.0.100 metric 0",
             ),
             (
-                rule().to_string(),
+                rule("192.168.0.101", 1002).to_string(),
                 "ipv4 rule 1000: from 192.168.0.101/32 lookup 1002 proto 77",
             ),
             (
@@ -231,7 +219,7 @@ mod tests {
                     oif: Some("wan".into()),
                     table: None,
                     other_selectors: true,
-                    ..rule()
+                    ..rule("192.168.0.101", 1002)
                 }
                 .to_string(),
                 "ipv6 rule 1000: from all oif wan (and other selectors) (not a lookup) proto 77",

@@ -52,6 +52,7 @@ impl Linger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::rule;
 
     fn addr(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -66,11 +67,11 @@ mod tests {
         let t0 = Instant::now();
         let mut linger = Linger::default();
         let gone = addr("192.168.0.20");
-        let ops = vec![Op::DelRule(rule()), Op::DelEntry(gone)];
+        let ops = vec![Op::DelRule(rule("192.168.0.20", 1002)), Op::DelEntry(gone)];
         let now = linger.hold_back(ops.clone(), &State::default(), t0);
         assert_eq!(
             now,
-            vec![Op::DelRule(rule())],
+            vec![Op::DelRule(rule("192.168.0.20", 1002))],
             "the rule goes at once, the entry waits"
         );
         assert_eq!(linger.deadline(), Some(t0 + LINGER));
@@ -103,17 +104,5 @@ mod tests {
             .hold_back(vec![Op::DelEntry(back)], &State::default(), later)
             .is_empty());
         assert_eq!(linger.deadline(), Some(later + LINGER));
-    }
-
-    fn rule() -> crate::model::Rule {
-        crate::model::Rule {
-            family: crate::model::Family::V4,
-            priority: 1000,
-            protocol: 77,
-            src: Some((addr("192.168.0.20"), 32)),
-            oif: None,
-            table: Some(1002),
-            other_selectors: false,
-        }
     }
 }

@@ -6,7 +6,7 @@
 use super::sim::Sim;
 use super::{linger::LINGER, Reconciler};
 use crate::config::Config;
-use crate::diff::tests::{rank, route, rule, strings, PROTO};
+use crate::diff::tests::{rank, route, strings, PROTO};
 use crate::fixtures::{self, *};
 use crate::model::{Address, AddressFlags, Event, Link, LinkKind, Op, Route, Rule, RT_TABLE_MAIN};
 use crate::view::KernelView;

@@ -1,7 +1,7 @@
 //! The view's event handling, re-dumps and echo anticipation, case by case.
 
 use super::*;
-use crate::fixtures::*;
+use crate::fixtures::{self, *};
 use crate::model::AddressFlags;
 
 /// Whether the view changed, and whether the routes must be dumped again.
@@ -21,16 +21,9 @@ fn start() -> KernelView {
     view
 }
 
+/// The rule of ours for vlan102's address.
 fn rule() -> Rule {
-    Rule {
-        family: Family::V4,
-        priority: 1000,
-        protocol: 77,
-        src: Some((ip("192.168.0.101"), 32)),
-        oif: None,
-        table: Some(1002),
-        other_selectors: false,
-    }
+    fixtures::rule("192.168.0.101", 1002)
 }
 
 fn link_of(view: &KernelView, ifindex: u32) -> Link {
