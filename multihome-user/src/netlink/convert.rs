@@ -1,4 +1,4 @@
-//! Pure translation between netlink-packet-route messages and the plain `view` types, both ways.
+//! Pure translation between netlink-packet-route messages and the plain `model` types, both ways.
 //!
 //! Kernel -> view drops what the view cannot carry exactly (non-unicast, multipath, nexthop-object,
 //! source-specific or TOS routes; non-IP families) instead of approximating it: an approximated
