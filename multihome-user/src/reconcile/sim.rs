@@ -10,10 +10,12 @@
 //! tests to report, and every applied operation is echoed as the kernel's notification. Its clock
 //! moves only when a test moves it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
+use multihome_ebpf::Egress;
 
 use super::{Effects, Reconciler};
 use crate::config::Config;
@@ -235,9 +237,7 @@ impl Effects for Sim {
         }
     }
 
-    fn guard_entries(
-        &self,
-    ) -> anyhow::Result<std::collections::BTreeMap<std::net::IpAddr, multihome_ebpf::Egress>> {
+    fn guard_entries(&self) -> anyhow::Result<BTreeMap<IpAddr, Egress>> {
         Ok(self.guard.entries.clone())
     }
 
