@@ -232,15 +232,10 @@ fn output_of(cmd: &mut Command) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
 
-    /// The workspace's debug binary: `cargo xtask test` builds it before the tests run.
+    /// The workspace's debug binary, built here as `install` builds its release one (a no-op
+    /// when it is up to date), so that no test depends on an earlier build.
     fn built() -> PathBuf {
-        let bin = crate::run::target_dir().unwrap().join("debug/multihome");
-        assert!(
-            bin.exists(),
-            "{} is missing: build the workspace first",
-            bin.display()
-        );
-        bin
+        crate::build::binary(crate::arch::Arch::host(), false).unwrap()
     }
 
     fn staging(tag: &str) -> PathBuf {
