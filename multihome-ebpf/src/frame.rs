@@ -1,6 +1,7 @@
 //! Ethernet frame parsing, generic over where the bytes come from: a slice on the host, the skb
-//! (through `bpf_skb_load_bytes`) in the kernel. Every read is bounds-checked by the source, so a
-//! truncated or malformed frame yields `None` (the guard passes it untouched).
+//! in the kernel (direct packet access to its linear area, `bpf_skb_load_bytes` past it: see the
+//! program's `skb`). Every read is bounds-checked by the source, so a truncated or malformed frame
+//! yields `None` (the guard passes it untouched).
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -11,8 +12,10 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const MAX_TAGS: usize = 2;
 
 /// A source of frame bytes.
-// `is_empty` would be dead code: an empty frame simply fails to parse.
-#[allow(clippy::len_without_is_empty)]
+#[allow(
+    clippy::len_without_is_empty,
+    reason = "`is_empty` would be dead code: an empty frame simply fails to parse"
+)]
 pub trait FrameBytes {
     /// Length of the whole frame.
     fn len(&self) -> usize;

@@ -14,44 +14,47 @@ use serde::Serialize;
 use crate::cli::CheckArgs;
 use crate::config::{self, Config, Params};
 use crate::guard::PinnedMaps;
-use crate::netlink::Netlink;
+use crate::model::Family;
+use crate::netlink;
+use crate::ownership::{self, GuardState};
+use crate::plan::Scope;
 use crate::probe::{self, verdict, Probe};
-use crate::view::{Family, KernelView};
-use crate::{plan, privileges, status, Fatal};
+use crate::view::KernelView;
+use crate::{privileges, status, Fatal};
 
 /// One thing to fix, printed on one line.
 #[derive(Debug, PartialEq, Eq, Serialize)]
-pub struct Finding {
-    pub problem: String,
-    pub fix: String,
+pub(crate) struct Finding {
+    pub(crate) problem: String,
+    pub(crate) fix: String,
 }
 
 /// Per-uplink sysctls that matter (IPv4 conf of the device and of "all").
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Sysctls {
-    pub rp_filter: u8,
-    pub arp_ignore: u8,
-    pub arp_announce: u8,
+pub(crate) struct Sysctls {
+    pub(crate) rp_filter: u8,
+    pub(crate) arp_ignore: u8,
+    pub(crate) arp_announce: u8,
 }
 
 /// Everything `findings` looks at.
-pub struct Host<'a> {
+pub(crate) struct Host<'a> {
     /// The uplinks, when any are known: without them only the host is checked.
-    pub config: Option<&'a Config>,
-    pub view: &'a KernelView,
+    pub(crate) config: Option<&'a Config>,
+    pub(crate) view: &'a KernelView,
     /// The rule priority and protocol the daemon will use.
-    pub priority: u32,
-    pub protocol: u8,
-    pub bpffs_mounted: bool,
+    pub(crate) priority: u32,
+    pub(crate) protocol: u8,
+    pub(crate) bpffs_mounted: bool,
     /// Effective values for each present uplink (the larger of "all" and the device's).
-    pub sysctls: BTreeMap<String, Sysctls>,
+    pub(crate) sysctls: BTreeMap<String, Sysctls>,
     /// systemd-networkd runs and would delete foreign rules/routes.
-    pub networkd_manages_foreign: bool,
-    pub network_manager_running: bool,
+    pub(crate) networkd_manages_foreign: bool,
+    pub(crate) network_manager_running: bool,
 }
 
 /// What is wrong with the host's settings (the guard's own findings come from the probe).
-pub fn findings(host: &Host) -> Vec<Finding> {
+pub(crate) fn findings(host: &Host) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut add = |problem: String, fix: &str| {
         out.push(Finding {
@@ -132,7 +135,7 @@ pub fn findings(host: &Host) -> Vec<Finding> {
             "give the uplinks the same MTU, or accept that oversized misrouted packets are dropped",
         );
     }
-    for (table, route) in plan::foreign_routes_in_tables(config, host.view) {
+    for (table, route) in ownership::foreign_routes(config, host.view, &Scope::All) {
         add(
             format!(
                 "table {table} holds a route of another owner ({}/{} protocol {})",
@@ -180,7 +183,7 @@ fn network(addr: std::net::IpAddr, len: u8) -> std::net::IpAddr {
     }
 }
 
-/// `multihome check --json` (schema in the README; `version` changes on any incompatible
+/// `multihome check --json` (schema in docs/operations.md; `version` changes on any incompatible
 /// change, fields may be added).
 #[derive(Serialize)]
 struct Report<'a> {
@@ -205,21 +208,15 @@ struct Kernel {
     btf: bool,
 }
 
-pub fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
+pub(crate) fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
     let protocol = config::protocol(args.owned.protocol).map_err(Fatal::usage)?;
     let priority = config::priority(args.priority).map_err(Fatal::usage)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Fatal::failure(format!("starting the runtime: {err}")))?;
-    let view = runtime
-        .block_on(async { Netlink::connect()?.dump().await })
-        .map_err(|err| Fatal::failure(format!("reading the kernel's state: {err}")))?;
-    drop(runtime);
-    let mut owned = plan::owned(&view, protocol);
+    let view = netlink::snapshot()?;
+    let mut guard = GuardState::default();
     if let Ok(maps) = PinnedMaps::open(&args.owned.pin_dir) {
-        owned.entries = maps.entries().map_err(Fatal::from)?;
+        guard.entries = maps.entries()?;
     }
+    let owned = ownership::owned(&view, protocol, &Scope::All, &guard);
     let uplinks = status::known_uplinks(&args.uplinks, &view, &owned)?;
     let config = if uplinks.is_empty() {
         None
@@ -252,8 +249,7 @@ pub fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
         ok: verdict.findings.is_empty(),
     };
     if args.json {
-        let json =
-            serde_json::to_string_pretty(&report).map_err(|e| Fatal::failure(e.to_string()))?;
+        let json = serde_json::to_string_pretty(&report)?;
         println!("{json}");
     } else {
         print!("{}", text(&report));
@@ -400,8 +396,8 @@ fn networkd_leaves_foreign_alone() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::sim::fixtures::{config, seed};
-    use crate::view::Rule;
+    use crate::fixtures::{config, seed};
+    use crate::model::Rule;
 
     fn host<'a>(config: Option<&'a Config>, view: &'a KernelView) -> Host<'a> {
         let good = Sysctls {
@@ -434,7 +430,7 @@ mod tests {
         let mut view = seed();
         view.links.get_mut(&12).unwrap().mtu = 1492;
         view.rules.push(Rule {
-            family: crate::view::Family::V4,
+            family: crate::model::Family::V4,
             priority: 1001,
             protocol: 4,
             src: None,

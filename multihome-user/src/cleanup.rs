@@ -3,14 +3,19 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use crate::cli::Owned;
 use crate::diff::diff;
+use crate::model::State;
 use crate::netlink::Netlink;
+use crate::ownership::{owned, GuardState};
+use crate::plan::Scope;
 use crate::privileges::{self, CAP_NET_ADMIN};
-use crate::state::State;
-use crate::{guard, plan, Fatal};
+use crate::runtime;
+use crate::{guard, Fatal};
 
-pub fn main(args: Owned) -> Result<ExitCode, Fatal> {
+pub(crate) fn main(args: Owned) -> Result<ExitCode, Fatal> {
     let protocol = crate::config::protocol(args.protocol).map_err(Fatal::usage)?;
     if let Some(cap) = privileges::missing(privileges::effective(), &[CAP_NET_ADMIN]).first() {
         return Err(Fatal::usage(format!(
@@ -18,12 +23,8 @@ pub fn main(args: Owned) -> Result<ExitCode, Fatal> {
             cap.name, cap.why
         )));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Fatal::failure(format!("starting the runtime: {err}")))?;
-    let mut removed = runtime.block_on(remove_routing(protocol))?;
-    removed.extend(guard::remove_all(&args.pin_dir).map_err(Fatal::from)?);
+    let mut removed = runtime::block_on(remove_routing(protocol))?;
+    removed.extend(guard::remove_all(&args.pin_dir)?);
     if removed.is_empty() {
         println!(
             "nothing to remove: no routes or rules with protocol {protocol}, no guard pinned at {}",
@@ -38,14 +39,14 @@ pub fn main(args: Owned) -> Result<ExitCode, Fatal> {
 
 /// Deletes owned rules, then owned routes (the order `diff` gives removals).
 async fn remove_routing(protocol: u8) -> Result<Vec<String>, Fatal> {
-    let netlink = Netlink::connect().map_err(anyhow::Error::from)?;
-    let view = netlink.dump().await.map_err(anyhow::Error::from)?;
+    let netlink = Netlink::connect()?;
+    let view = netlink.dump().await?;
     let mut removed = Vec::new();
-    for op in diff(&State::default(), &plan::owned(&view, protocol)) {
-        netlink
-            .apply(&op)
-            .await
-            .map_err(|err| Fatal::failure(format!("{op}: {err}")))?;
+    for op in diff(
+        &State::default(),
+        &owned(&view, protocol, &Scope::All, &GuardState::default()),
+    ) {
+        netlink.apply(&op).await.with_context(|| op.to_string())?;
         // "delete ipv4 rule ..." reads "removed ipv4 rule ..." in the list.
         let line = op.to_string();
         removed.push(line.strip_prefix("delete ").unwrap_or(&line).to_owned());

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use crate::netlink::DEFAULT_RECEIVE_BUFFER;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/multihome";
+use crate::config::{DEFAULT_PIN_DIR, DEFAULT_PRIORITY, DEFAULT_PROTOCOL, DEFAULT_TABLE_BASE};
+use crate::netlink::DEFAULT_RECEIVE_BUFFER;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,17 +18,17 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/multihome";
                   the kernel's own events; an eBPF TC egress guard redirects what still leaves \
                   through the wrong device."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
     #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
-    pub log_level: log::LevelFilter,
+    pub(crate) log_level: log::LevelFilter,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon: keep tables, rules and the guard in line with the uplinks.
     Run(RunArgs),
     /// Show uplinks, addresses, gateways, tables, rules, attachments and counters.
@@ -44,91 +44,92 @@ pub enum Command {
 
 /// What identifies multihome's objects on this host.
 #[derive(Debug, Args, Clone)]
-pub struct Owned {
+pub(crate) struct Owned {
     /// Routing protocol number marking multihome's routes and rules.
-    #[arg(long, default_value_t = 77, value_name = "N")]
-    pub protocol: u32,
+    #[arg(long, default_value_t = DEFAULT_PROTOCOL.into(), value_name = "N")]
+    pub(crate) protocol: u32,
     /// Where the guard's maps and attachments are pinned (bpffs).
     #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
-    pub pin_dir: PathBuf,
+    pub(crate) pin_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Table of the first uplink is N+1, of the second N+2, and so on.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
-    pub table_base: u32,
+    #[arg(long, default_value_t = DEFAULT_TABLE_BASE, value_name = "N")]
+    pub(crate) table_base: u32,
     /// Priority of the `from ADDR` rules; the `oif` rules take P+1.
-    #[arg(long, default_value_t = 1000, value_name = "P")]
-    pub priority: u32,
+    #[arg(long, default_value_t = DEFAULT_PRIORITY, value_name = "P")]
+    pub(crate) priority: u32,
     /// A gateway to use for an uplink instead of the one its DHCP client installs.
     #[arg(long = "gateway", value_name = "IFNAME=ADDR")]
-    pub gateways: Vec<String>,
+    pub(crate) gateways: Vec<String>,
     /// Rules only: do not load the eBPF guard.
     #[arg(long)]
-    pub no_ebpf: bool,
+    pub(crate) no_ebpf: bool,
     /// Guard only: do not install tables and rules.
     #[arg(long)]
-    pub no_rules: bool,
+    pub(crate) no_rules: bool,
     /// Leave rules, routes and the guard in place on SIGTERM/SIGINT.
     #[arg(long)]
-    pub keep_on_exit: bool,
+    pub(crate) keep_on_exit: bool,
     /// With no uplink configured (no UPLINK given, MULTIHOME_UPLINKS empty or unset): stay
     /// idle and say so (in the log, and to systemd as the unit's status) instead of exiting 2.
     /// The unit uses it, so that an installed package waits for /etc/default/multihome.
     #[arg(long)]
-    pub idle_without_uplinks: bool,
+    pub(crate) idle_without_uplinks: bool,
     /// How the guard attaches to devices.
     #[arg(long, value_enum, default_value_t = AttachChoice::Auto)]
-    pub attach: AttachChoice,
-    /// SO_RCVBUF of the netlink subscription (tests shrink it to provoke lost notifications).
-    #[arg(long, hide = true, default_value_t = DEFAULT_RECEIVE_BUFFER, value_name = "BYTES")]
-    pub netlink_receive_buffer: usize,
+    pub(crate) attach: AttachChoice,
+    /// Receive buffer of the netlink subscription: a burst of changes larger than this loses
+    /// notifications, which costs a full re-dump of the kernel's state.
+    #[arg(long, default_value_t = DEFAULT_RECEIVE_BUFFER, value_name = "BYTES")]
+    pub(crate) netlink_receive_buffer: usize,
     #[command(flatten)]
-    pub owned: Owned,
+    pub(crate) owned: Owned,
     /// Uplinks as IFNAME or IFNAME=TABLE; default: $MULTIHOME_UPLINKS.
     #[arg(value_name = "UPLINK")]
-    pub uplinks: Vec<String>,
+    pub(crate) uplinks: Vec<String>,
 }
 
 #[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// Machine-readable output (schema in the README).
+pub(crate) struct StatusArgs {
+    /// Machine-readable output (schema in docs/operations.md).
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Uplinks to report on; default: $MULTIHOME_UPLINKS, else MULTIHOME_UPLINKS in
     /// /etc/default/multihome ($MULTIHOME_DEFAULTS), else every uplink with owned objects.
     #[arg(value_name = "UPLINK")]
-    pub uplinks: Vec<String>,
+    pub(crate) uplinks: Vec<String>,
     #[command(flatten)]
-    pub owned: Owned,
+    pub(crate) owned: Owned,
 }
 
 #[derive(Debug, Args)]
-pub struct CheckArgs {
-    /// Machine-readable output (schema in the README).
+pub(crate) struct CheckArgs {
+    /// Machine-readable output (schema in docs/operations.md).
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Priority the daemon will use (to find conflicting rules).
-    #[arg(long, default_value_t = 1000, value_name = "P")]
-    pub priority: u32,
+    #[arg(long, default_value_t = DEFAULT_PRIORITY, value_name = "P")]
+    pub(crate) priority: u32,
     /// Uplinks to check; default: $MULTIHOME_UPLINKS, else MULTIHOME_UPLINKS in
     /// /etc/default/multihome ($MULTIHOME_DEFAULTS), else every uplink with owned objects;
     /// with none, the host alone is checked.
     #[arg(value_name = "UPLINK")]
-    pub uplinks: Vec<String>,
+    pub(crate) uplinks: Vec<String>,
     #[command(flatten)]
-    pub owned: Owned,
+    pub(crate) owned: Owned,
 }
 
 #[derive(Debug, Args)]
-pub struct GenerateArgs {
+pub(crate) struct GenerateArgs {
     #[command(subcommand)]
-    pub what: Generated,
+    pub(crate) what: Generated,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Generated {
+pub(crate) enum Generated {
     /// Man pages (multihome.1 and one per command) into DIR.
     Man {
         #[arg(value_name = "DIR")]
@@ -142,7 +143,7 @@ pub enum Generated {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AttachChoice {
+pub(crate) enum AttachChoice {
     /// TCX where the kernel has it, clsact otherwise.
     Auto,
     Tcx,

@@ -8,14 +8,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use crate::view::{RT_TABLE_DEFAULT, RT_TABLE_LOCAL, RT_TABLE_MAIN, RT_TABLE_UNSPEC};
+use crate::model::{RT_TABLE_DEFAULT, RT_TABLE_LOCAL, RT_TABLE_MAIN, RT_TABLE_UNSPEC};
 
 /// Tables default to `table_base + position` (1-based), so the first uplink gets 1001.
-pub const DEFAULT_TABLE_BASE: u32 = 1000;
+pub(crate) const DEFAULT_TABLE_BASE: u32 = 1000;
 /// `from` rules at P, `oif` rules at P+1: before `main` (32766), after `local` (0).
 pub const DEFAULT_PRIORITY: u32 = 1000;
 /// The routing protocol number marking everything multihome owns (`multihome` in rt_protos.d).
-pub const DEFAULT_PROTOCOL: u8 = 77;
+pub(crate) const DEFAULT_PROTOCOL: u8 = 77;
+/// Where the guard's maps and attachments are pinned: a directory of the bpf filesystem.
+pub(crate) const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/multihome";
 
 /// The priority of the kernel's `lookup main` rule: ours must all come before it.
 const MAIN_RULE_PRIORITY: u32 = 32766;
@@ -28,9 +30,9 @@ const MAX_IFNAME_LEN: usize = 15;
 
 /// One `UPLINK` argument: `IFNAME` or `IFNAME=TABLE`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UplinkSpec {
-    pub name: String,
-    pub table: Option<u32>,
+pub(crate) struct UplinkSpec {
+    pub(crate) name: String,
+    pub(crate) table: Option<u32>,
 }
 
 impl FromStr for UplinkSpec {
@@ -51,9 +53,9 @@ impl FromStr for UplinkSpec {
 
 /// One `--gateway IFNAME=ADDR` argument: a fixed gateway that overrides the discovered one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GatewaySpec {
-    pub name: String,
-    pub addr: IpAddr,
+pub(crate) struct GatewaySpec {
+    pub(crate) name: String,
+    pub(crate) addr: IpAddr,
 }
 
 impl FromStr for GatewaySpec {
@@ -76,7 +78,7 @@ impl FromStr for GatewaySpec {
 
 /// Validates a routing protocol number for multihome's objects (also used by `status`,
 /// `cleanup` and `check`, which take `--protocol` too).
-pub fn protocol(value: u32) -> Result<u8, ConfigError> {
+pub(crate) fn protocol(value: u32) -> Result<u8, ConfigError> {
     u8::try_from(value)
         .ok()
         .filter(|p| (MIN_PROTOCOL..=MAX_PROTOCOL).contains(&u32::from(*p)))
@@ -85,7 +87,7 @@ pub fn protocol(value: u32) -> Result<u8, ConfigError> {
 
 /// Validates the priority of the `from` rules (the `oif` rules take the next one, and both must
 /// come before the main table's rule); also used by `check`, which takes `--priority` too.
-pub fn priority(value: u32) -> Result<u32, ConfigError> {
+pub(crate) fn priority(value: u32) -> Result<u32, ConfigError> {
     if value == 0 || value.saturating_add(1) >= MAIN_RULE_PRIORITY {
         return Err(ConfigError::Priority(value));
     }
@@ -94,7 +96,7 @@ pub fn priority(value: u32) -> Result<u32, ConfigError> {
 
 /// Parses `MULTIHOME_UPLINKS`: `UPLINK` items separated by whitespace and/or commas (systemd
 /// `EnvironmentFile=` users write either). An empty string is an empty list.
-pub fn parse_uplink_list(s: &str) -> Result<Vec<UplinkSpec>, ConfigError> {
+pub(crate) fn parse_uplink_list(s: &str) -> Result<Vec<UplinkSpec>, ConfigError> {
     s.split(|c: char| c == ',' || c.is_whitespace())
         .filter(|item| !item.is_empty())
         .map(str::parse)
@@ -103,15 +105,15 @@ pub fn parse_uplink_list(s: &str) -> Result<Vec<UplinkSpec>, ConfigError> {
 
 /// The parsed command line, before validation. `Default` holds the documented defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Params {
-    pub uplinks: Vec<UplinkSpec>,
-    pub gateways: Vec<GatewaySpec>,
-    pub table_base: u32,
-    pub priority: u32,
+pub(crate) struct Params {
+    pub(crate) uplinks: Vec<UplinkSpec>,
+    pub(crate) gateways: Vec<GatewaySpec>,
+    pub(crate) table_base: u32,
+    pub(crate) priority: u32,
     /// Wider than the protocol field so that an out-of-range value gets our message, not clap's.
-    pub protocol: u32,
-    pub rules: bool,
-    pub ebpf: bool,
+    pub(crate) protocol: u32,
+    pub(crate) rules: bool,
+    pub(crate) ebpf: bool,
 }
 
 impl Default for Params {
@@ -129,26 +131,26 @@ impl Default for Params {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UplinkConfig {
-    pub name: String,
-    pub table: u32,
-    pub gateway_v4: Option<Ipv4Addr>,
-    pub gateway_v6: Option<Ipv6Addr>,
+pub(crate) struct UplinkConfig {
+    pub(crate) name: String,
+    pub(crate) table: u32,
+    pub(crate) gateway_v4: Option<Ipv4Addr>,
+    pub(crate) gateway_v6: Option<Ipv6Addr>,
 }
 
 /// A validated configuration: uplinks in the operator's order (the first one wins an address
 /// that two uplinks share), each with its own table.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    pub uplinks: Vec<UplinkConfig>,
+pub(crate) struct Config {
+    pub(crate) uplinks: Vec<UplinkConfig>,
     /// Priority of the `from ADDR` rules; the `oif` rules use `priority + 1`.
-    pub priority: u32,
-    pub protocol: u8,
+    pub(crate) priority: u32,
+    pub(crate) protocol: u8,
     /// Install tables and rules (off with `--no-rules`: guard only).
-    pub rules: bool,
+    pub(crate) rules: bool,
     /// Load the eBPF guard (off with `--no-ebpf`: rules only).
-    pub ebpf: bool,
-    pub table_base: u32,
+    pub(crate) ebpf: bool,
+    pub(crate) table_base: u32,
     /// Positions in `uplinks` by name and by table, so that a pass that looks at a few uplinks
     /// finds them without walking the list (it would grow with the number of uplinks).
     positions: HashMap<String, usize>,
@@ -156,7 +158,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn new(params: Params) -> Result<Config, ConfigError> {
+    pub(crate) fn new(params: Params) -> Result<Config, ConfigError> {
         let Params {
             uplinks,
             gateways,
@@ -234,17 +236,13 @@ impl Config {
         })
     }
 
-    pub fn uplink(&self, name: &str) -> Option<&UplinkConfig> {
-        self.position(name).map(|position| &self.uplinks[position])
-    }
-
     /// The position in `uplinks` of the uplink with this name.
-    pub fn position(&self, name: &str) -> Option<usize> {
+    pub(crate) fn position(&self, name: &str) -> Option<usize> {
         self.positions.get(name).copied()
     }
 
     /// The position in `uplinks` of the uplink with this table.
-    pub fn table_position(&self, table: u32) -> Option<usize> {
+    pub(crate) fn table_position(&self, table: u32) -> Option<usize> {
         self.table_positions.get(&table).copied()
     }
 }
@@ -319,7 +317,7 @@ fn check_gateway(gateway: &GatewaySpec) -> Result<(), ConfigError> {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error(
         "no uplink given: name at least one (multihome run vlan101 vlan102, or MULTIHOME_UPLINKS)"
     )]
@@ -591,8 +589,9 @@ mod tests {
         assert_eq!(config.protocol, 77);
         assert_eq!(config.table_base, 1000);
         assert!(config.rules && config.ebpf);
-        assert_eq!(config.uplink("wan").map(|u| u.table), Some(1001));
-        assert_eq!(config.uplink("lan"), None);
+        let table = |name| config.position(name).map(|p| config.uplinks[p].table);
+        assert_eq!(table("wan"), Some(1001));
+        assert_eq!(table("lan"), None);
         assert_eq!(config.position("wan"), Some(0));
         assert_eq!(config.table_position(1001), Some(0));
         assert_eq!(config.table_position(1000), None);

@@ -1,13 +1,14 @@
-//! `multihome run`: the event loop. Everything it does is driven by the kernel's own
-//! notifications and signals. Its only timers run when there is something to time: the retry
-//! pause after a failed operation, the linger of a released address's guard entry, and the
-//! watchdog when systemd asks for one (which also audits the guard's pins).
-
-use std::process::ExitCode;
-use std::time::Duration;
+//! `multihome run`: start-up (privileges, the instance claim, the subscription, the first dump,
+//! the guard) and the event loop, which hands the kernel's notifications, the watchdog's audit
+//! and the reconciler's own deadlines to the `Reconciler` and runs a pass after each. Everything
+//! is driven by the kernel's notifications and signals. Its only timers run when there is
+//! something to time: the retry pause after a failed operation, the linger of a released
+//! address's guard entry, and the watchdog when systemd asks for one.
 
 use std::os::fd::OwnedFd;
+use std::process::ExitCode;
 
+use anyhow::{anyhow, Context};
 use futures::FutureExt;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -20,24 +21,17 @@ use crate::idle;
 use crate::instance;
 use crate::netlink::{Events, Netlink, Notice};
 use crate::notify::{self, notify};
-use crate::plan::{self, Scope};
+use crate::ownership;
+use crate::plan::Scope;
 use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
-use crate::reconcile::Reconciler;
-use crate::view::{Redump, Touched};
+use crate::reconcile::{Kernel, Reconciler};
+use crate::runtime;
 use crate::Fatal;
 
-/// Pauses between attempts after an operation failed (doubling up to the last).
-const RETRY_PAUSES: [Duration; 4] = [
-    Duration::from_millis(200),
-    Duration::from_secs(1),
-    Duration::from_secs(5),
-    Duration::from_secs(30),
-];
-
-pub fn main(args: RunArgs) -> Result<ExitCode, Fatal> {
+pub(crate) fn main(args: RunArgs) -> Result<ExitCode, Fatal> {
     let config = match config_from(&args) {
         Err(ConfigError::NoUplinks) if args.idle_without_uplinks => {
-            runtime()?.block_on(idle::wait())?;
+            runtime::block_on(idle::wait())?;
             return Ok(ExitCode::SUCCESS);
         }
         config => config.map_err(Fatal::usage)?,
@@ -52,15 +46,8 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Fatal> {
             cap.name, cap.why
         )));
     }
-    runtime()?.block_on(run(config, &args))?;
+    runtime::block_on(run(config, &args))?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, Fatal> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Fatal::failure(format!("starting the runtime: {err}")))
 }
 
 /// The configuration from the command line, or from $MULTIHOME_UPLINKS without uplinks there.
@@ -89,69 +76,61 @@ fn config_from(args: &RunArgs) -> Result<Config, ConfigError> {
     })
 }
 
-async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
+async fn run(mut config: Config, args: &RunArgs) -> Result<(), Fatal> {
     let _instance = instance::claim(config.protocol).map_err(Fatal::usage)?;
     // Subscribe before the dump, so that nothing that changes in between is missed.
-    let mut events =
-        Events::subscribe(Some(args.netlink_receive_buffer)).map_err(anyhow::Error::from)?;
-    let netlink = Netlink::connect().map_err(anyhow::Error::from)?;
-    let view = netlink.dump().await.map_err(anyhow::Error::from)?;
-    if let Some((table, route)) = plan::foreign_routes_in_tables(&config, &view).first() {
+    let mut events = Events::subscribe(Some(args.netlink_receive_buffer))?;
+    let netlink = Netlink::connect()?;
+    let view = netlink.dump().await?;
+    if let Some((table, route)) = ownership::foreign_routes(&config, &view, &Scope::All).first() {
         return Err(Fatal::usage(format!(
             "table {table} already holds a route multihome does not own ({}/{} protocol {}): \
              give the uplink another table (IFNAME=TABLE) or --table-base",
             route.dst, route.dst_len, route.protocol
         )));
     }
-    let guard = if config.ebpf {
+    let mut guard = if config.ebpf {
         load_guard(args)?
     } else {
         log::info!("rules only (--no-ebpf): the eBPF guard is not loaded");
         None
     };
-    let mut sigterm = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
-    let guard_log = match guard.as_ref().and_then(Guard::log_fd) {
+    // A guard that could not load leaves the rules alone to plan: planning entries and
+    // attachments that nothing can apply would fail every pass, and retry for ever.
+    config.ebpf = guard.is_some();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut guard_log = guard.as_mut().and_then(Guard::take_log);
+    let guard_log_fd = match guard_log.as_ref().and_then(|log| log.fd().ok()) {
         // SAFETY: an OwnedFd stays open, on the same description, for as long as it lives,
         // and the AsyncFd owns it.
         Some(fd) => Some(
             unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-                .map_err(|err| Fatal::failure(format!("watching the guard's log: {err}")))?,
+                .context("watching the guard's log")?,
         ),
         None => None,
     };
-    let mut reconciler = Reconciler::new(config, netlink, guard, view);
-    let failures = reconciler.reconcile(&Scope::All).await.failed;
+    let running = uplink_names(&config);
+    let mut reconciler = Reconciler::new(config, Kernel::new(netlink, guard), view);
+    reconciler.pass().await?;
     notify("READY=1");
-    log::info!("running: {}", uplink_names(&reconciler.config));
+    log::info!("running: {running}");
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
-    let mut attempt = 0;
-    // A deadline, not a pause re-armed on every pass: watchdog ticks come more often than the
-    // longest pause and would otherwise postpone the retry for ever.
-    let mut retry_at = retry_deadline(failures, attempt);
     loop {
-        let mut resync = Resync::default();
+        let wake_at = reconciler.wake_at().map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = tick_or_never(watchdog.as_mut()) => {
                 notify("WATCHDOG=1");
-                // The watchdog's wake-up doubles as the guard's audit: removing a pin or
-                // detaching a TCX link by hand sends no notification, and a timer of our own
-                // would wake an idle daemon. The reconcile below re-attaches what was detached.
-                if let Some(Err(err)) = reconciler.guard.as_ref().map(Guard::restore_pins) {
-                    log::warn!("restoring the guard's pins: {err:#}");
-                }
-                reconciler.reread_guard();
-                resync.touched = Touched::all();
+                // The watchdog's wake-up doubles as the guard's audit, where a timer of our
+                // own would wake an idle daemon.
+                reconciler.audit();
             }
-            _ = sleep_until_or_never(retry_at) => { resync.all = true; attempt += 1; }
-            _ = sleep_until_or_never(reconciler.deadline().map(Into::into)) => {
-                resync.touched = Touched::all();
-            }
-            ready = readable_or_never(guard_log.as_ref()) => {
-                if let Some(guard) = reconciler.guard.as_mut() {
-                    guard.flush_log();
+            _ = sleep_until_or_never(wake_at) => reconciler.tick(),
+            ready = readable_or_never(guard_log_fd.as_ref()) => {
+                if let Some(log) = guard_log.as_mut() {
+                    log.flush();
                 }
                 if let Ok(mut ready) = ready {
                     ready.clear_ready();
@@ -162,44 +141,22 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
                 let mut notice = Some(notice);
                 // Take every notice already queued, so that a burst makes one pass.
                 while let Some(next) = notice {
-                    absorb(&mut reconciler, next, &mut resync)?;
+                    match next.context("netlink subscription failed")? {
+                        Notice::Event(event) => reconciler.event(event),
+                        Notice::SyncLost => reconciler.sync_lost(),
+                    }
                     notice = events.next().now_or_never();
                 }
             }
         }
-        let netlink = &reconciler.netlink;
-        if resync.all {
-            reconciler.view = netlink.dump().await.map_err(anyhow::Error::from)?;
-            reconciler.reread_guard();
-            resync.touched = Touched::all();
-        } else if resync.routes != Redump::Nothing {
-            let routes =
-                (netlink.dump_routes_of(&resync.routes).await).map_err(anyhow::Error::from)?;
-            let changed = reconciler.view.replace_routes(&resync.routes, routes);
-            resync.touched.merge(changed);
-        }
-        let scope = Scope::of(&reconciler.config, &reconciler.view, &resync.touched);
-        let failures = reconciler.reconcile(&scope).await.failed;
-        if failures > 0 {
-            retry_at = retry_deadline(failures, attempt);
-        } else if scope == Scope::All {
-            // A pass over a few uplinks says nothing of a failure elsewhere: only a full pass
-            // that went through ends the retries.
-            attempt = 0;
-            retry_at = None;
-        }
+        reconciler.pass().await?;
     }
     notify("STOPPING=1");
     if args.keep_on_exit {
         log::info!("stopping, leaving rules, routes and the guard in place (--keep-on-exit)");
     } else {
         log::info!("stopping, removing what multihome installed");
-        reconciler.teardown().await;
-        if let Some(guard) = reconciler.guard.take() {
-            for line in guard.remove_all().map_err(Fatal::from)? {
-                log::debug!("removed {line}");
-            }
-        }
+        reconciler.teardown().await?;
     }
     Ok(())
 }
@@ -216,50 +173,15 @@ fn load_guard(args: &RunArgs) -> Result<Option<Guard>, Fatal> {
     guard::prepare_pin_dir(&args.owned.pin_dir).map_err(|err| Fatal::usage(format!("{err:#}")))?;
     match Guard::load(&args.owned.pin_dir, mode) {
         Ok(guard) => Ok(Some(guard)),
-        Err(err) if args.no_rules => Err(Fatal::failure(format!(
+        Err(err) if args.no_rules => Err(anyhow!(
             "the eBPF guard cannot load ({err:#}) and --no-rules leaves nothing else to do"
-        ))),
+        )
+        .into()),
         Err(err) => {
             log::warn!("the eBPF guard cannot load, running rules only: {err:#}");
             Ok(None)
         }
     }
-}
-
-/// What must be dumped again before the view can be trusted, and what the pass looks at.
-#[derive(Debug, Default)]
-struct Resync {
-    /// Notifications were lost, or an operation failed.
-    all: bool,
-    /// Routes the kernel may have changed without a word.
-    routes: Redump,
-    /// What the notifications changed, or everything.
-    touched: Touched,
-}
-
-/// Folds one notice into the view.
-fn absorb(
-    reconciler: &mut Reconciler,
-    notice: Result<Notice, crate::netlink::Error>,
-    resync: &mut Resync,
-) -> Result<(), Fatal> {
-    match notice {
-        Ok(Notice::Event(event)) => {
-            let effect = reconciler.view.apply(event);
-            resync.routes.merge(effect.redump);
-            resync.touched.merge(effect.touched);
-        }
-        Ok(Notice::SyncLost) => {
-            log::warn!("netlink notifications were lost, dumping the kernel's state again");
-            resync.all = true;
-        }
-        Err(err) => {
-            return Err(Fatal::failure(format!(
-                "netlink subscription failed: {err}"
-            )))
-        }
-    }
-    Ok(())
 }
 
 /// Waits until the guard's log has records; never when there is no log to read.
@@ -280,12 +202,6 @@ async fn tick_or_never(interval: Option<&mut tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
-}
-
-/// When to retry after `failures` failed operations on attempt `attempt`; never without any.
-fn retry_deadline(failures: usize, attempt: usize) -> Option<tokio::time::Instant> {
-    (failures > 0)
-        .then(|| tokio::time::Instant::now() + RETRY_PAUSES[attempt.min(RETRY_PAUSES.len() - 1)])
 }
 
 async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {

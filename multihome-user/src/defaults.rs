@@ -6,10 +6,10 @@
 
 use std::fs;
 
-pub const DEFAULT_FILE: &str = "/etc/default/multihome";
+pub(crate) const DEFAULT_FILE: &str = "/etc/default/multihome";
 
 /// The uplink list from the environment or the EnvironmentFile, if either has one.
-pub fn uplink_list() -> Option<String> {
+pub(crate) fn uplink_list() -> Option<String> {
     if let Ok(list) = std::env::var("MULTIHOME_UPLINKS") {
         return Some(list);
     }

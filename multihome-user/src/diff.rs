@@ -6,20 +6,14 @@
 //! objects in `owned` can be deleted, so nothing foreign is ever touched.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 
-use crate::state::{Op, State};
-use crate::view::{Family, Route};
+use crate::model::{Family, Op, Route, State};
 
 #[cfg(test)]
-mod model_tests;
-#[cfg(test)]
-pub mod sim;
-#[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
-pub fn diff(desired: &State, owned: &State) -> Vec<Op> {
+pub(crate) fn diff(desired: &State, owned: &State) -> Vec<Op> {
     let mut ops = Vec::new();
     ops.extend(
         desired
@@ -106,52 +100,4 @@ fn stale_routes<'a>(desired: &'a State, owned: &'a State) -> impl Iterator<Item 
         .collect();
     routes.sort_by_key(|r| (!r.is_default(), *r));
     routes.into_iter()
-}
-
-/// One line an operator reads in the log, e.g. `add route 192.168.0.0/24 dev if5 table 1002 ...`.
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Op::Attach(ifindex) => write!(f, "attach guard to if{ifindex}"),
-            Op::PutEntry(addr, e) => {
-                write!(f, "guard {addr}/{} -> if{}", e.prefix_len, e.uplink_ifindex)?;
-                if let Some(gateway) = gateway(addr, &e.gateway) {
-                    write!(f, " via {gateway}")?;
-                }
-                if e.lower_ifindex != 0 {
-                    write!(f, " (parent if{}", e.lower_ifindex)?;
-                    if e.vlan_id != 0 {
-                        write!(f, ", vlan {}", e.vlan_id)?;
-                    }
-                    if e.match_mac != 0 {
-                        write!(f, ", by MAC {}", mac(&e.mac))?;
-                    }
-                    f.write_str(")")?;
-                }
-                write!(f, " mtu {}", e.mtu)
-            }
-            Op::ReplaceRoute(route) => write!(f, "set route {route}"),
-            Op::AddRule(rule) => write!(f, "add {rule}"),
-            Op::DelRule(rule) => write!(f, "delete {rule}"),
-            Op::DelRoute(route) => write!(f, "delete route {route}"),
-            Op::DelEntry(addr) => write!(f, "unguard {addr}"),
-            Op::Detach(ifindex) => write!(f, "detach guard from if{ifindex}"),
-        }
-    }
-}
-
-/// The entry's gateway in the family of its address; `None` when unknown (all zero).
-fn gateway(addr: &IpAddr, bytes: &[u8; 16]) -> Option<IpAddr> {
-    if bytes.iter().all(|&b| b == 0) {
-        return None;
-    }
-    Some(match addr {
-        IpAddr::V4(_) => IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]]),
-        IpAddr::V6(_) => IpAddr::from(*bytes),
-    })
-}
-
-fn mac(bytes: &[u8; 6]) -> String {
-    let parts: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    parts.join(":")
 }

@@ -9,7 +9,7 @@ use clap::CommandFactory;
 use crate::cli::{Cli, GenerateArgs, Generated};
 use crate::Fatal;
 
-pub fn main(args: GenerateArgs) -> Result<ExitCode, Fatal> {
+pub(crate) fn main(args: GenerateArgs) -> Result<ExitCode, Fatal> {
     match args.what {
         Generated::Man { dir } => {
             std::fs::create_dir_all(&dir)

@@ -12,8 +12,8 @@ use crate::Fatal;
 
 /// Idles until SIGTERM or SIGINT, answering the watchdog if systemd asks for one.
 pub(crate) async fn wait() -> Result<(), Fatal> {
-    let mut sigterm = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let why = format!(
         "no uplinks configured: set MULTIHOME_UPLINKS in {DEFAULT_FILE}, then run \
          `systemctl restart multihome`; idle until then"

@@ -7,12 +7,12 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener};
 
 /// Held for the daemon's lifetime.
-pub struct Instance {
+pub(crate) struct Instance {
     _socket: UnixListener,
 }
 
 /// Claims the namespace for `protocol`, or says that another daemon holds it.
-pub fn claim(protocol: u8) -> Result<Instance, String> {
+pub(crate) fn claim(protocol: u8) -> Result<Instance, String> {
     let name = format!("multihome/{protocol}");
     let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(|e| e.to_string())?;
     match UnixListener::bind_addr(&addr) {

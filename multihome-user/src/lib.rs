@@ -1,60 +1,91 @@
 //! multihome: keeps source-based egress right on hosts with several uplinks.
 //!
-//! The pure core (`view`, `plan`, `diff`) decides; the edges (`netlink`, `guard`) talk to the
-//! kernel; `daemon` wires them together for `multihome run`.
+//! The pure core (`model`, `view`, `plan`, `diff`) decides; the edges (`netlink`, `guard`) talk
+//! to the kernel; `reconcile` runs the loop between them, which `daemon` starts for `multihome
+//! run`. The library's public face is what the binary and the privileged tests use: `main`, the
+//! guard, the netlink edge and the types they speak.
 
-pub mod check;
-pub mod cleanup;
-pub mod cli;
-pub mod config;
-pub mod daemon;
-pub mod defaults;
-pub mod diff;
-pub mod generate;
+mod check;
+mod cleanup;
+mod cli;
+mod config;
+mod daemon;
+mod defaults;
+mod diff;
+mod error;
+#[cfg(test)]
+mod fixtures;
+mod generate;
 pub mod guard;
 mod idle;
-pub mod instance;
-pub mod linger;
-pub mod logging;
+mod instance;
+mod logging;
+pub mod model;
 pub mod netlink;
-pub mod notify;
-pub mod plan;
-pub mod privileges;
-pub mod probe;
-pub mod reconcile;
-pub mod report;
-pub mod state;
-pub mod status;
+mod notify;
+mod ownership;
+mod plan;
+mod privileges;
+mod probe;
+mod reconcile;
+mod report;
+mod runtime;
+mod status;
 pub mod view;
 
-/// An error that ends a command with a given exit status: 2 for bad input or a missing
-/// privilege (the operator must change something), 1 for everything else.
-#[derive(Debug)]
-pub struct Fatal {
-    pub status: u8,
-    pub message: String,
-}
+use std::process::ExitCode;
 
-impl Fatal {
-    /// Bad input or a missing privilege: exit status 2.
-    pub fn usage(message: impl std::fmt::Display) -> Fatal {
-        Fatal {
-            status: 2,
-            message: message.to_string(),
+use clap::Parser;
+
+use cli::{Cli, Command};
+pub use config::DEFAULT_PRIORITY;
+use error::Fatal;
+pub use reconcile::LINGER;
+
+/// The `multihome` command: parses the command line, runs the command, and turns its failure into
+/// one line on standard error and the exit status.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
+    logging::init(cli.log_level);
+    let result = match cli.command {
+        Command::Run(args) => daemon::main(args),
+        Command::Status(args) => status::main(args),
+        Command::Cleanup(args) => cleanup::main(args),
+        Command::Check(args) => check::main(args),
+        Command::Generate(args) => generate::main(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Fatal { status, message }) => {
+            eprintln!("multihome: {message}");
+            ExitCode::from(status)
         }
     }
-
-    /// A failure at run time: exit status 1.
-    pub fn failure(message: impl std::fmt::Display) -> Fatal {
-        Fatal {
-            status: 1,
-            message: message.to_string(),
-        }
-    }
 }
 
-impl From<anyhow::Error> for Fatal {
-    fn from(err: anyhow::Error) -> Fatal {
-        Fatal::failure(format!("{err:#}"))
+/// Help and version go to stdout as clap prints them; a usage error becomes one line (clap's
+/// first) plus where to look, exit status 2.
+fn usage_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind::{
+        DisplayHelp, DisplayHelpOnMissingArgumentOrSubcommand, DisplayVersion,
+    };
+    if matches!(
+        err.kind(),
+        DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = err.print();
+        return if err.kind() == DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
     }
+    let rendered = err.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("multihome: {first} (see `multihome --help`)");
+    ExitCode::from(2)
 }

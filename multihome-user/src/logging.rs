@@ -8,7 +8,7 @@
 
 use std::io::Write;
 
-pub fn init(level: log::LevelFilter) {
+pub(crate) fn init(level: log::LevelFilter) {
     let mut builder = env_logger::Builder::new();
     builder
         .filter_level(log::LevelFilter::Warn.min(level))

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Sends `state` (e.g. "READY=1") to the service manager; a no-op outside systemd. Failures
 /// are logged and otherwise ignored: readiness must never stop the daemon from working.
-pub fn notify(state: &str) {
+pub(crate) fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -25,7 +25,7 @@ pub fn notify(state: &str) {
 /// How often to send WATCHDOG=1: half of systemd's `WatchdogSec=` ($WATCHDOG_USEC), when the
 /// watchdog is meant for this process ($WATCHDOG_PID unset or ours). The ping comes from the
 /// event loop itself, so a loop stuck in a netlink call stops it and systemd restarts us.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let usec = std::env::var("WATCHDOG_USEC").ok();
     let pid = std::env::var("WATCHDOG_PID").ok();
     interval_for(usec.as_deref(), pid.as_deref(), std::process::id())

@@ -4,24 +4,24 @@ use std::fs;
 use std::io;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Capability {
-    pub name: &'static str,
+pub(crate) struct Capability {
+    pub(crate) name: &'static str,
     bit: u32,
     /// Why multihome needs it, for the error message.
-    pub why: &'static str,
+    pub(crate) why: &'static str,
 }
 
-pub const CAP_NET_ADMIN: Capability = Capability {
+pub(crate) const CAP_NET_ADMIN: Capability = Capability {
     name: "CAP_NET_ADMIN",
     bit: 12,
     why: "to change routes and rules and attach the guard",
 };
-pub const CAP_SYS_ADMIN: Capability = Capability {
+pub(crate) const CAP_SYS_ADMIN: Capability = Capability {
     name: "CAP_SYS_ADMIN",
     bit: 21,
     why: "to mount bpffs when it is not mounted",
 };
-pub const CAP_BPF: Capability = Capability {
+pub(crate) const CAP_BPF: Capability = Capability {
     name: "CAP_BPF",
     bit: 39,
     why: "to load the guard and use its maps",
@@ -29,19 +29,19 @@ pub const CAP_BPF: Capability = Capability {
 /// Without it the verifier treats the loader as unprivileged for pointer arithmetic and refuses
 /// the guard's variable offsets into its stack buffers ("pointer arithmetic ... prohibited for
 /// !root"): measured on 6.18 with the bounding set cut to CAP_NET_ADMIN and CAP_BPF.
-pub const CAP_PERFMON: Capability = Capability {
+pub(crate) const CAP_PERFMON: Capability = Capability {
     name: "CAP_PERFMON",
     bit: 38,
     why: "for the verifier to accept the guard's pointer arithmetic",
 };
 
 /// What `multihome run` needs, and all the systemd unit grants it.
-pub const DAEMON: [Capability; 3] = [CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON];
+pub(crate) const DAEMON: [Capability; 3] = [CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON];
 
 /// Narrows the calling thread's effective set to those of `keep` it has (capabilities are
 /// per thread): `check`'s probe, once its namespaces exist, loads and attaches the guard with
 /// no more than the daemon has, since CAP_SYS_ADMIN would stand in for CAP_BPF and CAP_PERFMON.
-pub fn restrict_thread(keep: &[Capability]) -> io::Result<()> {
+pub(crate) fn restrict_thread(keep: &[Capability]) -> io::Result<()> {
     // From the uapi capability.h.
     const VERSION_3: u32 = 0x2008_0522;
     #[repr(C)]
@@ -77,7 +77,7 @@ pub fn restrict_thread(keep: &[Capability]) -> io::Result<()> {
 }
 
 /// The effective capability set of this process.
-pub fn effective() -> u64 {
+pub(crate) fn effective() -> u64 {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| parse_cap_eff(&status))
@@ -93,7 +93,7 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
 }
 
 /// The capabilities in `needed` that `effective` lacks.
-pub fn missing(effective: u64, needed: &[Capability]) -> Vec<Capability> {
+pub(crate) fn missing(effective: u64, needed: &[Capability]) -> Vec<Capability> {
     needed
         .iter()
         .copied()

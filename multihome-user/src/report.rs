@@ -2,7 +2,7 @@
 //! what multihome owns and the guard's pins. Health is "what the plan wants is there".
 //!
 //! The JSON form (`status --json`) is this module's `Report` serialised; its schema is
-//! documented in the README and versioned by `Report::version`.
+//! documented in docs/operations.md and versioned by `Report::version`.
 
 use std::collections::BTreeMap;
 
@@ -10,76 +10,76 @@ use multihome_ebpf::Counters;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::model::{LinkKind, State};
 use crate::plan;
-use crate::state::State;
-use crate::view::{KernelView, LinkKind};
+use crate::view::KernelView;
 
 /// Bumped on any incompatible change of the JSON form.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Report {
-    pub version: u32,
-    pub protocol: u8,
+pub(crate) struct Report {
+    pub(crate) version: u32,
+    pub(crate) protocol: u8,
     /// Whether the guard's maps are pinned (it is loaded, or was left by `--keep-on-exit`).
-    pub guard_pinned: bool,
-    pub uplinks: Vec<UplinkReport>,
+    pub(crate) guard_pinned: bool,
+    pub(crate) uplinks: Vec<UplinkReport>,
     /// True when every uplink is healthy: `status` exits 0 only then.
-    pub healthy: bool,
+    pub(crate) healthy: bool,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct UplinkReport {
-    pub name: String,
+pub(crate) struct UplinkReport {
+    pub(crate) name: String,
     /// "up", "down" or "absent".
-    pub state: &'static str,
-    pub ifindex: Option<u32>,
-    pub table: u32,
-    pub lower: Option<Lower>,
+    pub(crate) state: &'static str,
+    pub(crate) ifindex: Option<u32>,
+    pub(crate) table: u32,
+    pub(crate) lower: Option<Lower>,
     /// Usable addresses with their prefix length, e.g. "192.168.0.100/24".
-    pub addresses: Vec<String>,
-    pub gateways: Vec<String>,
-    pub rules: Presence,
-    pub routes: Presence,
-    pub entries: Presence,
+    pub(crate) addresses: Vec<String>,
+    pub(crate) gateways: Vec<String>,
+    pub(crate) rules: Presence,
+    pub(crate) routes: Presence,
+    pub(crate) entries: Presence,
     /// Each guarded device of this uplink and how the guard is attached there ("tcx",
     /// "clsact"), or null where it is missing.
-    pub attachments: Vec<Attachment>,
-    pub counters: CounterReport,
+    pub(crate) attachments: Vec<Attachment>,
+    pub(crate) counters: CounterReport,
     /// One line: "ok" or what is wrong.
-    pub health: String,
-    pub ok: bool,
+    pub(crate) health: String,
+    pub(crate) ok: bool,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Lower {
-    pub name: String,
-    pub ifindex: u32,
-    pub vlan: Option<u16>,
+pub(crate) struct Lower {
+    pub(crate) name: String,
+    pub(crate) ifindex: u32,
+    pub(crate) vlan: Option<u16>,
 }
 
 /// How many of the wanted objects are there, and which are not.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Presence {
-    pub wanted: usize,
-    pub present: usize,
-    pub missing: Vec<String>,
+pub(crate) struct Presence {
+    pub(crate) wanted: usize,
+    pub(crate) present: usize,
+    pub(crate) missing: Vec<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Attachment {
-    pub device: String,
-    pub ifindex: u32,
-    pub mode: Option<String>,
+pub(crate) struct Attachment {
+    pub(crate) device: String,
+    pub(crate) ifindex: u32,
+    pub(crate) mode: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
-pub struct CounterReport {
-    pub passed: u64,
-    pub redirected: u64,
-    pub redirect_failed: u64,
-    pub bytes_redirected: u64,
-    pub dropped_too_big: u64,
+pub(crate) struct CounterReport {
+    pub(crate) passed: u64,
+    pub(crate) redirected: u64,
+    pub(crate) redirect_failed: u64,
+    pub(crate) bytes_redirected: u64,
+    pub(crate) dropped_too_big: u64,
 }
 
 impl From<Counters> for CounterReport {
@@ -95,18 +95,18 @@ impl From<Counters> for CounterReport {
 }
 
 /// Everything `report` reads.
-pub struct Inputs<'a> {
-    pub config: &'a Config,
-    pub view: &'a KernelView,
+pub(crate) struct Inputs<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) view: &'a KernelView,
     /// Owned routes and rules, entries from the pinned map, guarded devices from the pins.
-    pub owned: &'a State,
+    pub(crate) owned: &'a State,
     /// Attach mode by ifindex, from the pins.
-    pub attach_modes: &'a BTreeMap<u32, String>,
-    pub counters: &'a BTreeMap<u32, Counters>,
-    pub guard_pinned: bool,
+    pub(crate) attach_modes: &'a BTreeMap<u32, String>,
+    pub(crate) counters: &'a BTreeMap<u32, Counters>,
+    pub(crate) guard_pinned: bool,
 }
 
-pub fn report(inputs: &Inputs) -> Report {
+pub(crate) fn report(inputs: &Inputs) -> Report {
     let (desired, assignments) = plan::plan_and_assignments(inputs.config, inputs.view);
     let uplinks: Vec<UplinkReport> = inputs
         .config
@@ -286,16 +286,15 @@ fn presence<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::sim::fixtures::{config, seed, ETH0, WAN1, WAN2};
-    use crate::diff::sim::Sim;
+    use crate::fixtures::{config, seed, ETH0, WAN1, WAN2};
+    use crate::reconcile::sim::Sim;
 
     /// The seed with everything multihome wants in place (applied on the simulated kernel).
     fn converged() -> (Config, KernelView, State) {
         let config = config(&["vlan101", "vlan102"]);
-        let mut sim = Sim::new(seed(), 77);
-        sim.reconcile(&config);
+        let sim = Sim::converged(&config, seed());
         let owned = sim.owned();
-        (config, sim.view.clone(), owned)
+        (config, sim.kernel.clone(), owned)
     }
 
     /// The report with the guard attached by TCX on `attached`.
@@ -370,7 +369,7 @@ mod tests {
         );
         assert!(r.uplinks[0].ok, "vlan101 is unaffected");
 
-        let absent = crate::diff::sim::fixtures::config(&["vlan101", "vlan103"]);
+        let absent = crate::fixtures::config(&["vlan101", "vlan103"]);
         let r = run(&absent, &view, &owned, ALL);
         assert_eq!(r.uplinks[1].state, "absent");
         assert!(!r.uplinks[1].ok);

@@ -7,36 +7,31 @@ use std::process::ExitCode;
 use crate::cli::StatusArgs;
 use crate::config::{self, Config, Params, UplinkSpec};
 use crate::guard::{self, PinnedMaps};
-use crate::netlink::Netlink;
+use crate::model::State;
+use crate::netlink;
+use crate::ownership::{owned, GuardState};
+use crate::plan::Scope;
 use crate::report::{report, Inputs, Report};
-use crate::state::State;
 use crate::view::KernelView;
-use crate::{defaults, plan, Fatal};
+use crate::{defaults, Fatal};
 
-pub fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
+pub(crate) fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
     let protocol = config::protocol(args.owned.protocol).map_err(Fatal::usage)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Fatal::failure(format!("starting the runtime: {err}")))?;
-    let view = runtime.block_on(async {
-        let netlink = Netlink::connect()?;
-        netlink.dump().await
-    });
-    let view = view.map_err(|err| Fatal::failure(format!("reading the kernel's state: {err}")))?;
-    let mut owned = plan::owned(&view, protocol);
+    let view = netlink::snapshot()?;
     let pins = PinnedMaps::open(&args.owned.pin_dir);
     let guard_pinned = pins.is_ok();
+    let mut guard = GuardState::default();
     let mut counters = BTreeMap::new();
     if let Ok(maps) = &pins {
-        owned.entries = maps.entries().map_err(Fatal::from)?;
-        counters = maps.counters().map_err(Fatal::from)?;
+        guard.entries = maps.entries()?;
+        counters = maps.counters()?;
     }
     let attach_modes: BTreeMap<u32, String> = guard::attachments(&args.owned.pin_dir)
         .into_iter()
         .map(|(ifindex, kind)| (ifindex, kind.to_string()))
         .collect();
-    owned.guarded = attach_modes.keys().copied().collect();
+    guard.guarded = attach_modes.keys().copied().collect();
+    let owned = owned(&view, protocol, &Scope::All, &guard);
     let config = infer_config(&args, protocol, &view, &owned, guard_pinned)?;
     let report = report(&Inputs {
         config: &config,
@@ -47,10 +42,7 @@ pub fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
         guard_pinned,
     });
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| Fatal::failure(e.to_string()))?
-        );
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", table(&report));
     }

@@ -2,5 +2,6 @@
 pub mod bed;
 pub mod bench;
 pub mod daemon;
+pub mod guard;
 pub mod netns;
 pub mod testbed;

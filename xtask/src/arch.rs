@@ -6,16 +6,16 @@ use std::fmt;
 
 /// A Debian architecture multihome supports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
-pub enum Arch {
+pub(crate) enum Arch {
     Amd64,
     Arm64,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+    pub(crate) const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
 
     /// The machine xtask runs on (it is built for the host).
-    pub fn host() -> Arch {
+    pub(crate) fn host() -> Arch {
         if cfg!(target_arch = "aarch64") {
             Arch::Arm64
         } else {
@@ -24,7 +24,7 @@ impl Arch {
     }
 
     /// Debian's name (`dpkg --print-architecture`, package file names).
-    pub fn debian(self) -> &'static str {
+    pub(crate) fn debian(self) -> &'static str {
         match self {
             Arch::Amd64 => "amd64",
             Arch::Arm64 => "arm64",
@@ -32,7 +32,7 @@ impl Arch {
     }
 
     /// The Rust target triple of a glibc Linux binary.
-    pub fn triple(self) -> &'static str {
+    pub(crate) fn triple(self) -> &'static str {
         match self {
             Arch::Amd64 => "x86_64-unknown-linux-gnu",
             Arch::Arm64 => "aarch64-unknown-linux-gnu",
@@ -40,13 +40,13 @@ impl Arch {
     }
 
     /// The architecture of a Rust target triple (`--target`), if it is one of ours.
-    pub fn from_triple(triple: &str) -> Option<Arch> {
+    pub(crate) fn from_triple(triple: &str) -> Option<Arch> {
         Arch::ALL.into_iter().find(|a| a.triple() == triple)
     }
 
     /// The GNU triplet: Debian's cross tools are `<gnu>-gcc`, `<gnu>-strip`, and its
     /// multiarch library directory is `/usr/lib/<gnu>`.
-    pub fn gnu(self) -> &'static str {
+    pub(crate) fn gnu(self) -> &'static str {
         match self {
             Arch::Amd64 => "x86_64-linux-gnu",
             Arch::Arm64 => "aarch64-linux-gnu",
@@ -55,7 +55,7 @@ impl Arch {
 
     /// Debian packages that cross-build for this architecture on another one: the C compiler
     /// cargo links with and the target's C library and start files it links against.
-    pub fn cross_packages(self) -> [String; 2] {
+    pub(crate) fn cross_packages(self) -> [String; 2] {
         [
             format!("gcc-{}", self.gnu().replace('_', "-")),
             format!("libc6-dev-{}-cross", self.debian()),
@@ -64,7 +64,7 @@ impl Arch {
 
     /// The environment variable naming cargo's linker for this target, and its value (Debian's
     /// cross gcc), for a build on another architecture.
-    pub fn linker_env(self) -> (String, String) {
+    pub(crate) fn linker_env(self) -> (String, String) {
         (
             format!(
                 "CARGO_TARGET_{}_LINKER",
@@ -75,7 +75,7 @@ impl Arch {
     }
 
     /// The qemu system emulator that boots this architecture's kernels, and its Debian package.
-    pub fn qemu(self) -> (&'static str, &'static str) {
+    pub(crate) fn qemu(self) -> (&'static str, &'static str) {
         match self {
             Arch::Amd64 => ("qemu-system-x86_64", "qemu-system-x86"),
             Arch::Arm64 => ("qemu-system-aarch64", "qemu-system-arm"),

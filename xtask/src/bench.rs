@@ -11,7 +11,7 @@ use anyhow::Result;
 use crate::proc::{self, OperatorError};
 use crate::{build, run};
 
-pub fn run(args: &[OsString]) -> Result<()> {
+pub(crate) fn run(args: &[OsString]) -> Result<()> {
     if !proc::is_root() {
         return Err(OperatorError(
             "bench needs root (network namespaces, BPF): run `sudo cargo xtask bench`".into(),

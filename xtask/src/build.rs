@@ -9,7 +9,7 @@ use anyhow::Result;
 use crate::arch::Arch;
 use crate::{proc, run, setup};
 
-pub fn run(release: bool, arch: Option<Arch>) -> Result<()> {
+pub(crate) fn run(release: bool, arch: Option<Arch>) -> Result<()> {
     let Some(arch) = arch else {
         let mut cmd = proc::cargo(["build", "--workspace"]);
         if release {
@@ -25,7 +25,7 @@ pub fn run(release: bool, arch: Option<Arch>) -> Result<()> {
 /// Builds the `multihome` binary (the guard's eBPF object inside) for `arch` and returns its
 /// path. Another architecture than the host's is cross-compiled with Debian's cross gcc as the
 /// linker, after `setup` made sure the Rust target and the cross toolchain are installed.
-pub fn binary(arch: Arch, release: bool) -> Result<PathBuf> {
+pub(crate) fn binary(arch: Arch, release: bool) -> Result<PathBuf> {
     let mut cmd = proc::cargo(["build", "--package", "multihome"]);
     if release {
         cmd.arg("--release");

@@ -10,7 +10,7 @@ use anyhow::Result;
 use crate::proc::{self, OperatorError};
 use crate::{build, run, setup};
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     if !proc::is_root() {
         return Err(OperatorError(
             "demo: needs root (network namespaces, eBPF): run `sudo cargo xtask demo`".into(),

@@ -11,7 +11,7 @@ use crate::proc;
 /// The one target, in `fuzz/fuzz_targets/`.
 const TARGET: &str = "guard_decision";
 
-pub fn run(seconds: u32) -> Result<()> {
+pub(crate) fn run(seconds: u32) -> Result<()> {
     if !has_cargo_fuzz() {
         println!("fuzz: cargo-fuzz is missing; installing it: cargo install cargo-fuzz --locked");
         proc::run(&mut rustup_cargo(&["install", "cargo-fuzz", "--locked"]))?;

@@ -20,15 +20,15 @@ use crate::proc::{self, OperatorError};
 
 /// Where everything goes.
 #[derive(Debug, Clone)]
-pub struct Layout {
+pub(crate) struct Layout {
     /// Staging root (`--destdir`), "/" for a real install.
-    pub destdir: PathBuf,
-    pub flavour: Flavour,
+    pub(crate) destdir: PathBuf,
+    pub(crate) flavour: Flavour,
 }
 
 /// Whose conventions the paths follow.
 #[derive(Debug, Clone)]
-pub enum Flavour {
+pub(crate) enum Flavour {
     /// A local install under a prefix (absolute, e.g. /usr/local).
     Local { prefix: PathBuf },
     /// Debian policy: /usr, the unit in /lib/systemd/system, zsh's vendor directory.
@@ -48,7 +48,7 @@ const DEFAULT_FILE: &str = "/etc/default/multihome";
 
 /// What an installed file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Contents {
+pub(crate) enum Contents {
     Binary,
     Unit,
     RtProtos,
@@ -59,15 +59,15 @@ pub enum Contents {
 
 /// One installed file: what it holds, where it goes on the target system, its mode.
 #[derive(Debug, Clone)]
-pub struct File {
-    pub contents: Contents,
-    pub path: PathBuf,
-    pub mode: u32,
+pub(crate) struct File {
+    pub(crate) contents: Contents,
+    pub(crate) path: PathBuf,
+    pub(crate) mode: u32,
 }
 
 impl Layout {
     /// A local install under `prefix`, into `destdir` or /.
-    pub fn local(prefix: &Path, destdir: Option<&Path>) -> Result<Layout> {
+    pub(crate) fn local(prefix: &Path, destdir: Option<&Path>) -> Result<Layout> {
         if !prefix.is_absolute() {
             return Err(OperatorError(format!(
                 "--prefix {} is not absolute: give e.g. /usr/local or /usr",
@@ -90,7 +90,7 @@ impl Layout {
     }
 
     /// The Debian package's tree, staged under `destdir`.
-    pub fn debian(destdir: &Path) -> Layout {
+    pub(crate) fn debian(destdir: &Path) -> Layout {
         Layout {
             destdir: destdir.to_path_buf(),
             flavour: Flavour::Debian,
@@ -98,7 +98,7 @@ impl Layout {
     }
 
     /// `path` (absolute, as on the target system) inside the staging root.
-    pub fn staged(&self, path: &Path) -> PathBuf {
+    pub(crate) fn staged(&self, path: &Path) -> PathBuf {
         self.destdir.join(path.strip_prefix("/").unwrap_or(path))
     }
 
@@ -109,11 +109,11 @@ impl Layout {
         }
     }
 
-    pub fn binary(&self) -> PathBuf {
+    pub(crate) fn binary(&self) -> PathBuf {
         self.prefix().join("bin/multihome")
     }
 
-    pub fn unit(&self) -> PathBuf {
+    pub(crate) fn unit(&self) -> PathBuf {
         match self.flavour {
             Flavour::Local { .. } => self.prefix().join("lib/systemd/system"),
             Flavour::Debian => PathBuf::from("/lib/systemd/system"),
@@ -121,7 +121,7 @@ impl Layout {
         .join("multihome.service")
     }
 
-    pub fn man_dir(&self) -> PathBuf {
+    pub(crate) fn man_dir(&self) -> PathBuf {
         self.prefix().join("share/man/man1")
     }
 
@@ -139,7 +139,7 @@ impl Layout {
     }
 
     /// Every file install writes except the man pages, whose names the binary decides.
-    pub fn files(&self) -> Vec<File> {
+    pub(crate) fn files(&self) -> Vec<File> {
         let file = |contents, path: PathBuf, mode| File {
             contents,
             path,
@@ -165,7 +165,7 @@ fn unit_text(layout: &Layout) -> String {
     UNIT.replace(UNIT_BINARY, &layout.binary().display().to_string())
 }
 
-pub fn install(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
+pub(crate) fn install(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
     let layout = Layout::local(prefix, destdir)?;
     let built = crate::build::binary(crate::arch::Arch::host(), true)?;
     for line in stage(&layout, &built, &built)? {
@@ -178,7 +178,7 @@ pub fn install(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-pub fn uninstall(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
+pub(crate) fn uninstall(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
     let layout = Layout::local(prefix, destdir)?;
     let lines = unstage(&layout)?;
     if lines.is_empty() {
@@ -195,7 +195,7 @@ pub fn uninstall(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
 
 /// Writes every file for `layout`: the binary `built`, and the man pages and completions that
 /// `generator` (a build of the same sources that runs here) renders; returns one line per file.
-pub fn stage(layout: &Layout, built: &Path, generator: &Path) -> Result<Vec<String>> {
+pub(crate) fn stage(layout: &Layout, built: &Path, generator: &Path) -> Result<Vec<String>> {
     let mut lines = Vec::new();
     for file in layout.files() {
         let staged = layout.staged(&file.path);
@@ -230,7 +230,7 @@ pub fn stage(layout: &Layout, built: &Path, generator: &Path) -> Result<Vec<Stri
 }
 
 /// Removes what `stage` wrote; returns one line per file removed or kept.
-pub fn unstage(layout: &Layout) -> Result<Vec<String>> {
+pub(crate) fn unstage(layout: &Layout) -> Result<Vec<String>> {
     let mut lines = Vec::new();
     let mut paths = Vec::new();
     for file in layout.files() {

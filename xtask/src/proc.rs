@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 /// A failure the operator fixes (bad input, missing privilege, nothing installable here):
 /// `main` prints it and exits with status 2 instead of 1.
 #[derive(Debug)]
-pub struct OperatorError(pub String);
+pub(crate) struct OperatorError(pub String);
 
 impl fmt::Display for OperatorError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -23,7 +23,7 @@ impl std::error::Error for OperatorError {}
 /// A failure already explained on standard output, so the output can close with a summary line:
 /// `main` exits with status 1 without printing it again.
 #[derive(Debug)]
-pub struct Reported;
+pub(crate) struct Reported;
 
 impl fmt::Display for Reported {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -34,17 +34,17 @@ impl fmt::Display for Reported {
 impl std::error::Error for Reported {}
 
 /// The workspace root: xtask lives one level below it, wherever it is run from.
-pub fn workspace_root() -> &'static Path {
+pub(crate) fn workspace_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 /// The cargo that runs xtask (the `CARGO` it sets), so every step uses the same toolchain.
-pub fn cargo_path() -> PathBuf {
+pub(crate) fn cargo_path() -> PathBuf {
     std::env::var_os("CARGO").map_or_else(|| "cargo".into(), PathBuf::from)
 }
 
 /// A cargo command run in the workspace root.
-pub fn cargo<I, S>(args: I) -> Command
+pub(crate) fn cargo<I, S>(args: I) -> Command
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -55,7 +55,7 @@ where
 }
 
 /// The command as a shell would show it (program and arguments).
-pub fn show(cmd: &Command) -> String {
+pub(crate) fn show(cmd: &Command) -> String {
     let program = Path::new(cmd.get_program())
         .file_name()
         .unwrap_or(cmd.get_program());
@@ -67,7 +67,7 @@ pub fn show(cmd: &Command) -> String {
 }
 
 /// Runs `cmd` with inherited stdio; fails naming the command and its exit status.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("cannot start `{}`", show(cmd)))?;
@@ -79,7 +79,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` and returns its standard output, whatever its exit status (`dpkg-query` exits 1
 /// when a package is unknown but still reports the others).
-pub fn stdout_of(cmd: &mut Command) -> Result<String> {
+pub(crate) fn stdout_of(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("cannot start `{}`", show(cmd)))?;
@@ -87,7 +87,7 @@ pub fn stdout_of(cmd: &mut Command) -> Result<String> {
 }
 
 /// Whether this process runs as root (installing packages and the privileged test tiers need it).
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

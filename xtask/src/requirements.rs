@@ -41,7 +41,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
 /// then per architecture the qemu that boots its VM cells (tier 4) and, for every architecture
 /// but the host's, the cross compiler and C library that link its `multihome`
 /// (`cargo xtask build --arch`, the arm64 VM cell, the packages).
-pub fn debian_packages(llvm: u32, host: Arch) -> Vec<String> {
+#[allow(
+    clippy::literal_string_with_formatting_args,
+    reason = "`{llvm}` is the package list's placeholder, replaced here"
+)]
+pub(crate) fn debian_packages(llvm: u32, host: Arch) -> Vec<String> {
     let common = DEBIAN_PACKAGES
         .iter()
         .map(|p| p.replace("{llvm}", &llvm.to_string()));
@@ -56,7 +60,7 @@ fn foreign(host: Arch) -> impl Iterator<Item = Arch> {
 }
 
 /// The installed targets from `rustup target list --installed`, one triple a line.
-pub fn parse_rust_targets(out: &str) -> BTreeSet<String> {
+pub(crate) fn parse_rust_targets(out: &str) -> BTreeSet<String> {
     out.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
@@ -65,7 +69,7 @@ pub fn parse_rust_targets(out: &str) -> BTreeSet<String> {
 }
 
 /// The LLVM major version from `rustc -vV` ("LLVM version: 22.1.4" -> 22).
-pub fn parse_llvm_major(rustc_vv: &str) -> Option<u32> {
+pub(crate) fn parse_llvm_major(rustc_vv: &str) -> Option<u32> {
     rustc_vv
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version:"))
@@ -75,7 +79,7 @@ pub fn parse_llvm_major(rustc_vv: &str) -> Option<u32> {
 
 /// Installed packages from `dpkg-query -W -f='${Package} ${Status}\n'`: only those whose
 /// status is "installed" (a removed package keeps "deinstall ok config-files").
-pub fn parse_dpkg_installed(out: &str) -> BTreeSet<String> {
+pub(crate) fn parse_dpkg_installed(out: &str) -> BTreeSet<String> {
     out.lines()
         .filter_map(|l| {
             let mut words = l.split_whitespace();
@@ -86,7 +90,7 @@ pub fn parse_dpkg_installed(out: &str) -> BTreeSet<String> {
 }
 
 /// Whether `rustup component list --installed --toolchain nightly` lists rust-src.
-pub fn has_rust_src(components: &str) -> bool {
+pub(crate) fn has_rust_src(components: &str) -> bool {
     components
         .lines()
         .any(|l| l.trim() == "rust-src" || l.starts_with("rust-src-"))
@@ -94,7 +98,7 @@ pub fn has_rust_src(components: &str) -> bool {
 
 /// What is known about the bpf-linker on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Linker {
+pub(crate) enum Linker {
     /// No `bpf-linker` binary.
     Missing,
     /// Installed by `cargo install` with these features (`llvm-N` names the LLVM it links).
@@ -104,7 +108,7 @@ pub enum Linker {
 }
 
 /// Cargo's record of bpf-linker in `~/.cargo/.crates2.json`: the features it was built with.
-pub fn parse_crates2_linker(crates2: &str) -> Option<Vec<String>> {
+pub(crate) fn parse_crates2_linker(crates2: &str) -> Option<Vec<String>> {
     let json: serde_json::Value = serde_json::from_str(crates2).ok()?;
     let installs = json.get("installs")?.as_object()?;
     let (_, entry) = installs
@@ -121,7 +125,7 @@ pub fn parse_crates2_linker(crates2: &str) -> Option<Vec<String>> {
 
 /// The machine as observed by `setup`.
 #[derive(Debug, Clone)]
-pub struct Observed {
+pub(crate) struct Observed {
     /// The machine's architecture.
     pub host: Arch,
     /// Nightly's LLVM major version.
@@ -136,7 +140,7 @@ pub struct Observed {
 
 /// The state of one required thing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     Present,
     Missing,
     /// Cannot be checked on this machine (a Debian package off Debian).
@@ -145,7 +149,7 @@ pub enum State {
 
 /// One required thing and its state, as `setup` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
+pub(crate) struct Check {
     pub what: String,
     pub state: State,
     /// Why a present-looking thing is not good enough (e.g. the LLVM it was built for).
@@ -154,7 +158,7 @@ pub struct Check {
 
 /// A command that installs something: environment assignments, then the argument vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cmd {
+pub(crate) struct Cmd {
     pub env: Vec<(&'static str, String)>,
     /// A directory put in front of `PATH` (shown as `PATH=DIR:$PATH`).
     pub path_prefix: Option<String>,
@@ -176,7 +180,7 @@ impl fmt::Display for Cmd {
 /// The checks, and the commands that install whatever is not present, in the order they must
 /// run (LLVM's packages before the bpf-linker build that links against them).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub checks: Vec<Check>,
     pub commands: Vec<Cmd>,
 }
@@ -187,7 +191,7 @@ fn llvm_feature(llvm: u32) -> String {
 }
 
 /// Decides what is missing on `observed` and how to install it.
-pub fn plan(observed: &Observed) -> Plan {
+pub(crate) fn plan(observed: &Observed) -> Plan {
     let mut checks = Vec::new();
     let mut missing_packages = Vec::new();
     for package in debian_packages(observed.llvm, observed.host) {

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use crate::arch::Arch;
 use crate::{build, proc};
 
-pub fn run(release: bool, args: &[OsString]) -> Result<()> {
+pub(crate) fn run(release: bool, args: &[OsString]) -> Result<()> {
     let binary = build::binary(Arch::host(), release)?;
     let mut cmd = Command::new(&binary);
     cmd.args(args);
@@ -22,7 +22,7 @@ pub fn run(release: bool, args: &[OsString]) -> Result<()> {
 }
 
 /// The workspace's target directory as cargo resolves it (`CARGO_TARGET_DIR`, config, default).
-pub fn target_dir() -> Result<PathBuf> {
+pub(crate) fn target_dir() -> Result<PathBuf> {
     let out = proc::stdout_of(&mut proc::cargo([
         "metadata",
         "--format-version",

@@ -12,7 +12,7 @@ use crate::arch::Arch;
 use crate::proc::{self, OperatorError};
 use crate::requirements::{self, Check, Cmd, Linker, Observed, State};
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     let start = Instant::now();
     let debian = Path::new("/etc/debian_version").exists();
     let root = proc::is_root();

@@ -6,7 +6,7 @@ use std::ops::AddAssign;
 
 /// Tests counted so far; ignored tests are reported as skipped.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Tally {
+pub(crate) struct Tally {
     pub passed: u64,
     pub failed: u64,
     pub skipped: u64,
@@ -16,7 +16,7 @@ impl Tally {
     /// The counts of one libtest summary line, e.g.
     /// `test result: ok. 5 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s`;
     /// `None` for any other line.
-    pub fn parse(line: &str) -> Option<Tally> {
+    pub(crate) fn parse(line: &str) -> Option<Tally> {
         let rest = line.trim().strip_prefix("test result: ")?;
         let words: Vec<&str> = rest
             .split([' ', ';', '.'])

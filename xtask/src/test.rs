@@ -42,10 +42,16 @@ const STEPS: &[Step] = &[
             "warnings",
         ],
     },
-    // Tiers 1-3 (unit; eBPF under BPF_PROG_TEST_RUN and namespaces, which need root).
+    // Tier 1: the unit tests of the default members, as a plain `cargo test` runs them.
     Step {
-        name: "test",
-        args: &["test", "--workspace", "--no-fail-fast"],
+        name: "unit",
+        args: &["test", "--no-fail-fast"],
+    },
+    // Tiers 2-3: eBPF under BPF_PROG_TEST_RUN and network namespaces, which need root; not a
+    // default member, so named here.
+    Step {
+        name: "privileged",
+        args: &["test", "--package", "multihome-tests", "--no-fail-fast"],
     },
     // The packages: built, then lintian, file lists, control fields, and dpkg install, upgrade,
     // remove and purge of this machine's package (tests/tests/package.rs).
@@ -60,7 +66,7 @@ const STEPS: &[Step] = &[
     },
 ];
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     setup::run()?;
     if !proc::is_root() {
         return Err(OperatorError(
@@ -110,4 +116,48 @@ fn run_step(step: &Step, total: &mut Tally) -> Result<()> {
         bail!("`{}` exited with {status}", proc::show(&cmd));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names in the TOML array `key = [...]` of the workspace manifest's `[workspace]`.
+    fn array(manifest: &str, key: &str) -> Vec<String> {
+        let line = manifest
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{key} =")))
+            .unwrap_or_else(|| panic!("no {key} in the workspace manifest"));
+        let inside = line.split_once('[').and_then(|(_, r)| r.split_once(']'));
+        let (inside, _) = inside.unwrap_or_else(|| panic!("{key} is not a one-line array"));
+        inside
+            .split(',')
+            .map(|s| s.trim().trim_matches('"').to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// `unit` tests the default members and `privileged` the rest: no member's tests are
+    /// left out of `cargo xtask test`.
+    #[test]
+    fn the_test_steps_cover_every_member() {
+        let manifest = include_str!("../../Cargo.toml");
+        let mut covered = array(manifest, "default-members");
+        let privileged = STEPS.iter().find(|s| s.name == "privileged").unwrap();
+        let package = privileged
+            .args
+            .iter()
+            .position(|a| *a == "--package")
+            .unwrap();
+        let package = privileged.args[package + 1];
+        // The members are directories, the step names a package: the tests crate's.
+        assert_eq!(package, "multihome-tests");
+        covered.push("tests".to_owned());
+        covered.sort();
+        let mut members = array(manifest, "members");
+        members.sort();
+        assert_eq!(covered, members);
+        let unit = STEPS.iter().find(|s| s.name == "unit").unwrap();
+        assert!(!unit.args.contains(&"--workspace") && !unit.args.contains(&"--package"));
+    }
 }

@@ -25,7 +25,7 @@ static OWN_SOURCES: Array<OwnSources, { OWN_SOURCES_DEVICES as usize }> = Array:
 
 /// The list of sources that pass on device `ifindex` as they are; `None` past the map's end.
 #[inline(always)]
-pub fn own_sources(ifindex: u32) -> Option<&'static OwnSources> {
+pub(crate) fn own_sources(ifindex: u32) -> Option<&'static OwnSources> {
     OWN_SOURCES.get(ifindex)
 }
 
@@ -35,7 +35,7 @@ static SOURCE_FILTER: Array<SourceFilter, 1> = Array::new();
 /// Whether the source whose words fold to `src_fold` may have an entry (see
 /// `multihome_ebpf::source_filter`).
 #[inline(always)]
-pub fn may_have_entry(src_fold: u32) -> bool {
+pub(crate) fn may_have_entry(src_fold: u32) -> bool {
     SOURCE_FILTER
         .get(0)
         .is_none_or(|filter| filter.may_have(src_fold))
@@ -43,7 +43,7 @@ pub fn may_have_entry(src_fold: u32) -> bool {
 
 /// The entry for a packet's source address.
 #[inline(always)]
-pub fn lookup(src: &Source) -> Option<&'static Egress> {
+pub(crate) fn lookup(src: &Source) -> Option<&'static Egress> {
     // SAFETY: the entry is only read during this run; user space replaces entries whole, and a
     // concurrently recycled slot yields at worst one packet decided on a fresh entry.
     unsafe {
@@ -56,7 +56,7 @@ pub fn lookup(src: &Source) -> Option<&'static Egress> {
 
 /// Which counter to bump.
 #[derive(Clone, Copy)]
-pub enum Counter {
+pub(crate) enum Counter {
     Passed,
     Redirected,
     RedirectFailed,
@@ -67,7 +67,7 @@ pub enum Counter {
 /// Slot 0 is "not counted" (an entry user space wrote without one); the map itself refuses
 /// indexes past its end.
 #[inline(always)]
-pub fn count(slot: u16, counter: Counter, bytes: u64) {
+pub(crate) fn count(slot: u16, counter: Counter, bytes: u64) {
     if slot == 0 {
         return;
     }

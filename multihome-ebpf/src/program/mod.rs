@@ -25,7 +25,7 @@ const AF_INET6: u32 = 10;
 /// The program's name (kernel program names have at most 15 characters); the loader finds
 /// clsact filters left by an earlier run by it.
 #[classifier]
-pub fn multihome_guard(ctx: TcContext) -> i32 {
+pub(crate) fn multihome_guard(ctx: TcContext) -> i32 {
     guard(&ctx)
 }
 
@@ -103,7 +103,7 @@ fn execute(ctx: &TcContext, skb: &Skb, verdict: Verdict, entry: &Egress) -> i32 
 
 /// `bpf_redirect_neigh` to `ifindex`. Without `via` (IPv4, on-link IPv6, unknown gateway) the
 /// next hop is NULL: the kernel routes the packet again with `oif = ifindex` and replaces its
-/// route (see DESIGN.md). With `via` (off-link IPv6) the kernel skips that lookup and resolves
+/// route (see docs/DESIGN.md). With `via` (off-link IPv6) the kernel skips that lookup and resolves
 /// the given gateway on `ifindex` directly, because the IPv6 lookup would have preferred another
 /// uplink's default route in guard-only mode; `Verdict::Redirect` says why, and what it costs.
 #[inline(always)]

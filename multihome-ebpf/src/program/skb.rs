@@ -6,7 +6,7 @@ use multihome_ebpf::FrameBytes;
 /// The skb under the program. Reads go straight to the linear area (direct packet access: no
 /// helper call, which is most of the pass path's cost); a read reaching past it falls back to
 /// `bpf_skb_load_bytes`, which also sees non-linear data, so a frame parses the same either way.
-pub struct Skb<'a> {
+pub(crate) struct Skb<'a> {
     ctx: &'a TcContext,
     /// `skb->data` and `skb->data_end`, read once: no helper the parser runs under moves them.
     data: usize,
@@ -15,7 +15,7 @@ pub struct Skb<'a> {
 
 impl<'a> Skb<'a> {
     #[inline(always)]
-    pub fn new(ctx: &'a TcContext) -> Self {
+    pub(crate) fn new(ctx: &'a TcContext) -> Self {
         Self {
             ctx,
             data: ctx.data(),
@@ -30,20 +30,20 @@ impl<'a> Skb<'a> {
 
     /// The device the packet is leaving through.
     #[inline(always)]
-    pub fn ifindex(&self) -> u32 {
+    pub(crate) fn ifindex(&self) -> u32 {
         self.raw().ifindex
     }
 
     /// The id of a tag the kernel holds outside the packet bytes, if any.
     #[inline(always)]
-    pub fn accelerated_vlan(&self) -> Option<u16> {
+    pub(crate) fn accelerated_vlan(&self) -> Option<u16> {
         let skb = self.raw();
         (skb.vlan_present != 0).then_some((skb.vlan_tci & 0x0fff) as u16)
     }
 
     /// A GSO packet is cut to the device's size later, so its length says nothing about fit.
     #[inline(always)]
-    pub fn is_gso(&self) -> bool {
+    pub(crate) fn is_gso(&self) -> bool {
         let skb = self.raw();
         skb.gso_segs > 1 || skb.gso_size != 0
     }

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use aya::programs::{
-    links::{FdLink, LinkOrder},
+    links::{FdLink, LinkOrder, PinnedLink},
     tc::{self, NlOptions, TcAttachOptions, TcAttachType, TcError},
     SchedClassifier,
 };
@@ -87,6 +87,25 @@ fn attach_clsact(
     Ok(AttachKind::Clsact)
 }
 
+/// Whether the TCX link pinned at `pin` is still attached to `ifindex` of the caller's network
+/// namespace: `bpftool link detach` leaves the pin of a detached link behind. Anything that
+/// cannot be checked counts as attached (the pin is the record).
+pub(super) fn tcx_link_attached(pin: &Path, ifindex: u32) -> bool {
+    let Ok(link) = PinnedLink::from_pin(pin) else {
+        return true;
+    };
+    let Ok(info) = FdLink::from(link).info() else {
+        return true;
+    };
+    let Ok(name) = ifname(ifindex) else {
+        return true;
+    };
+    match SchedClassifier::query_tcx(&name, TcAttachType::Egress) {
+        Ok((_, programs)) => programs.iter().any(|p| p.id() == info.program_id()),
+        Err(_) => true,
+    }
+}
+
 /// Removes the guard from the egress of `ifindex`, whichever way it was attached and by whichever
 /// process; nothing attached is not an error, nor is a device that is gone.
 pub(super) fn detach(pin_dir: &Path, ifindex: u32) -> Result<()> {
@@ -99,7 +118,7 @@ pub(super) fn detach(pin_dir: &Path, ifindex: u32) -> Result<()> {
                 Err(e) => {
                     return Err(anyhow!(
                         "cannot remove the guard's clsact filter from {name}: {e}; {}",
-                        privilege_hint("run `tc filter del dev {name} egress` by hand")
+                        privilege_hint(&format!("run `tc filter del dev {name} egress` by hand"))
                     ))
                 }
             }
@@ -169,7 +188,7 @@ fn remove_pin(path: &Path) -> Result<()> {
 }
 
 /// The name of `ifindex` in this thread's network namespace.
-pub(super) fn ifname(ifindex: u32) -> Result<String> {
+fn ifname(ifindex: u32) -> Result<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: the buffer has the IF_NAMESIZE bytes if_indextoname requires.
     let ret = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };

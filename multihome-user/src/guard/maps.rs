@@ -37,11 +37,11 @@ type FilterMap = Array<MapData, [u8; FILTER_LEN]>;
 
 /// What a map pinned under a given name must look like to be reused by a new program.
 pub(super) struct Shape {
-    pub name: &'static str,
-    pub map_type: MapType,
-    pub key_size: u32,
-    pub value_size: u32,
-    pub max_entries: u32,
+    pub(crate) name: &'static str,
+    pub(crate) map_type: MapType,
+    pub(crate) key_size: u32,
+    pub(crate) value_size: u32,
+    pub(crate) max_entries: u32,
 }
 
 /// The maps the program uses, in the order of `multihome_ebpf::maps`.
@@ -86,7 +86,7 @@ pub(super) const SHAPES: [Shape; 5] = [
 impl Shape {
     /// Whether the map pinned at `path` can be kept: same type, key, value and capacity.
     /// A pin that cannot be opened at all counts as incompatible.
-    pub fn fits(&self, path: &Path) -> bool {
+    pub(crate) fn fits(&self, path: &Path) -> bool {
         let Ok(info) = aya::maps::MapInfo::from_pin(path) else {
             return false;
         };

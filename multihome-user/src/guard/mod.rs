@@ -24,7 +24,8 @@ use aya::{
 };
 
 pub use maps::PinnedMaps;
-pub use pins::{attachments, prepare as prepare_pin_dir, DEFAULT_PIN_DIR};
+pub use pins::attachments;
+pub(crate) use pins::prepare as prepare_pin_dir;
 
 /// The program's name in the object and in the kernel (which keeps 15 characters).
 pub const PROGRAM_NAME: &str = "multihome_guard";
@@ -144,7 +145,7 @@ impl Guard {
     }
 
     /// How later [`Self::attach`] calls hook a device (`check` tries each way in turn).
-    pub fn set_attach_mode(&mut self, mode: AttachMode) {
+    pub(crate) fn set_attach_mode(&mut self, mode: AttachMode) {
         self.mode = mode;
     }
 
@@ -158,7 +159,7 @@ impl Guard {
     /// the directory detaches every TCX link with it; `attached` then reports them gone and the
     /// reconciler attaches again), so that `status`, `cleanup` and a restart find them.
     /// Whether anything had to be restored.
-    pub fn restore_pins(&self) -> Result<bool> {
+    pub(crate) fn restore_pins(&self) -> Result<bool> {
         let missing: Vec<&maps::Shape> = maps::SHAPES
             .iter()
             .filter(|shape| !self.pin_dir.join(shape.name).exists())
@@ -187,7 +188,7 @@ impl Guard {
             .into_iter()
             .filter(|&(ifindex, kind)| {
                 let live = kind != AttachKind::Tcx
-                    || pins::tcx_link_attached(
+                    || attach::tcx_link_attached(
                         &pins::attachment_pin(&self.pin_dir, kind, ifindex),
                         ifindex,
                     );
@@ -229,24 +230,33 @@ impl Guard {
         Ok((result.return_value as i32, out))
     }
 
-    /// Writes the program's pending log records (debug level) to the `log` crate.
-    /// A descriptor that becomes readable when the program has logged something (only when
-    /// debug logging is on, the only level the program logs at): the daemon waits on it and
-    /// then calls [`Self::flush_log`], so the guard's messages cost no timer.
-    pub fn log_fd(&self) -> Option<std::os::fd::OwnedFd> {
-        use std::os::fd::AsFd;
+    /// The program's log, taken out of the guard so that its reader can wait on it apart from
+    /// the guard; `None` unless debug logging is on (the only level the program logs at) and
+    /// the log could be opened.
+    pub(crate) fn take_log(&mut self) -> Option<GuardLog> {
         if log::max_level() < log::LevelFilter::Debug {
             return None;
         }
-        self.logger
-            .as_ref()
-            .and_then(|logger| logger.as_fd().try_clone_to_owned().ok())
+        self.logger.take().map(|logger| GuardLog { logger })
+    }
+}
+
+/// The guard program's log records (aya-log).
+pub(crate) struct GuardLog {
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+}
+
+impl GuardLog {
+    /// A descriptor that becomes readable when the program has logged something: the daemon
+    /// waits on it and then calls [`Self::flush`], so the guard's messages cost no timer.
+    pub(crate) fn fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.logger.as_fd().try_clone_to_owned()
     }
 
-    pub fn flush_log(&mut self) {
-        if let Some(logger) = &mut self.logger {
-            logger.flush();
-        }
+    /// Writes the pending records to the `log` crate.
+    pub(crate) fn flush(&mut self) {
+        self.logger.flush();
     }
 }
 

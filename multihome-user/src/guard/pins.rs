@@ -2,7 +2,8 @@
 //! `multihome run` process, so that a restarted daemon, `status` and `cleanup` find it.
 //!
 //! Layout of `<pin_dir>` (default `/sys/fs/bpf/multihome`):
-//! - `SRC_V4`, `SRC_V6`, `COUNTERS`, `OWN_SOURCES`: the maps (BTF maps; `bpftool map dump pinned` names fields);
+//! - `SRC_V4`, `SRC_V6`, `COUNTERS`, `OWN_SOURCES`, `SOURCE_FILTER`: the maps (`maps::SHAPES`;
+//!   BTF maps, so `bpftool map dump pinned` names their fields);
 //! - `link_<ifindex>`: the TCX link attaching the guard to the egress of `ifindex`; removing the
 //!   pin (with no process holding the link) detaches it;
 //! - `clsact_<ifindex>`: the program itself, pinned as the record of a cls_bpf filter named
@@ -20,16 +21,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{
-    links::{FdLink, PinnedLink},
-    tc::TcAttachType,
-    SchedClassifier,
-};
 
 use super::{privilege_hint, AttachKind};
 
-/// Where the daemon pins by default.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/multihome";
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
@@ -75,28 +69,9 @@ pub fn attachments(pin_dir: &Path) -> BTreeMap<u32, AttachKind> {
     found
 }
 
-/// Whether the TCX link pinned at `pin` is still attached to `ifindex` of the caller's network
-/// namespace: `bpftool link detach` leaves the pin of a detached link behind. Anything that
-/// cannot be checked counts as attached (the pin is the record).
-pub(super) fn tcx_link_attached(pin: &Path, ifindex: u32) -> bool {
-    let Ok(link) = PinnedLink::from_pin(pin) else {
-        return true;
-    };
-    let Ok(info) = FdLink::from(link).info() else {
-        return true;
-    };
-    let Ok(name) = super::attach::ifname(ifindex) else {
-        return true;
-    };
-    match SchedClassifier::query_tcx(&name, TcAttachType::Egress) {
-        Ok((_, programs)) => programs.iter().any(|p| p.id() == info.program_id()),
-        Err(_) => true,
-    }
-}
-
 /// Makes sure `pin_dir` exists on a bpf filesystem, mounting bpffs at /sys/fs/bpf when the
 /// directory is meant to live there and nothing is mounted yet.
-pub fn prepare(pin_dir: &Path) -> Result<()> {
+pub(crate) fn prepare(pin_dir: &Path) -> Result<()> {
     if pin_dir.starts_with(BPFFS_ROOT) && !is_bpffs(Path::new(BPFFS_ROOT)) {
         mount_bpffs()?;
     }

@@ -30,8 +30,8 @@ pub(super) enum Write {
 /// where the new entry passes it, and the filter loses a bit no entry has any more.
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct Writes {
-    pub before: Vec<Write>,
-    pub after: Vec<Write>,
+    pub(crate) before: Vec<Write>,
+    pub(crate) after: Vec<Write>,
 }
 
 /// Every device's sources, listed or not (a list keeps the lowest few of each family), and how
@@ -44,7 +44,7 @@ pub(super) struct Shortcuts {
 
 impl Shortcuts {
     /// The shortcuts of the entries as the program sees them (with their counters slots).
-    pub fn from_entries(entries: &BTreeMap<IpAddr, Egress>) -> Self {
+    pub(crate) fn from_entries(entries: &BTreeMap<IpAddr, Egress>) -> Self {
         let mut shortcuts = Self::default();
         for (&addr, entry) in entries {
             shortcuts.add(addr, entry);
@@ -54,7 +54,7 @@ impl Shortcuts {
     }
 
     /// The list of `ifindex`, as the map must hold it (all zero when it has none).
-    pub fn list(&self, ifindex: u32) -> OwnSources {
+    pub(crate) fn list(&self, ifindex: u32) -> OwnSources {
         let mut list = OwnSources::default();
         let Some(items) = self.by_device.get(&ifindex) else {
             return list;
@@ -87,7 +87,7 @@ impl Shortcuts {
     }
 
     /// The filter, as the map must hold it.
-    pub fn filter(&self) -> SourceFilter {
+    pub(crate) fn filter(&self) -> SourceFilter {
         let mut filter = SourceFilter::default();
         for &bit in self.bits.keys() {
             filter.set(bit);
@@ -98,7 +98,12 @@ impl Shortcuts {
     /// Records that the entry of `addr` goes from `old` to `new` (`None`: no entry) and returns
     /// what changes, in the order that keeps every list naming only sources the source maps
     /// pass on its device, and the filter's bit set for every source with an entry.
-    pub fn change(&mut self, addr: IpAddr, old: Option<&Egress>, new: Option<&Egress>) -> Writes {
+    pub(crate) fn change(
+        &mut self,
+        addr: IpAddr,
+        old: Option<&Egress>,
+        new: Option<&Egress>,
+    ) -> Writes {
         let mut writes = Writes::default();
         let bit = bit(addr);
         if old.is_none() && new.is_some() {

@@ -1,4 +1,4 @@
-//! Pure translation between netlink-packet-route messages and the plain `view` types, both ways.
+//! Pure translation between netlink-packet-route messages and the plain `model` types, both ways.
 //!
 //! Kernel -> view drops what the view cannot carry exactly (non-unicast, multipath, nexthop-object,
 //! source-specific or TOS routes; non-IP families) instead of approximating it: an approximated
@@ -19,7 +19,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::view::{Address, AddressFlags, Event, Family, Link, LinkKind, Route, Rule};
+use crate::model::{Address, AddressFlags, Event, Family, Link, LinkKind, Route, Rule};
 
 /// The kernel's "unset" value for a rule's suppress_prefixlength and suppress_ifgroup.
 const RULE_SUPPRESS_UNSET: u32 = u32::MAX;
@@ -47,7 +47,7 @@ fn unspecified(family: Family) -> IpAddr {
 }
 
 /// Translates one multicast message; `None` for messages the view has no place for.
-pub fn event(msg: RouteNetlinkMessage) -> Option<Event> {
+pub(crate) fn event(msg: RouteNetlinkMessage) -> Option<Event> {
     match msg {
         RouteNetlinkMessage::NewLink(m) => link(&m).map(Event::NewLink),
         // Only the index is needed (and a dying link's attributes may be partial).
@@ -66,7 +66,7 @@ pub fn event(msg: RouteNetlinkMessage) -> Option<Event> {
 
 /// A link as RTM_NEWLINK describes it. Bridge-port messages (AF_BRIDGE, also sent to
 /// RTNLGRP_LINK) and nameless messages are not links of their own.
-pub fn link(msg: &LinkMessage) -> Option<Link> {
+pub(crate) fn link(msg: &LinkMessage) -> Option<Link> {
     if msg.header.interface_family != AddressFamily::Unspec {
         return None;
     }
@@ -122,7 +122,7 @@ fn link_kind(infos: &[LinkInfo]) -> LinkKind {
 
 /// An IPv4 or IPv6 address. IFA_LOCAL is the local address when present (IPv4 always; IPv6 with a
 /// peer), IFA_ADDRESS otherwise; IFA_FLAGS (32 bits) supersedes the header's 8-bit flags.
-pub fn address(msg: &AddressMessage) -> Option<Address> {
+pub(crate) fn address(msg: &AddressMessage) -> Option<Address> {
     family(msg.header.family)?;
     let mut local = None;
     let mut addr = None;
@@ -164,7 +164,7 @@ fn via_addr(v: &RouteVia) -> Option<IpAddr> {
 }
 
 /// A unicast route of one next hop; `None` for anything the view cannot carry exactly.
-pub fn route(msg: &RouteMessage) -> Option<Route> {
+pub(crate) fn route(msg: &RouteMessage) -> Option<Route> {
     let h = &msg.header;
     let family = family(h.address_family)?;
     if h.kind != RouteType::Unicast || h.source_prefix_length != 0 || h.tos != 0 {
@@ -201,7 +201,7 @@ pub fn route(msg: &RouteMessage) -> Option<Route> {
 
 /// A routing rule. `other_selectors` is set by any selector or action besides
 /// `from`/`oif`/`lookup`, so that such a rule is never taken for one of ours.
-pub fn rule(msg: &RuleMessage) -> Option<Rule> {
+pub(crate) fn rule(msg: &RuleMessage) -> Option<Rule> {
     let h = &msg.header;
     let mut r = Rule {
         family: family(h.family)?,
@@ -264,7 +264,7 @@ pub(super) fn header_table(table: u32) -> u8 {
 
 /// The request for `route`, for RTM_NEWROUTE and RTM_DELROUTE alike: every field is given, so a
 /// delete matches exactly that route (the kernel treats absent fields as wildcards).
-pub fn route_message(route: &Route) -> RouteMessage {
+pub(crate) fn route_message(route: &Route) -> RouteMessage {
     let mut msg = RouteMessage::default();
     let family = route.family();
     msg.header.address_family = address_family(family);
@@ -302,7 +302,7 @@ pub fn route_message(route: &Route) -> RouteMessage {
 /// whenever a table is given (the kernel would store Unspec, which makes lookups fail); a rule
 /// without a table (delete only) leaves action and table as wildcards. `None` when the rule has
 /// other selectors: the view does not say which, so no request can name exactly that rule.
-pub fn rule_message(rule: &Rule) -> Option<RuleMessage> {
+pub(crate) fn rule_message(rule: &Rule) -> Option<RuleMessage> {
     if rule.other_selectors {
         return None;
     }

@@ -1,4 +1,4 @@
-//! The multicast subscription: kernel notifications as `view::Event`s, and the loss of sync.
+//! The multicast subscription: kernel notifications as `model::Event`s, and the loss of sync.
 //!
 //! How ENOBUFS surfaces in rtnetlink 0.24 / netlink-proto 0.14: the kernel does not block for a
 //! slow reader of multicast messages; when the socket's receive buffer is full it drops them and
@@ -22,7 +22,7 @@ use rtnetlink::MulticastGroup;
 use tokio::task::JoinHandle;
 
 use super::{convert, Error};
-use crate::view::Event;
+use crate::model::Event;
 
 /// The groups multihome follows: links, IPv4/IPv6 addresses, routes and rules.
 const GROUPS: [MulticastGroup; 7] = [
@@ -37,7 +37,7 @@ const GROUPS: [MulticastGroup; 7] = [
 
 /// A receive buffer that absorbs the burst of a link flap on a busy host (every route of every
 /// table is announced again), so that a re-dump stays the exception.
-pub const DEFAULT_RECEIVE_BUFFER: usize = 4 << 20;
+pub(crate) const DEFAULT_RECEIVE_BUFFER: usize = 4 << 20;
 
 /// What the subscription reports.
 #[derive(Clone, Debug, PartialEq, Eq)]

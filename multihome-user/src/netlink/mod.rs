@@ -1,5 +1,5 @@
 //! The rtnetlink edge: dumps the kernel's links, addresses, routes and rules into a `KernelView`,
-//! turns multicast notifications into `view::Event`s, and applies route and rule `Op`s.
+//! turns multicast notifications into `model::Event`s, and applies route and rule `Op`s.
 //!
 //! Two sockets, on purpose: `Events` (multicast only) and `Netlink` (requests only). A dump's reply
 //! then never shares a receive buffer with a burst of notifications, so ENOBUFS can only cost
@@ -18,16 +18,32 @@ mod request;
 use std::fmt;
 use std::io;
 
-pub use events::{Events, Notice, DEFAULT_RECEIVE_BUFFER};
+pub(crate) use events::DEFAULT_RECEIVE_BUFFER;
+pub use events::{Events, Notice};
 pub use request::Netlink;
 
-use crate::state::Op;
+use anyhow::Context;
+
+use crate::runtime;
+use crate::view::KernelView;
+
+use crate::model::Op;
+
+/// The kernel's state, read once: for the commands an operator runs from a shell (`status`,
+/// `check`), on a runtime of their own.
+pub(crate) fn snapshot() -> anyhow::Result<KernelView> {
+    runtime::block_on(async {
+        let view = Netlink::connect()?.dump().await?;
+        Ok::<_, anyhow::Error>(view)
+    })
+    .context("reading the kernel's state")
+}
 
 /// What an rtnetlink request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The socket could not be opened or configured.
-    #[error("netlink socket: {0}")]
+    /// The socket could not be opened or configured (the cause follows in the error's chain).
+    #[error("netlink socket")]
     Socket(#[from] io::Error),
     /// The kernel refused the request with this errno.
     #[error("{request}: {}", io::Error::from_raw_os_error(*errno))]

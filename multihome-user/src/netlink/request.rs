@@ -1,4 +1,4 @@
-//! Requests on the request socket: dumps and the route/rule operations of `state::Op`.
+//! Requests on the request socket: dumps and the route/rule operations of `model::Op`.
 
 use std::os::fd::AsRawFd;
 
@@ -15,8 +15,8 @@ use rtnetlink::packet_core::{
 use rtnetlink::Handle;
 
 use super::{convert, Error, Request};
-use crate::state::Op;
-use crate::view::{KernelView, Redump, Route};
+use crate::model::{Op, Route};
+use crate::view::{KernelView, Redump};
 
 /// How often a dump is retried when the kernel flags it inconsistent (NLM_F_DUMP_INTR).
 const DUMP_ATTEMPTS: usize = 5;
@@ -92,7 +92,7 @@ impl Netlink {
     /// The unicast routes of all tables, IPv4 and IPv6. The kernel does not announce the IPv4
     /// routes it flushes when a device goes down or an address goes away, so after such events
     /// the routes must be dumped again rather than tracked from notifications.
-    pub async fn dump_routes(&self) -> Result<Vec<Route>, Error> {
+    async fn dump_routes(&self) -> Result<Vec<Route>, Error> {
         let mut routes = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut req = RouteMessage::default();
@@ -140,7 +140,7 @@ impl Netlink {
     }
 
     /// Applies one route or rule operation; the others (Attach, Detach, PutEntry, DelEntry) are
-    /// the guard's and give `Error::NotNetlink`, so the daemon can hand every `Op` here first.
+    /// the guard's and give `Error::NotNetlink`.
     ///
     /// Idempotent: ReplaceRoute creates or replaces (NLM_F_CREATE|NLM_F_REPLACE: same table,
     /// destination and metric); AddRule of a rule that exists (EEXIST: checked with NLM_F_EXCL,

@@ -7,18 +7,18 @@ use std::net::IpAddr;
 
 use super::{Path, Uplink};
 use crate::config::Config;
-use crate::view::Family;
+use crate::model::Family;
 
 /// Where a source address leaves, as the plan decided it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Assignment {
-    pub uplink: String,
-    pub table: u32,
-    pub gateway: Option<IpAddr>,
-    pub path: Path,
+pub(crate) struct Assignment {
+    pub(crate) uplink: String,
+    pub(crate) table: u32,
+    pub(crate) gateway: Option<IpAddr>,
+    pub(crate) path: Path,
 }
 
-pub type Assignments = BTreeMap<IpAddr, Assignment>;
+pub(crate) type Assignments = BTreeMap<IpAddr, Assignment>;
 
 /// Every usable address of every present uplink, with the uplink that won it.
 pub(super) fn of(config: &Config, present: &[Uplink]) -> Assignments {
@@ -40,7 +40,7 @@ pub(super) fn of(config: &Config, present: &[Uplink]) -> Assignments {
 }
 
 /// One line per address whose assignment changed between two plans, in address order.
-pub fn describe(before: &Assignments, after: &Assignments) -> Vec<String> {
+pub(crate) fn describe(before: &Assignments, after: &Assignments) -> Vec<String> {
     let addresses: BTreeSet<&IpAddr> = before.keys().chain(after.keys()).collect();
     addresses
         .into_iter()

@@ -3,9 +3,9 @@
 
 use super::*;
 use crate::config::Params;
-use crate::diff::sim::fixtures::*;
-use crate::state::Op;
-use crate::view::{AddressFlags, LinkKind};
+use crate::fixtures::*;
+use crate::model::{AddressFlags, LinkKind, Op};
+use crate::view::Touched;
 
 struct Expect {
     routes: &'static [&'static str],
@@ -470,71 +470,6 @@ fn entry_fields() {
 }
 
 #[test]
-fn owned_is_what_carries_our_protocol() {
-    let config = config(&["vlan101", "vlan102"]);
-    let mut view = seed();
-    let ours = plan(&config, &view);
-    view.routes.extend(ours.routes.iter().copied());
-    view.rules.extend(ours.rules.iter().cloned());
-    // A leftover of ours elsewhere is still ours; a foreign rule pointing at our table is not.
-    let leftover = Route {
-        table: 77,
-        ..*ours.routes.first().unwrap()
-    };
-    view.routes.push(leftover);
-    let foreign_rule = Rule {
-        protocol: RTPROT_STATIC,
-        priority: 5,
-        ..ours.rules.first().unwrap().clone()
-    };
-    view.rules.push(foreign_rule);
-    let owned = owned(&view, config.protocol);
-    let mut want_routes = ours.routes.clone();
-    want_routes.insert(leftover);
-    assert_eq!(owned.routes, want_routes);
-    assert_eq!(owned.rules, ours.rules);
-    assert!(owned.entries.is_empty() && owned.guarded.is_empty());
-}
-
-#[test]
-fn foreign_routes_in_our_tables() {
-    let config = config(&["vlan101", "vlan102=7"]);
-    let ours = plan(&config, &seed());
-    let foreign_1001 = Route {
-        table: 1001,
-        ..client_default(WAN1, "192.168.0.1", 0)
-    };
-    let foreign_7 = Route {
-        table: 7,
-        protocol: RTPROT_STATIC,
-        ..kernel_prefix(ETH0, "203.0.113.0/24", "192.168.0.210")
-    };
-    let elsewhere = Route {
-        table: 1002,
-        ..foreign_1001
-    };
-    type Case = (&'static str, Vec<Route>, Vec<(u32, Route)>);
-    let cases: Vec<Case> = vec![
-        ("a fresh host", seed().routes, vec![]),
-        (
-            "our own routes",
-            ours.routes.iter().copied().collect(),
-            vec![],
-        ),
-        ("not one of our tables", vec![elsewhere], vec![]),
-        (
-            "foreign routes, sorted by table",
-            vec![foreign_1001, foreign_7],
-            vec![(7, foreign_7), (1001, foreign_1001)],
-        ),
-    ];
-    for (what, routes, want) in cases {
-        let view = KernelView { routes, ..seed() };
-        assert_eq!(foreign_routes_in_tables(&config, &view), want, "{what}");
-    }
-}
-
-#[test]
 fn describes_changes() {
     let config = config(&["vlan101", "vlan102"]);
     let before = plan_and_assignments(&config, &seed()).1;
@@ -567,7 +502,7 @@ fn describes_changes() {
         (
             "uplink vanished",
             |v| {
-                v.apply(crate::view::Event::DelLink(WAN1));
+                v.apply(crate::model::Event::DelLink(WAN1));
             },
             &["vlan101: 192.168.0.100 released"],
         ),

@@ -8,18 +8,18 @@ use aya::{BtfError, EbpfError};
 use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// What went wrong, one line.
-    pub reason: String,
+    pub(crate) reason: String,
     /// The kernel's errno by name (`"EINVAL"`), when it gave one.
-    pub errno: Option<String>,
-    pub kind: Kind,
+    pub(crate) errno: Option<String>,
+    pub(crate) kind: Kind,
 }
 
 /// Where the failure came from, as far as it matters for the advice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Kind {
+pub(crate) enum Kind {
     /// The verifier refused the program.
     Verifier,
     /// Loading the object's BTF, or relocating against the kernel's.

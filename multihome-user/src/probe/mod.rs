@@ -7,7 +7,7 @@
 
 mod failure;
 mod sandbox;
-pub mod verdict;
+pub(crate) mod verdict;
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -17,12 +17,13 @@ use multihome_ebpf::Egress;
 use serde::Serialize;
 
 use crate::guard::{AttachKind, AttachMode, Guard};
-pub use failure::{Failure, Kind};
+use crate::runtime;
+pub(crate) use failure::{Failure, Kind};
 
 /// How one step went.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
-pub enum Step {
+pub(crate) enum Step {
     Ok,
     Failed(Failure),
     /// Not tried: an earlier step failed.
@@ -31,11 +32,11 @@ pub enum Step {
 }
 
 impl Step {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         *self == Step::Ok
     }
 
-    pub fn failure(&self) -> Option<&Failure> {
+    pub(crate) fn failure(&self) -> Option<&Failure> {
         match self {
             Step::Failed(f) => Some(f),
             _ => None,
@@ -52,23 +53,23 @@ impl Step {
 
 /// Every step's outcome, in the order they run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Probe {
+pub(crate) struct Probe {
     /// The private network and mount namespaces, with a bpffs of their own.
-    pub sandbox: Step,
+    pub(crate) sandbox: Step,
     /// The scratch veth pair in them.
-    pub device: Step,
+    pub(crate) device: Step,
     /// Loading the guard (maps and program: the verifier's verdict).
-    pub load: Step,
+    pub(crate) load: Step,
     /// Attaching it by a TCX link, then detaching it.
-    pub tcx: Step,
+    pub(crate) tcx: Step,
     /// Attaching it by a cls_bpf filter on the clsact qdisc, then detaching it.
-    pub clsact: Step,
+    pub(crate) clsact: Step,
     /// Attaching it as `--attach auto` (the default) does, then detaching it.
-    pub auto: Step,
+    pub(crate) auto: Step,
     /// What `--attach auto` used.
-    pub auto_uses: Option<AttachKind>,
+    pub(crate) auto_uses: Option<AttachKind>,
     /// A misrouted packet under BPF_PROG_TEST_RUN: redirected (bpf_redirect_neigh) and counted.
-    pub redirect: Step,
+    pub(crate) redirect: Step,
 }
 
 /// The scratch devices' names, in the private namespace only.
@@ -80,7 +81,7 @@ const MISROUTED_SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const TC_ACT_REDIRECT: i32 = 7;
 
 /// Runs every step it can and reports each.
-pub fn run() -> Probe {
+pub(crate) fn run() -> Probe {
     let mut probe = Probe::default();
     match sandbox::isolated(|| inside(&mut probe)) {
         Ok(()) => probe.sandbox = Step::Ok,
@@ -143,10 +144,7 @@ fn inside(probe: &mut Probe) {
 /// A veth pair, left down: attaching and BPF_PROG_TEST_RUN need no traffic.
 fn scratch_devices() -> Result<(u32, u32), Failure> {
     let what = format!("cannot create a scratch veth pair ({DEVICE}, {PEER})");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| Failure::os(&what, e))?;
+    let runtime = runtime::current_thread().map_err(|e| Failure::os(&what, e))?;
     runtime
         .block_on(async {
             // Made on this thread, so the socket is in the private network namespace.

@@ -8,12 +8,12 @@ use crate::privileges::{self, Capability, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, C
 use super::{Failure, Kind, Probe, Step};
 
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// One line: `loads; attaches by tcx and clsact (auto uses tcx); redirect helper ok`.
-    pub summary: String,
+    pub(crate) summary: String,
     /// What falls back and why, and what does not matter: nothing to fix.
-    pub notes: Vec<String>,
-    pub findings: Vec<Finding>,
+    pub(crate) notes: Vec<String>,
+    pub(crate) findings: Vec<Finding>,
 }
 
 /// What the probe needs, all of it named when one is missing.
@@ -21,7 +21,7 @@ const PROBE_NEEDS: [Capability; 4] = [CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF, CAP
 
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-pub fn verdict(probe: &Probe, capabilities: u64, kernel_btf: bool) -> Verdict {
+pub(crate) fn verdict(probe: &Probe, capabilities: u64, kernel_btf: bool) -> Verdict {
     let mut out = Verdict::default();
     // Before the guard loads, the first failure decides: later steps were skipped.
     let setup = [

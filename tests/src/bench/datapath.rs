@@ -16,8 +16,8 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use multihome::guard::{AttachMode, Guard};
 use multihome_ebpf::Egress;
 
-use super::frames::{egress, frame, ipv4, ipv6, SkbCtx, TC_ACT_REDIRECT, TC_ACT_UNSPEC};
 use super::report::{median, ratio, Figure, Row, Section};
+use crate::guard::{egress, frame, ipv4, ipv6, SkbCtx, TC_ACT_REDIRECT, TC_ACT_UNSPEC};
 use crate::netns::{veth, Netns};
 
 pub const REPEAT: u32 = 1_000_000;

@@ -5,8 +5,6 @@
 pub mod bed;
 pub mod convergence;
 pub mod datapath;
-#[path = "../../tests/guard_support/mod.rs"]
-pub mod frames;
 pub mod misroutes;
 pub mod report;
 pub mod scale;

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use multihome::config::DEFAULT_PRIORITY;
+use multihome::DEFAULT_PRIORITY;
 
 use super::bed::{clock_ticks, proc_stat, Batch, Multihome};
 use super::report::{median, ratio, Figure, Row, Section, Summary};
@@ -330,7 +330,7 @@ pub fn run(bin: &Path) -> Result<Results> {
     let changes = changes(&host, &watcher, &daemon, UPLINKS)?;
     // The renumberings released addresses whose guard entries linger a moment (deferred work
     // the changes caused, not idleness): let that run out before the idle window.
-    std::thread::sleep(multihome::linger::LINGER + Duration::from_secs(1));
+    std::thread::sleep(multihome::LINGER + Duration::from_secs(1));
     let before = proc_stat(daemon.pid())?;
     std::thread::sleep(IDLE);
     let after = proc_stat(daemon.pid())?;

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use multihome::guard::{AttachMode, Guard};
 
-use super::frames::egress;
 use super::report::{median, percentile, ratio, Figure, Row, Section};
+use crate::guard::egress;
 use crate::netns::{veth, Netns};
 
 /// Pairs of adjacent segments, one detached and one attached, in ABBA order.

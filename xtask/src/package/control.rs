@@ -23,7 +23,7 @@ use crate::proc;
 /// The maintainer scripts, as dist/debian/ has them.
 const SCRIPTS: [&str; 3] = ["postinst", "prerm", "postrm"];
 
-pub fn write(work: &Path, root: &Path, arch: Arch, release: &Release) -> Result<()> {
+pub(crate) fn write(work: &Path, root: &Path, arch: Arch, release: &Release) -> Result<()> {
     let debian = work.join("debian");
     fs::create_dir_all(&debian)?;
     fs::copy(dist("control"), debian.join("control"))?;

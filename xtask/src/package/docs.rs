@@ -14,22 +14,22 @@ use crate::install::Layout;
 use crate::proc::{self, OperatorError};
 
 /// dist/debian/<name> in the workspace.
-pub fn dist(name: &str) -> PathBuf {
+pub(crate) fn dist(name: &str) -> PathBuf {
     proc::workspace_root().join("dist/debian").join(name)
 }
 
 /// The version a package is built as, and its changelog.
-pub struct Release {
-    pub version: String,
+pub(crate) struct Release {
+    pub(crate) version: String,
     /// dist/debian/changelog, with an entry for an overriding version on top.
-    pub changelog: String,
+    pub(crate) changelog: String,
     /// The top entry's date in seconds since the epoch (SOURCE_DATE_EPOCH for dpkg-deb).
-    pub timestamp: u64,
+    pub(crate) timestamp: u64,
 }
 
 impl Release {
     /// The release dist/debian/changelog describes, or `version` built from its sources.
-    pub fn read(version: Option<&str>) -> Result<Release> {
+    pub(crate) fn read(version: Option<&str>) -> Result<Release> {
         let path = dist("changelog");
         let changelog =
             fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -90,7 +90,7 @@ fn override_entry(version: &str, top: &str, maintainer: &str, date: &str) -> Str
 
 /// A version that dpkg orders just before `version`, for the package the upgrade test starts
 /// from: `0.1.0-1` gives `0.1.0~previous-1`.
-pub fn previous_version(version: &str) -> String {
+pub(crate) fn previous_version(version: &str) -> String {
     match version.rsplit_once('-') {
         Some((upstream, revision)) => format!("{upstream}~previous-{revision}"),
         None => format!("{version}~previous"),
@@ -98,7 +98,7 @@ pub fn previous_version(version: &str) -> String {
 }
 
 /// `gzip -9n` every page in `dir` (no name, no time stamp: the same bytes from the same page).
-pub fn compress_man_pages(dir: &Path) -> Result<()> {
+pub(crate) fn compress_man_pages(dir: &Path) -> Result<()> {
     let mut pages: Vec<PathBuf> = fs::read_dir(dir)?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
@@ -108,7 +108,7 @@ pub fn compress_man_pages(dir: &Path) -> Result<()> {
 }
 
 /// Writes /usr/share/doc/multihome/{copyright,changelog.Debian.gz}.
-pub fn write(layout: &Layout, release: &Release, crates: &[String]) -> Result<()> {
+pub(crate) fn write(layout: &Layout, release: &Release, crates: &[String]) -> Result<()> {
     let doc = layout.staged(Path::new("/usr/share/doc/multihome"));
     fs::create_dir_all(&doc)?;
     let copyright = fs::read_to_string(dist("copyright"))?;
@@ -141,7 +141,7 @@ fn copyright_with(copyright: &str, crates: &[String]) -> String {
 /// The crates the binary for `target` links, as `name version: license`, from the dependency
 /// graph cargo builds it with (proc-macros run at build time and are not linked) (multihome's own crates left out: the copyright file's first
 /// Files paragraph covers them).
-pub fn crates(target: &str) -> Result<Vec<String>> {
+pub(crate) fn crates(target: &str) -> Result<Vec<String>> {
     let out = proc::stdout_of(&mut proc::cargo([
         "tree",
         "--package",

@@ -20,7 +20,7 @@ use crate::proc;
 const RUNTIME: [&str; 2] = ["libc6", "libgcc-s1"];
 
 /// Fetches and unpacks `arch`'s run-time libraries under `dir`; returns their package trees.
-pub fn runtime_libraries(dir: &Path, arch: Arch) -> Result<Vec<PathBuf>> {
+pub(crate) fn runtime_libraries(dir: &Path, arch: Arch) -> Result<Vec<PathBuf>> {
     let apt = dir.join("apt");
     for sub in ["lists/partial", "cache/archives/partial"] {
         fs::create_dir_all(apt.join(sub))?;

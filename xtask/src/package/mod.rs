@@ -25,7 +25,7 @@ use crate::proc::{self, OperatorError};
 
 /// `--arch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ArchChoice {
+pub(crate) enum ArchChoice {
     Amd64,
     Arm64,
     All,
@@ -47,17 +47,17 @@ fn arch_named(name: &str) -> Option<Arch> {
 }
 
 /// What `cargo xtask package` was asked for.
-pub struct Request {
+pub(crate) struct Request {
     /// None: this machine's architecture.
-    pub arch: Option<ArchChoice>,
+    pub(crate) arch: Option<ArchChoice>,
     /// Replaces the version dist/debian/changelog gives (e.g. an older one, to test upgrades).
-    pub version: Option<String>,
+    pub(crate) version: Option<String>,
     /// Where the packages go (default target/package).
-    pub out_dir: Option<PathBuf>,
+    pub(crate) out_dir: Option<PathBuf>,
     /// Extract each package into DIR/ARCH afterwards (`dpkg-deb -x`).
-    pub extract: Option<PathBuf>,
+    pub(crate) extract: Option<PathBuf>,
     /// Run the package tier against the packages afterwards.
-    pub test: bool,
+    pub(crate) test: bool,
 }
 
 /// One package to build: the binary for its architecture, the version, where it goes.
@@ -70,7 +70,7 @@ struct Build<'a> {
     out_dir: &'a Path,
 }
 
-pub fn run(request: &Request) -> Result<()> {
+pub(crate) fn run(request: &Request) -> Result<()> {
     if request.test && !proc::is_root() {
         return Err(OperatorError(
             "package --test installs and purges the package with dpkg: run it as root".into(),
@@ -210,14 +210,14 @@ fn normalise_permissions(dir: &Path) -> Result<()> {
 }
 
 /// Where `extract` put the parts the VM matrix runs.
-pub struct Extracted {
-    pub binary: PathBuf,
-    pub unit: PathBuf,
+pub(crate) struct Extracted {
+    pub(crate) binary: PathBuf,
+    pub(crate) unit: PathBuf,
 }
 
 /// Unpacks `deb` into `dir` (`dpkg-deb -x`), so that tests run exactly what the package
 /// installs.
-pub fn extract(deb: &Path, dir: &Path) -> Result<Extracted> {
+pub(crate) fn extract(deb: &Path, dir: &Path) -> Result<Extracted> {
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }

@@ -38,7 +38,7 @@ const MODULES: &[&str] = &[
 const LIB_DIR: &str = "usr/lib/x86_64-linux-gnu";
 
 /// Builds `out` (an uncompressed newc cpio) from a fresh tree in `tree`.
-pub fn build(kernel: &Kernel, multihome: &Path, tree: &Path, out: &Path) -> Result<()> {
+pub(super) fn build(kernel: &Kernel, multihome: &Path, tree: &Path, out: &Path) -> Result<()> {
     if tree.exists() {
         fs::remove_dir_all(tree).with_context(|| format!("removing {}", tree.display()))?;
     }
@@ -192,7 +192,7 @@ fn which(tool: &str) -> Result<PathBuf> {
 
 /// The libraries `ldd` lists: "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and the
 /// loader "/lib64/ld-linux-x86-64.so.2 (0x...)"; the kernel's vDSO has no file and is skipped.
-pub fn parse_ldd(out: &str) -> Vec<PathBuf> {
+pub(super) fn parse_ldd(out: &str) -> Vec<PathBuf> {
     out.lines()
         .filter_map(|l| {
             let l = l.trim();
@@ -207,7 +207,7 @@ pub fn parse_ldd(out: &str) -> Vec<PathBuf> {
 
 /// The module files of `modprobe --show-depends` ("insmod /ROOT/lib/modules/.../x.ko "), in
 /// load order, as paths below `root` ("/lib/modules/.../x.ko"); "builtin x" lines need nothing.
-pub fn parse_show_depends(out: &str, root: &Path) -> Vec<String> {
+pub(super) fn parse_show_depends(out: &str, root: &Path) -> Vec<String> {
     let root = root.to_string_lossy();
     out.lines()
         .filter_map(|l| l.trim().strip_prefix("insmod "))

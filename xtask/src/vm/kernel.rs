@@ -12,7 +12,7 @@ use crate::proc;
 /// The pinned kernel ABI. Debian drops old ABIs from the mirror over time; when this one is
 /// neither cached nor downloadable, the newest 6.1.0-N-amd64 that apt offers is used instead
 /// (with a loud warning: a pin the mirror no longer has should not break CI).
-pub const PINNED_ABI: &str = "6.1.0-56-amd64";
+pub(super) const PINNED_ABI: &str = "6.1.0-56-amd64";
 
 /// Kernel options the VM tier depends on: BTF for the guard's maps, 802.1Q as a module for the
 /// seed's VLANs, clsact and cls_bpf for the attach path a 6.1 kernel takes.
@@ -25,20 +25,20 @@ const REQUIRED_CONFIG: &[&str] = &[
 ];
 
 /// An extracted kernel package.
-pub struct Kernel {
+pub(super) struct Kernel {
     pub abi: String,
     /// The extracted package: `boot/vmlinuz-ABI`, `lib/modules/ABI/`.
     pub root: PathBuf,
 }
 
 impl Kernel {
-    pub fn vmlinuz(&self) -> PathBuf {
+    pub(super) fn vmlinuz(&self) -> PathBuf {
         self.root.join(format!("boot/vmlinuz-{}", self.abi))
     }
 }
 
 /// The pinned kernel from `cache`, downloading and extracting it first if needed.
-pub fn fetch(cache: &Path) -> Result<Kernel> {
+pub(super) fn fetch(cache: &Path) -> Result<Kernel> {
     if let Some(kernel) = cached(cache, PINNED_ABI) {
         return Ok(kernel);
     }
@@ -140,7 +140,7 @@ fn download(cache: &Path, abi: &str) -> Result<Kernel> {
 
 /// The newest ABI in `apt-cache search` output ("linux-image-6.1.0-55-amd64 - Linux ..."),
 /// compared by its number N.
-pub fn newest_abi(search: &str) -> Option<String> {
+pub(super) fn newest_abi(search: &str) -> Option<String> {
     search
         .lines()
         .filter_map(|l| l.split_whitespace().next()?.strip_prefix("linux-image-"))
@@ -153,7 +153,7 @@ pub fn newest_abi(search: &str) -> Option<String> {
 }
 
 /// The required options `config` (a kernel's `boot/config-*`) does not build in or as a module.
-pub fn missing_config(config: &str) -> Vec<&'static str> {
+pub(super) fn missing_config(config: &str) -> Vec<&'static str> {
     REQUIRED_CONFIG
         .iter()
         .copied()

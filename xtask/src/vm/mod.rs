@@ -13,13 +13,13 @@ use anyhow::{bail, Result};
 
 use crate::proc::{self, OperatorError};
 
-pub use qemu::Accel;
+pub(crate) use qemu::Accel;
 
 /// The guest's time limit: TCG on a loaded 2-core machine is slow, but a hung guest must not
 /// hang CI.
 const DEFAULT_TIMEOUT_S: u64 = 600;
 
-pub fn run(accel: Accel, timeout_s: Option<u64>) -> Result<()> {
+pub(crate) fn run(accel: Accel, timeout_s: Option<u64>) -> Result<()> {
     if !proc::is_root() {
         return Err(OperatorError(
             "vm: downloading the kernel and building the initramfs need root: run as root".into(),

@@ -15,13 +15,13 @@ use anyhow::{Context, Result};
 /// How the guest is accelerated: TCG everywhere by default (nested KVM crashes guests on the
 /// build machines); KVM only when asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
+pub(crate) enum Accel {
     Tcg,
     Kvm,
 }
 
 /// What one boot produced.
-pub struct Boot {
+pub(super) struct Boot {
     /// The scenarios' `VM-RESULT:` counts, if the guest got that far.
     pub result: Option<Verdict>,
     /// `VM-CHECK FAIL` lines (also from before the scenarios' summary).
@@ -32,7 +32,7 @@ pub struct Boot {
 impl Boot {
     /// Passed and failed checks; a guest that hung or ended without its summary counts as one
     /// more failure, so the run's total never reads as clean.
-    pub fn tally(&self) -> (u32, u32) {
+    pub(super) fn tally(&self) -> (u32, u32) {
         let (passed, failed) = self.result.map_or((0, 0), |v| (v.passed, v.failed));
         let failed = failed.max(u32::try_from(self.failures.len()).unwrap_or(u32::MAX));
         let incomplete = self.result.is_none() || self.timed_out;
@@ -42,13 +42,13 @@ impl Boot {
 
 /// The guest's own count of its checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
+pub(super) struct Verdict {
     pub passed: u32,
     pub failed: u32,
 }
 
 /// Boots `vmlinuz` with `initrd`, streaming the console to stdout and to `log`.
-pub fn boot(
+pub(super) fn boot(
     vmlinuz: &Path,
     initrd: &Path,
     accel: Accel,
@@ -137,7 +137,7 @@ fn args(accel: Accel) -> Vec<&'static str> {
 }
 
 /// The counts of the guest's summary line, `VM-RESULT: 12 passed, 0 failed`.
-pub fn parse_result(line: &str) -> Option<Verdict> {
+pub(super) fn parse_result(line: &str) -> Option<Verdict> {
     let rest = line.split_once("VM-RESULT:")?.1;
     let (passed, failed) = rest.split_once(',')?;
     Some(Verdict {

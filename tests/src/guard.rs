@@ -1,5 +1,5 @@
-//! What the guard tests share: a private pin directory, `__sk_buff` contexts, frame builders.
-#![allow(dead_code, reason = "each test crate uses a different part")]
+//! What the guard's tests and the bench share: a private pin directory, `__sk_buff` contexts,
+//! frame and entry builders.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},

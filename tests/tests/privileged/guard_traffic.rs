@@ -5,16 +5,14 @@
 //! The same for IPv6 with router-advertisement-style default routes via the peers' link-local
 //! addresses, which the guard reaches by naming B's gateway as the next hop.
 
-mod guard_support;
-
 use std::{
     io::{ErrorKind, Read},
     net::{IpAddr, TcpListener, UdpSocket},
     time::{Duration, Instant},
 };
 
-use guard_support::*;
 use multihome::guard::{AttachKind, AttachMode, Guard};
+use multihome_tests::guard::*;
 use multihome_tests::netns::{require_root, veth, Netns};
 
 const INTERNET: &str = "203.0.113.10";

@@ -1,13 +1,11 @@
 //! The guard's pins: BTF maps bpftool prints by field name, and everything a later process
 //! (restarted daemon, `status`, `cleanup`) needs: map contents, counters, attachments.
 
-mod guard_support;
-
 use std::{net::IpAddr, path::Path, process::Command};
 
 use aya::programs::{tc::TcAttachType, SchedClassifier};
-use guard_support::*;
 use multihome::guard::{self, AttachKind, AttachMode, Guard, PinnedMaps};
+use multihome_tests::guard::*;
 use multihome_tests::netns::{require_root, veth, Netns};
 
 /// The names of the programs on the TCX egress hook of `ifname` (this bpftool predates TCX).

@@ -6,11 +6,11 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use multihome::netlink::{Error, Events, Netlink, Notice};
-use multihome::state::Op;
-use multihome::view::{
-    Address, AddressFlags, Event, Family, KernelView, LinkKind, Redump, Route, Rule, RT_TABLE_MAIN,
+use multihome::model::{
+    Address, AddressFlags, Event, Family, LinkKind, Op, Route, Rule, RT_TABLE_MAIN,
 };
+use multihome::netlink::{Error, Events, Netlink, Notice};
+use multihome::view::{KernelView, Redump};
 use multihome_tests::netns::{require_root, Netns};
 
 const PROTO: u8 = 77;
@@ -349,7 +349,7 @@ fn applied_ops_dump_back_equal_and_deletes_are_exact() {
             ..routes[0]
         };
         apply_all(&nl, [Op::ReplaceRoute(moved)]).await;
-        let replaced = nl.dump_routes().await.unwrap();
+        let replaced = nl.dump_routes_of(&Redump::All).await.unwrap();
 
         apply_all(&nl, rules.iter().cloned().map(Op::DelRule)).await;
         apply_all(&nl, [Op::DelRoute(moved)]).await;
@@ -448,7 +448,7 @@ fn kernel_normalises_ipv6_scope_and_metric() {
     let dumped = block_in(&ns, || async {
         let nl = Netlink::connect().unwrap();
         nl.apply(&Op::ReplaceRoute(given)).await.unwrap();
-        nl.dump_routes().await.unwrap()
+        nl.dump_routes_of(&Redump::All).await.unwrap()
     });
     let kept = Route {
         scope: 0,

@@ -4,7 +4,8 @@
 //! (the time is measured from the injection until the rules, tables and map are back) and that
 //! no packet from wan2's address reached router A, the other uplink's router.
 //!
-//! Measured numbers are printed (`cargo test --test faults -- --nocapture` shows them).
+//! Measured numbers are printed: `cargo test --package multihome-tests --test privileged faults::
+//! -- --nocapture` shows them.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, UdpSocket};

@@ -9,22 +9,22 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::state::{Op, State};
+use crate::model::{Op, State};
 
 /// Long enough for a client's drop-and-re-add, short enough that a released address does not
 /// stay guarded noticeably.
 pub const LINGER: Duration = Duration::from_secs(2);
 
 /// Released addresses whose entry removal is held back, with when it becomes due.
-#[derive(Debug, Default)]
-pub struct Linger {
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Linger {
     due: BTreeMap<IpAddr, Instant>,
 }
 
 impl Linger {
     /// The ops to apply now: `DelEntry` of an address released less than `LINGER` ago is held
     /// back; an address that is wanted again stops lingering.
-    pub fn hold_back(&mut self, ops: Vec<Op>, desired: &State, now: Instant) -> Vec<Op> {
+    pub(crate) fn hold_back(&mut self, ops: Vec<Op>, desired: &State, now: Instant) -> Vec<Op> {
         self.due
             .retain(|addr, _| !desired.entries.contains_key(addr));
         ops.into_iter()
@@ -44,7 +44,7 @@ impl Linger {
     }
 
     /// When the next held-back removal becomes due, so the daemon wakes for it (and only then).
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         self.due.values().min().copied()
     }
 }
@@ -52,13 +52,14 @@ impl Linger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::rule;
 
     fn addr(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
     fn entry() -> multihome_ebpf::Egress {
-        crate::diff::sim::fixtures::egress(12)
+        crate::fixtures::egress(12)
     }
 
     #[test]
@@ -66,11 +67,11 @@ mod tests {
         let t0 = Instant::now();
         let mut linger = Linger::default();
         let gone = addr("192.168.0.20");
-        let ops = vec![Op::DelRule(rule()), Op::DelEntry(gone)];
+        let ops = vec![Op::DelRule(rule("192.168.0.20", 1002)), Op::DelEntry(gone)];
         let now = linger.hold_back(ops.clone(), &State::default(), t0);
         assert_eq!(
             now,
-            vec![Op::DelRule(rule())],
+            vec![Op::DelRule(rule("192.168.0.20", 1002))],
             "the rule goes at once, the entry waits"
         );
         assert_eq!(linger.deadline(), Some(t0 + LINGER));
@@ -103,17 +104,5 @@ mod tests {
             .hold_back(vec![Op::DelEntry(back)], &State::default(), later)
             .is_empty());
         assert_eq!(linger.deadline(), Some(later + LINGER));
-    }
-
-    fn rule() -> crate::view::Rule {
-        crate::view::Rule {
-            family: crate::view::Family::V4,
-            priority: 1000,
-            protocol: 77,
-            src: Some((addr("192.168.0.20"), 32)),
-            oif: None,
-            table: Some(1002),
-            other_selectors: false,
-        }
     }
 }
