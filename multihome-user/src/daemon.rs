@@ -128,6 +128,11 @@ async fn run(mut config: Config, args: &RunArgs) -> Result<(), Fatal> {
                 reconciler.audit();
             }
             _ = sleep_until_or_never(wake_at) => reconciler.tick(),
+            // The guard's moves from clsact to TCX, one per turn, between everything else.
+            () = std::future::ready(()), if reconciler.background() => {
+                reconciler.background_step();
+                continue;
+            }
             ready = readable_or_never(guard_log_fd.as_ref()) => {
                 if let Some(log) = guard_log.as_mut() {
                     log.flush();

@@ -1,9 +1,12 @@
 //! `diff`: the ops that turn what multihome owns into what it wants, in a safe order.
 //!
-//! Additions first (guard, entries, table routes, rules), removals after in reverse (rules,
+//! Additions first (entries, guard, table routes, rules), removals after in reverse (rules,
 //! routes, entries, guard): a rule never points at an empty table, the guard covers every
-//! window, and a renumbered address keeps working until its replacement is in place. Only
-//! objects in `owned` can be deleted, so nothing foreign is ever touched.
+//! window, and a renumbered address keeps working until its replacement is in place. Entries
+//! come before attachments so that a device hooked by an earlier instance's program (an
+//! outdated one, whose maps may be an older layout's) gets this instance's only once its maps
+//! hold the entries. Only objects in `owned` can be deleted, so nothing foreign is ever
+//! touched.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -17,16 +20,15 @@ pub(crate) fn diff(desired: &State, owned: &State) -> Vec<Op> {
     let mut ops = Vec::new();
     ops.extend(
         desired
-            .guarded
-            .difference(&owned.guarded)
-            .map(|&i| Op::Attach(i)),
-    );
-    ops.extend(
-        desired
             .entries
             .iter()
             .filter(|(addr, entry)| owned.entries.get(addr) != Some(entry))
             .map(|(&addr, &entry)| Op::PutEntry(addr, entry)),
+    );
+    ops.extend(
+        (desired.guarded.iter())
+            .filter(|i| !owned.guarded.contains(i) || owned.outdated.contains(i))
+            .map(|&i| Op::Attach(i)),
     );
     ops.extend(route_replacements(desired, owned).map(Op::ReplaceRoute));
     ops.extend(

@@ -19,6 +19,8 @@ use crate::view::KernelView;
 pub(crate) struct GuardState {
     pub(crate) entries: BTreeMap<IpAddr, Egress>,
     pub(crate) guarded: BTreeSet<u32>,
+    /// Of `guarded`, those hooked by another program than this instance's.
+    pub(crate) outdated: BTreeSet<u32>,
 }
 
 /// What multihome owns within `scope`: its routes and rules in the scope's tables (with
@@ -42,12 +44,18 @@ pub(crate) fn owned(view: &KernelView, protocol: u8, scope: &Scope, guard: &Guar
             .filter(|(_, egress)| scope.has_device(egress.uplink_ifindex))
             .map(|(&addr, &egress)| (addr, egress))
             .collect(),
-        guarded: match scope {
-            Scope::All => guard.guarded.clone(),
-            Scope::Uplinks { guarded: ours, .. } => (ours.iter())
-                .filter(|ifindex| guard.guarded.contains(ifindex))
-                .collect(),
-        },
+        guarded: in_scope(scope, &guard.guarded),
+        outdated: in_scope(scope, &guard.outdated),
+    }
+}
+
+/// The devices of `devices` that `scope` guards.
+fn in_scope(scope: &Scope, devices: &BTreeSet<u32>) -> BTreeSet<u32> {
+    match scope {
+        Scope::All => devices.clone(),
+        Scope::Uplinks { guarded: ours, .. } => (ours.iter())
+            .filter(|ifindex| devices.contains(ifindex))
+            .collect(),
     }
 }
 

@@ -12,8 +12,8 @@ pub(crate) const PROTO: u8 = 77;
 /// Where each kind of op must come in a diff.
 pub(crate) fn rank(op: &Op) -> u8 {
     match op {
-        Op::Attach(_) => 0,
-        Op::PutEntry(..) => 1,
+        Op::PutEntry(..) => 0,
+        Op::Attach(_) => 1,
         Op::ReplaceRoute(_) => 2,
         Op::AddRule(_) => 3,
         Op::DelRule(_) => 4,
@@ -52,6 +52,7 @@ fn state(routes: &[Route], rules: &[Rule], entries: &[(&str, Egress)], guarded: 
         rules: rules.iter().cloned().collect(),
         entries: entries.iter().map(|(a, e)| (ip(a), *e)).collect(),
         guarded: guarded.iter().copied().collect(),
+        outdated: Default::default(),
     }
 }
 
@@ -97,13 +98,26 @@ fn diffs_of_states() {
                 &[12],
             ),
             vec![
-                Op::Attach(11),
                 Op::PutEntry(ip("192.168.0.100"), entry(11)),
+                Op::Attach(11),
                 Op::ReplaceRoute(prefix),
                 Op::AddRule(a.clone()),
                 Op::DelRule(b.clone()),
                 Op::DelRoute(other_prefix),
                 Op::DelEntry(ip("192.168.0.101")),
+                Op::Detach(12),
+            ],
+        ),
+        (
+            "an earlier program's attachment: hooked again after the entries, or unhooked",
+            state(&[], &[], &[("192.168.0.100", entry(11))], &[11]),
+            State {
+                outdated: [11, 12].into(),
+                ..state(&[], &[], &[], &[11, 12])
+            },
+            vec![
+                Op::PutEntry(ip("192.168.0.100"), entry(11)),
+                Op::Attach(11),
                 Op::Detach(12),
             ],
         ),

@@ -7,9 +7,10 @@ mod attach;
 mod maps;
 mod pins;
 mod shortcuts;
+mod tc;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io,
     ops::{Deref, DerefMut},
     path::{Path, PathBuf},
@@ -69,28 +70,52 @@ pub struct Guard {
     maps: PinnedMaps,
     pin_dir: PathBuf,
     mode: AttachMode,
-    /// Devices this instance attached itself (as opposed to adopted ones): attaching again is a
-    /// no-op, as the kernel refuses the same program twice on one TCX hook.
+    /// The kernel's id of this instance's program.
+    program_id: u32,
+    /// Devices this instance hooked itself: attaching again is a no-op while they stay hooked.
     mine: BTreeSet<u32>,
+    /// Auto mode: devices hooked by clsact for now, to move to TCX one by one in the
+    /// background (see [`Self::move_one`]), with whether their clsact qdisc was added for it.
+    moves: BTreeMap<u32, bool>,
+    /// Auto mode: TCX refused a move once; the devices stay on clsact.
+    tcx_refused: bool,
+    /// Devices hooked by another program (an earlier instance's) as last read, not yet hooked
+    /// again or unhooked; `None` until read. Once none is left, the hand-over is done.
+    outdated: Option<BTreeSet<u32>>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// The devices the guard is hooked to, as the pins and the kernel say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hooks {
+    pub guarded: BTreeSet<u32>,
+    /// Of `guarded`, those running another program than this guard's: an earlier instance's,
+    /// maybe of an older release, to be replaced in place.
+    pub outdated: BTreeSet<u32>,
 }
 
 impl Guard {
     /// Loads the program with its maps pinned under `pin_dir`, reusing pinned maps that fit the
-    /// program (a restarted daemon keeps its entries and counters) and replacing those that do
-    /// not. Attachments left by an earlier run stay in place and are listed by [`Self::attached`]
-    /// until they are attached again (replaced by this program) or detached.
+    /// program (a restarted daemon keeps its entries and counters). A pinned map of another
+    /// layout is renamed aside, not removed: the program of the earlier release still uses it
+    /// until it is replaced (see [`Hooks::outdated`]), and it goes once that is done.
+    /// Attachments left by an earlier run stay in place until they are attached again
+    /// (replaced in place by this program) or detached.
     pub fn load(pin_dir: &Path, mode: AttachMode) -> Result<Guard> {
         pins::prepare(pin_dir)?;
         for shape in &maps::SHAPES {
             let path = pin_dir.join(shape.name);
             if path.exists() && !shape.fits(&path) {
+                let aside = pins::aside(pin_dir, shape.name);
                 log::warn!(
-                    "replacing the pinned map {}: its layout does not fit this version",
-                    path.display()
+                    "the pinned map {} has another layout than this version's: renamed to {} \
+                     until the devices run this version's program",
+                    path.display(),
+                    aside.display()
                 );
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("cannot remove the stale pin {}", path.display()))?;
+                std::fs::rename(&path, &aside).with_context(|| {
+                    format!("cannot rename {} to {}", path.display(), aside.display())
+                })?;
             }
         }
         let mut loader = EbpfLoader::new();
@@ -112,6 +137,10 @@ impl Guard {
             ))
         })?;
         load_program(&mut ebpf)?;
+        let program_id = program(&mut ebpf)?
+            .info()
+            .context("cannot read the loaded guard's id")?
+            .id();
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -127,20 +156,62 @@ impl Guard {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             mode,
+            program_id,
             mine: BTreeSet::new(),
+            moves: BTreeMap::new(),
+            tcx_refused: false,
+            outdated: None,
             logger,
         })
     }
 
-    /// Hooks the egress of `ifindex` (in the calling thread's network namespace), replacing an
-    /// attachment of an earlier run; [`Self::attach_mode_of`] tells how it is hooked.
+    /// Hooks the egress of `ifindex` (in the calling thread's network namespace) with this
+    /// guard, replacing in place whatever hooks it already (an earlier run's program, of this
+    /// release or an older one); [`Self::attach_mode_of`] tells how it is hooked. In auto mode a
+    /// device not hooked yet is hooked by clsact, which costs no RCU grace period (a TCX attach
+    /// waits for one, 8 to 16 ms, under the kernel's network lock), and moved to TCX later by
+    /// [`Self::move_one`]: so a cold start with hundreds of devices is quick.
     pub fn attach(&mut self, ifindex: u32) -> Result<()> {
-        if self.mine.contains(&ifindex) && self.attached().contains(&ifindex) {
+        if self.mine.contains(&ifindex) && self.hooked_by(ifindex) == Some(self.program_id) {
             return Ok(());
         }
-        let kind = attach::attach(program(&mut self.ebpf)?, &self.pin_dir, ifindex, self.mode)?;
+        let pin_dir = self.pin_dir.clone();
+        let program = program(&mut self.ebpf)?;
+        let hooked_tcx = attach::hooked_by(&pin_dir, ifindex, AttachKind::Tcx).is_some();
+        let kind = match self.mode {
+            AttachMode::Tcx => {
+                attach::attach_tcx(program, &pin_dir, ifindex).map(|()| AttachKind::Tcx)
+            }
+            AttachMode::Clsact => {
+                attach::attach_clsact(program, &pin_dir, ifindex).map(|_| AttachKind::Clsact)
+            }
+            AttachMode::Auto if hooked_tcx => {
+                attach::attach_tcx(program, &pin_dir, ifindex).map(|()| AttachKind::Tcx)
+            }
+            AttachMode::Auto => match attach::attach_clsact(program, &pin_dir, ifindex) {
+                Ok(added_qdisc) => {
+                    if !self.tcx_refused {
+                        self.moves.insert(ifindex, added_qdisc);
+                    }
+                    Ok(AttachKind::Clsact)
+                }
+                Err(clsact) => {
+                    log::debug!("clsact attach to if{ifindex} failed ({clsact:#}); trying TCX");
+                    attach::attach_tcx(program, &pin_dir, ifindex)
+                        .map(|()| AttachKind::Tcx)
+                        .map_err(|tcx| anyhow!("{tcx:#} (clsact attach failed too: {clsact:#})"))
+                }
+            },
+        }
+        .with_context(|| {
+            format!(
+                "cannot attach the guard to ifindex {ifindex} ({})",
+                privilege_hint("`multihome check` tells whether this kernel has TCX and clsact")
+            )
+        })?;
         log::debug!("guard attached to ifindex {ifindex} ({kind})");
         self.mine.insert(ifindex);
+        self.settled(ifindex);
         Ok(())
     }
 
@@ -152,7 +223,50 @@ impl Guard {
     /// Unhooks `ifindex`, whoever hooked it; a device that is not hooked, or gone, is fine.
     pub fn detach(&mut self, ifindex: u32) -> Result<()> {
         self.mine.remove(&ifindex);
-        attach::detach(&self.pin_dir, ifindex)
+        self.moves.remove(&ifindex);
+        attach::detach(&self.pin_dir, ifindex)?;
+        self.settled(ifindex);
+        Ok(())
+    }
+
+    /// Whether devices wait to move from clsact to TCX.
+    pub fn moves_pending(&self) -> bool {
+        !self.moves.is_empty()
+    }
+
+    /// Moves one device hooked by clsact to TCX (auto mode): the TCX link first, then the
+    /// filter, and the clsact qdisc if the guard added it and nothing else filters there. The
+    /// daemon calls it when it has nothing else to do; each move waits for a grace period. The
+    /// first TCX refusal (a kernel before 6.6) leaves every device on clsact.
+    pub fn move_one(&mut self) {
+        let Some((ifindex, added_qdisc)) = self.moves.pop_first() else {
+            return;
+        };
+        let pin_dir = self.pin_dir.clone();
+        let moved = program(&mut self.ebpf)
+            .and_then(|program| attach::attach_tcx(program, &pin_dir, ifindex));
+        match moved {
+            Ok(()) => {
+                log::debug!("guard on ifindex {ifindex} moved from clsact to tcx");
+                if added_qdisc {
+                    if let Err(err) = attach::remove_qdisc_if_unused(ifindex) {
+                        log::warn!("{err:#}");
+                    }
+                }
+            }
+            Err(err) => {
+                log::info!("the guard stays on clsact: TCX refused it ({err:#})");
+                self.tcx_refused = true;
+                self.moves.clear();
+            }
+        }
+    }
+
+    /// Runs every pending move (`check`, tests).
+    pub fn finish_moves(&mut self) {
+        while self.moves_pending() {
+            self.move_one();
+        }
     }
 
     /// Puts back the pin directory and the maps' pins when someone removed them (`rm -r` of
@@ -180,30 +294,74 @@ impl Guard {
         Ok(true)
     }
 
-    /// The devices the guard is attached to, from the pins, less the TCX links someone detached
-    /// by hand (`bpftool link detach` leaves the pin): the reconciler attaches those again.
-    /// Call it in the daemon's network namespace (ifindexes are per namespace).
-    pub fn attached(&self) -> BTreeSet<u32> {
-        attachments(&self.pin_dir)
-            .into_iter()
-            .filter(|&(ifindex, kind)| {
-                let live = kind != AttachKind::Tcx
-                    || attach::tcx_link_attached(
-                        &pins::attachment_pin(&self.pin_dir, kind, ifindex),
-                        ifindex,
-                    );
-                if !live {
-                    log::warn!("the guard's TCX link on if{ifindex} was detached: attaching again");
+    /// The devices the guard is hooked to, from the pins and the kernel, less what someone
+    /// unhooked by hand (`bpftool link detach` leaves the pin, so does `tc filter del`): the
+    /// reconciler attaches those again. Call it in the daemon's network namespace (ifindexes
+    /// are per namespace).
+    pub fn hooks(&mut self) -> Hooks {
+        let mut hooks = Hooks::default();
+        for (ifindex, kind) in attachments(&self.pin_dir) {
+            match self.hooked_by(ifindex) {
+                Some(id) => {
+                    hooks.guarded.insert(ifindex);
+                    if id != self.program_id {
+                        hooks.outdated.insert(ifindex);
+                    }
                 }
-                live
-            })
-            .map(|(ifindex, _)| ifindex)
-            .collect()
+                None => log::warn!(
+                    "the guard's {kind} attachment on if{ifindex} is gone: attaching again"
+                ),
+            }
+        }
+        self.outdated = Some(hooks.outdated.clone());
+        self.finish_hand_over();
+        hooks
+    }
+
+    /// The devices the guard is hooked to (see [`Self::hooks`]).
+    pub fn attached(&mut self) -> BTreeSet<u32> {
+        self.hooks().guarded
     }
 
     /// How `ifindex` is hooked, if it is.
     pub fn attach_mode_of(&self, ifindex: u32) -> Option<AttachKind> {
         attachments(&self.pin_dir).get(&ifindex).copied()
+    }
+
+    /// The program hooking `ifindex` now, by whichever kind its pins record (TCX first).
+    fn hooked_by(&self, ifindex: u32) -> Option<u32> {
+        [AttachKind::Tcx, AttachKind::Clsact]
+            .into_iter()
+            .filter(|&kind| pins::attachment_pin(&self.pin_dir, kind, ifindex).exists())
+            .find_map(|kind| attach::hooked_by(&self.pin_dir, ifindex, kind))
+    }
+
+    /// `ifindex` runs this guard's program now, or nothing: one outdated device less.
+    fn settled(&mut self, ifindex: u32) {
+        if let Some(outdated) = &mut self.outdated {
+            if outdated.remove(&ifindex) {
+                self.finish_hand_over();
+            }
+        }
+    }
+
+    /// Once no device runs an earlier program, the maps an earlier release pinned that this
+    /// one does not use (renamed aside at load, or gone from its layout) are unpinned: nothing
+    /// runs with them any more.
+    fn finish_hand_over(&mut self) {
+        if !self.outdated.as_ref().is_some_and(BTreeSet::is_empty) {
+            return;
+        }
+        let current: Vec<&str> = maps::SHAPES.iter().map(|s| s.name).collect();
+        for path in pins::foreign_maps(&self.pin_dir, &current) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => log::info!(
+                    "hand-over done: removed {}, an earlier release's map",
+                    path.display()
+                ),
+                Err(e) => log::warn!("cannot remove {}: {e}", path.display()),
+            }
+        }
     }
 
     /// Unloads the guard and removes everything it left: see [`remove_all`].
@@ -282,10 +440,23 @@ pub fn remove_all(pin_dir: &Path) -> Result<Vec<String>> {
         attach::detach(pin_dir, ifindex)?;
         removed.push(format!("guard attachment ({kind}) on ifindex {ifindex}"));
     }
-    for shape in &maps::SHAPES {
-        let path = pin_dir.join(shape.name);
+    // The maps, and whatever an earlier release left there: the directory is multihome's.
+    let entries = match std::fs::read_dir(pin_dir) {
+        Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", pin_dir.display())),
+    };
+    let mut entries: Vec<PathBuf> = entries;
+    entries.sort();
+    for path in entries {
+        let what = match pins::kind_of(&path) {
+            Some(pins::Pinned::Map) => "pinned map",
+            Some(pins::Pinned::Program) => "pinned program",
+            Some(pins::Pinned::Link) => "pinned link",
+            None => "pin",
+        };
         match std::fs::remove_file(&path) {
-            Ok(()) => removed.push(format!("pinned map {}", path.display())),
+            Ok(()) => removed.push(format!("{what} {}", path.display())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
         }

@@ -9,6 +9,11 @@
 //! - `clsact_<ifindex>`: the program itself, pinned as the record of a cls_bpf filter named
 //!   `multihome_guard` on the clsact egress hook of `ifindex` (bpffs holds no plain files, and a
 //!   filter cannot be pinned); detaching deletes the filters of that name, then this pin.
+//!   While a device moves from clsact to TCX both pins exist for a moment; the TCX link is what
+//!   runs (TCX programs run first, and the guard's verdict ends the chain).
+//! - `<MAP>:old`: a map of an earlier release whose layout this one does not share, renamed
+//!   aside at load (its programs keep using it until they are replaced), removed with any other
+//!   map this release does not have once no device runs an earlier program.
 //!
 //! Ifindexes are those of the network namespace the daemon attaches in.
 
@@ -16,6 +21,7 @@ use std::{
     collections::BTreeMap,
     ffi::CString,
     io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
@@ -63,10 +69,90 @@ pub fn attachments(pin_dir: &Path) -> BTreeMap<u32, AttachKind> {
             None
         };
         if let Some((ifindex, kind)) = parsed {
-            found.insert(ifindex, kind);
+            // Both during a move to TCX: the TCX link is what runs.
+            let entry = found.entry(ifindex).or_insert(kind);
+            if kind == AttachKind::Tcx {
+                *entry = kind;
+            }
         }
     }
     found
+}
+
+/// Where a pinned map of another layout goes while the programs using it are replaced.
+pub(super) fn aside(pin_dir: &Path, map: &str) -> PathBuf {
+    pin_dir.join(format!("{map}:old"))
+}
+
+/// The maps pinned under `pin_dir` that are not among `current`: an earlier release's,
+/// renamed aside or no longer used.
+pub(super) fn foreign_maps(pin_dir: &Path, current: &[&str]) -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir(pin_dir) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|entry| !current.contains(&entry.file_name().to_string_lossy().as_ref()))
+        .map(|entry| entry.path())
+        .filter(|path| kind_of(path) == Some(Pinned::Map))
+        .collect()
+}
+
+/// What kind of BPF object is pinned somewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pinned {
+    Map,
+    Program,
+    Link,
+}
+
+/// The kind of the object pinned at `path`, as the kernel describes its descriptor in
+/// /proc/self/fdinfo (BPF_OBJ_GET_INFO_BY_FD answers for maps, programs and links alike, so
+/// it cannot tell them apart).
+pub(super) fn kind_of(path: &Path) -> Option<Pinned> {
+    let fd = open_pin(path).ok()??;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines().find_map(|line| match line.split(':').next()? {
+        "map_type" => Some(Pinned::Map),
+        "prog_type" => Some(Pinned::Program),
+        "link_type" => Some(Pinned::Link),
+        _ => None,
+    })
+}
+
+// From the uapi bpf.h.
+const BPF_OBJ_GET: libc::c_long = 7;
+
+/// The bpf(2) system call with command `cmd` and its attribute struct.
+pub(super) fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is the command's attribute struct, valid for the call; the kernel reads
+    // only `size_of::<T>()` bytes of it.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret)
+}
+
+/// The BPF object pinned at `path`, or `None` when nothing is pinned there.
+pub(super) fn open_pin(path: &Path) -> Result<Option<OwnedFd>> {
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    let get = ObjGet {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    match bpf(BPF_OBJ_GET, &get) {
+        // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+        Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot open the pin {}", path.display())),
+    }
 }
 
 /// Makes sure `pin_dir` exists on a bpf filesystem, mounting bpffs at /sys/fs/bpf when the

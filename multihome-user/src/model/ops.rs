@@ -18,15 +18,20 @@ pub struct State {
     pub rules: BTreeSet<Rule>,
     pub entries: BTreeMap<IpAddr, Egress>,
     pub guarded: BTreeSet<u32>,
+    /// Of `guarded`, the devices hooked by another program than this instance's (an earlier
+    /// instance's, maybe of an older release): attached again, which replaces the program in
+    /// place. What multihome owns only: a plan has none.
+    pub outdated: BTreeSet<u32>,
 }
 
-/// One change to the kernel. `diff` emits them in the order they must be applied: the guard and
-/// its entries first, then table routes, then rules; removals in the reverse order, so that a rule
-/// never points at an empty table and the guard covers every window.
+/// One change to the kernel. `diff` emits them in the order they must be applied: the guard's
+/// entries and attachments first, then table routes, then rules; removals in the reverse order,
+/// so that a rule never points at an empty table and the guard covers every window.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Attach(u32),
     PutEntry(IpAddr, Egress),
+    /// Hook the guard to a device, or hook it again with this instance's program.
+    Attach(u32),
     /// Add or replace (NLM_F_REPLACE) the route with this table, destination and prefix length.
     ReplaceRoute(Route),
     AddRule(Rule),

@@ -113,6 +113,8 @@ fn inside(probe: &mut Probe) {
         guard.set_attach_mode(mode);
         let attached = guard.attach(device);
         if mode == AttachMode::Auto {
+            // Where auto ends up: clsact first, TCX after the move where the kernel has it.
+            guard.finish_moves();
             probe.auto_uses = guard.attach_mode_of(device);
         }
         let step = match attached {

@@ -1,7 +1,7 @@
 //! The daemon's effects: routes and rules through netlink, entries and attachments through the
 //! loaded guard, and the real clock.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -9,7 +9,7 @@ use anyhow::bail;
 use multihome_ebpf::Egress;
 
 use super::Effects;
-use crate::guard::Guard;
+use crate::guard::{Guard, Hooks};
 use crate::model::{Op, Route};
 use crate::netlink::Netlink;
 use crate::view::{KernelView, Redump};
@@ -55,8 +55,8 @@ impl Effects for Kernel {
         }
     }
 
-    fn guard_attachments(&self) -> BTreeSet<u32> {
-        self.guard.as_ref().map(Guard::attached).unwrap_or_default()
+    fn guard_hooks(&mut self) -> Hooks {
+        self.guard.as_mut().map(Guard::hooks).unwrap_or_default()
     }
 
     fn restore_pins(&mut self) -> anyhow::Result<()> {
@@ -70,6 +70,16 @@ impl Effects for Kernel {
         match self.guard.take() {
             Some(guard) => guard.remove_all(),
             None => Ok(Vec::new()),
+        }
+    }
+
+    fn background(&self) -> bool {
+        self.guard.as_ref().is_some_and(Guard::moves_pending)
+    }
+
+    fn background_step(&mut self) {
+        if let Some(guard) = &mut self.guard {
+            guard.move_one();
         }
     }
 

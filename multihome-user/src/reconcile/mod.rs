@@ -19,7 +19,7 @@ mod scenarios;
 #[cfg(test)]
 pub(crate) mod sim;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use multihome_ebpf::Egress;
 
 use crate::config::Config;
 use crate::diff::diff;
+use crate::guard::Hooks;
 use crate::model::{Event, Op, Route, State};
 use crate::ownership::{self, GuardState};
 use crate::plan::{self, Assignments, Scope};
@@ -54,12 +55,18 @@ pub(crate) trait Effects {
     async fn apply(&mut self, op: &Op) -> anyhow::Result<()>;
     /// The guard's entries, as its maps hold them.
     fn guard_entries(&self) -> anyhow::Result<BTreeMap<IpAddr, Egress>>;
-    /// The devices the guard is attached to, as its pins and the kernel say.
-    fn guard_attachments(&self) -> BTreeSet<u32>;
+    /// The devices the guard is hooked to, and which run an earlier instance's program, as its
+    /// pins and the kernel say.
+    fn guard_hooks(&mut self) -> Hooks;
     /// Pins again what someone removed from the pin directory.
     fn restore_pins(&mut self) -> anyhow::Result<()>;
     /// Detaches the guard everywhere and removes its pins; one line per object removed.
     fn remove_guard(&mut self) -> anyhow::Result<Vec<String>>;
+    /// Whether work waits for a quiet moment: the guard's moves from clsact to TCX, which
+    /// change how a device is hooked, not whether.
+    fn background(&self) -> bool;
+    /// One step of that work.
+    fn background_step(&mut self);
     fn now(&self) -> Instant;
 }
 
@@ -163,6 +170,15 @@ impl<E: Effects> Reconciler<E> {
         self.pending.touched = Touched::all();
     }
 
+    /// Whether the effects have work for a quiet moment (see [`Effects::background`]).
+    pub(crate) fn background(&self) -> bool {
+        self.effects.background()
+    }
+
+    pub(crate) fn background_step(&mut self) {
+        self.effects.background_step();
+    }
+
     /// When the reconciler wants to run again by itself: a retry, or a lingering entry's
     /// removal coming due. Never without either: an idle daemon does not wake up.
     pub(crate) fn wake_at(&self) -> Option<Instant> {
@@ -238,7 +254,9 @@ impl<E: Effects> Reconciler<E> {
             Ok(entries) => self.guard.entries = entries,
             Err(err) => log::warn!("reading the guard's map: {err:#}"),
         }
-        self.guard.guarded = self.effects.guard_attachments();
+        let hooks = self.effects.guard_hooks();
+        self.guard.guarded = hooks.guarded;
+        self.guard.outdated = hooks.outdated;
     }
 
     /// What multihome owns within `scope`: its routes and rules from the view, its entries and
@@ -319,9 +337,11 @@ impl<E: Effects> Reconciler<E> {
         match op {
             Op::Attach(ifindex) => {
                 state.guarded.insert(*ifindex);
+                state.outdated.remove(ifindex);
             }
             Op::Detach(ifindex) => {
                 state.guarded.remove(ifindex);
+                state.outdated.remove(ifindex);
             }
             Op::PutEntry(addr, egress) => {
                 state.entries.insert(*addr, *egress);

@@ -369,7 +369,10 @@ fn restart(r: Reconciler<Sim>, pins_kept: bool) -> Reconciler<Sim> {
     let config = r.config.clone();
     let mut sim = r.effects;
     sim.echoes.clear();
-    if !pins_kept {
+    if pins_kept {
+        // Every attachment now runs the killed instance's program.
+        sim.guard.outdated = sim.guard.guarded.clone();
+    } else {
         sim.guard = Default::default();
     }
     Reconciler::start(config, sim)
@@ -433,8 +436,8 @@ fn owned_is_the_plan_but_lingering(owned: &State, plan: &State, before: &State) 
     let planned_there = plan.entries.keys().all(|a| owned.entries.contains_key(a));
     lingering_ok
         && planned_there
-        && (&owned.routes, &owned.rules, &owned.guarded)
-            == (&plan.routes, &plan.rules, &plan.guarded)
+        && (&owned.routes, &owned.rules, &owned.guarded, &owned.outdated)
+            == (&plan.routes, &plan.rules, &plan.guarded, &plan.outdated)
 }
 
 /// Plays `steps` from the seed under `config`.

@@ -208,8 +208,8 @@ fn scenarios() {
                         Event::NewRoute(client_default(13, "192.168.0.1", 1025)),
                     ],
                     want: &[
-                        "attach guard to if13",
                         "guard 192.168.0.101/24 -> if13 via 192.168.0.1 (parent if2, vlan 102) mtu 1500",
+                        "attach guard to if13",
                         "set route 192.168.0.0/24 dev if13 table 1002 proto 77 scope link src 192.168.0.101 metric 0",
                         "set route default via 192.168.0.1 dev if13 table 1002 proto 77 metric 0",
                         "add ipv4 rule 1000: from 192.168.0.101/32 lookup 1002 proto 77",
@@ -230,8 +230,8 @@ fn scenarios() {
                 ],
                 // The old device's attachment pin outlived it.
                 want: &[
-                    "attach guard to if13",
                     "guard 192.168.0.101/24 -> if13 via 192.168.0.1 (parent if2, vlan 102) mtu 1500",
+                    "attach guard to if13",
                     "set route 192.168.0.0/24 dev if13 table 1002 proto 77 scope link src 192.168.0.101 metric 0",
                     "set route default via 192.168.0.1 dev if13 table 1002 proto 77 metric 0",
                     "detach guard from if12",
@@ -283,6 +283,8 @@ fn restarted(sim: &Sim, keep_guard: bool) -> Sim {
     let mut next = Sim::new(sim.kernel.clone(), sim.protocol);
     if keep_guard {
         next.guard = sim.guard.clone();
+        // The devices run the last instance's program, which the new one replaces in place.
+        next.guard.outdated = next.guard.guarded.clone();
     }
     next
 }
@@ -311,18 +313,28 @@ fn restarts_adopt_and_clean_up() {
         Vec<&'static str>,
     );
     let cases: Vec<Case> = vec![
-        ("same config, pinned guard: adopts everything", both.clone(), true, |_| {}, vec![]),
+        (
+            "same config, pinned guard: adopts everything, hooks its own program in place",
+            both.clone(),
+            true,
+            |_| {},
+            vec![
+                "attach guard to if2",
+                "attach guard to if11",
+                "attach guard to if12",
+            ],
+        ),
         (
             "pins lost: only the guard is redone",
             both.clone(),
             false,
             |_| {},
             vec![
+                "guard 192.168.0.100/24 -> if11 via 192.168.0.1 (parent if2, vlan 101) mtu 1500",
+                "guard 192.168.0.101/24 -> if12 via 192.168.0.1 (parent if2, vlan 102) mtu 1500",
                 "attach guard to if2",
                 "attach guard to if11",
                 "attach guard to if12",
-                "guard 192.168.0.100/24 -> if11 via 192.168.0.1 (parent if2, vlan 101) mtu 1500",
-                "guard 192.168.0.101/24 -> if12 via 192.168.0.1 (parent if2, vlan 102) mtu 1500",
             ],
         ),
         (
@@ -332,6 +344,8 @@ fn restarts_adopt_and_clean_up() {
             |_| {},
             // The entry lingers, and goes in the pass after the detach.
             vec![
+                "attach guard to if2",
+                "attach guard to if11",
                 "delete ipv4 rule 1000: from 192.168.0.101/32 lookup 1002 proto 77",
                 "delete ipv4 rule 1001: from all oif vlan102 lookup 1002 proto 77",
                 "delete route default via 192.168.0.1 dev if12 table 1002 proto 77 metric 0",
@@ -350,6 +364,9 @@ fn restarts_adopt_and_clean_up() {
                 v.rules.push(rule("192.168.0.99", 1003));
             },
             vec![
+                "attach guard to if2",
+                "attach guard to if11",
+                "attach guard to if12",
                 "delete ipv4 rule 1000: from 192.168.0.99/32 lookup 1003 proto 77",
                 "delete route default via 192.168.0.1 dev if11 table 1001 proto 77 metric 7",
                 "delete route 192.168.0.0/24 dev if11 table 1003 proto 77 metric 0",

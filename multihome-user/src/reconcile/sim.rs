@@ -19,6 +19,7 @@ use multihome_ebpf::Egress;
 
 use super::{Effects, Reconciler};
 use crate::config::Config;
+use crate::guard::Hooks;
 use crate::model::{Event, Op, Route, Rule, State};
 use crate::ownership::{owned, GuardState};
 use crate::plan::Scope;
@@ -102,11 +103,13 @@ impl Sim {
     pub(crate) fn apply(&mut self, op: &Op) -> Result<(), String> {
         let broken_before = self.rules_without_routes();
         match op {
+            // Hooking a device again replaces an earlier instance's program in place; hooking
+            // it twice with this one's is a mistake.
             Op::Attach(ifindex) => {
                 if !self.kernel.links.contains_key(ifindex) {
                     return Err(format!("{op}: no such device"));
                 }
-                if !self.guard.guarded.insert(*ifindex) {
+                if !self.guard.guarded.insert(*ifindex) && !self.guard.outdated.remove(ifindex) {
                     return Err(format!("{op}: already attached"));
                 }
             }
@@ -115,6 +118,7 @@ impl Sim {
                 if !self.guard.guarded.remove(ifindex) {
                     return Err(format!("{op}: not attached"));
                 }
+                self.guard.outdated.remove(ifindex);
             }
             Op::PutEntry(addr, entry) => {
                 self.guard.entries.insert(*addr, *entry);
@@ -241,8 +245,11 @@ impl Effects for Sim {
         Ok(self.guard.entries.clone())
     }
 
-    fn guard_attachments(&self) -> BTreeSet<u32> {
-        self.guard.guarded.clone()
+    fn guard_hooks(&mut self) -> Hooks {
+        Hooks {
+            guarded: self.guard.guarded.clone(),
+            outdated: self.guard.outdated.clone(),
+        }
     }
 
     fn restore_pins(&mut self) -> anyhow::Result<()> {
@@ -256,6 +263,12 @@ impl Effects for Sim {
         self.guard = GuardState::default();
         Ok(removed)
     }
+
+    fn background(&self) -> bool {
+        false
+    }
+
+    fn background_step(&mut self) {}
 
     fn now(&self) -> Instant {
         self.now

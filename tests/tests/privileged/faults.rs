@@ -129,7 +129,17 @@ fn running(extra: &[&str]) -> Running {
 /// As under systemd with `WatchdogSec=2s`: the daemon wakes every second for the watchdog, and
 /// audits the guard's pins and links then (nothing else would tell it they are gone).
 fn running_with_watchdog() -> Running {
-    running_wrapped(&["env", "WATCHDOG_USEC=2000000"], &[])
+    let run = running_wrapped(&["env", "WATCHDOG_USEC=2000000"], &[]);
+    // The guard hooks by clsact first and moves to TCX in the background.
+    for ifname in ["wan1", "wan2"] {
+        wait_for(
+            &format!("the guard on {ifname} moved to TCX"),
+            REPAIR,
+            || tcx_attached(run.host(), ifname).then_some(()),
+            || run.daemon().log(),
+        );
+    }
+    run
 }
 
 fn running_wrapped(wrapper: &[&str], extra: &[&str]) -> Running {
