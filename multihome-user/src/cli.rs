@@ -34,7 +34,10 @@ pub(crate) enum Command {
     /// Show uplinks, addresses, gateways, tables, rules, attachments and counters.
     Status(StatusArgs),
     /// Remove everything multihome owns: rules, routes, guard attachments and pins.
-    Cleanup(Owned),
+    Cleanup(CleanupArgs),
+    /// Ask the running daemon to reload: dump the kernel's state again, audit the guard,
+    /// reconcile, report (the unit's ExecReload=; SIGHUP does the same without waiting).
+    Reload(ReloadArgs),
     /// Check the kernel, privileges and the host's settings, with the fix for each finding.
     Check(CheckArgs),
     /// Write the man pages or shell completions (used by `cargo xtask install`).
@@ -90,6 +93,26 @@ pub(crate) struct RunArgs {
     /// Uplinks as IFNAME or IFNAME=TABLE; default: $MULTIHOME_UPLINKS.
     #[arg(value_name = "UPLINK")]
     pub(crate) uplinks: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CleanupArgs {
+    /// Only what a daemon of this network namespace left behind for a successor that never
+    /// came (it crashed, or stopped for a restart that failed), as its record under
+    /// /run/multihome says, with that daemon's protocol and pin directory (the options below
+    /// are ignored). The unit's OnFailure= runs it.
+    #[arg(long)]
+    pub(crate) orphaned: bool,
+    #[command(flatten)]
+    pub(crate) owned: Owned,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReloadArgs {
+    /// The protocol of the daemon to ask; default: the only daemon of this network namespace
+    /// (with several, the one systemd names in $MAINPID).
+    #[arg(long, value_name = "N")]
+    pub(crate) protocol: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -1,24 +1,26 @@
-//! `multihome run`: start-up (privileges, the instance claim, the subscription, the first dump,
-//! the guard) and the event loop, which hands the kernel's notifications, the watchdog's audit
-//! and the reconciler's own deadlines to the `Reconciler` and runs a pass after each. Everything
-//! is driven by the kernel's notifications and signals. Its only timers run when there is
+//! `multihome run`: start-up (signals, privileges, the instance claim, the subscription, the
+//! first dump, the guard), the event loop, which hands the kernel's notifications, the
+//! watchdog's audit and the reconciler's own deadlines to the `Reconciler` and runs a pass after
+//! each, reloads (SIGHUP, `multihome reload`), and the stop, which keeps or removes what it
+//! installed as `stop` decides. Everything is driven by the kernel's notifications, signals and
+//! the control socket. Its only timers run when there is
 //! something to time: the retry pause after a failed operation, the linger of a released
 //! address's guard entry, and the watchdog when systemd asks for one.
 
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
 use futures::FutureExt;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{AttachChoice, RunArgs};
 use crate::config::{self, Config, ConfigError, GatewaySpec, Params};
 use crate::guard::{self, AttachMode, Guard};
 use crate::idle;
-use crate::instance;
+use crate::instance::{self, control::Control, control::Request, Left};
 use crate::netlink::{Events, Netlink, Notice};
 use crate::notify::{self, notify};
 use crate::ownership;
@@ -26,28 +28,35 @@ use crate::plan::Scope;
 use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
 use crate::reconcile::{Kernel, Reconciler};
 use crate::runtime;
+use crate::signals::{self, Signal, Signals};
+use crate::status;
+use crate::stop::{self, Verdict};
 use crate::Fatal;
 
 pub(crate) fn main(args: RunArgs) -> Result<ExitCode, Fatal> {
-    let config = match config_from(&args) {
-        Err(ConfigError::NoUplinks) if args.idle_without_uplinks => {
-            runtime::block_on(idle::wait())?;
-            return Ok(ExitCode::SUCCESS);
+    runtime::block_on(async {
+        // First thing: from here on a signal is handled, not fatal (see `signals`).
+        let signals = Signals::install().context("installing the signal handlers")?;
+        let config = match config_from(&args) {
+            Err(ConfigError::NoUplinks) if args.idle_without_uplinks => {
+                idle::run(signals, &args.owned).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            config => config.map_err(Fatal::usage)?,
+        };
+        let mut needed = vec![CAP_NET_ADMIN];
+        if config.ebpf {
+            needed.extend([CAP_BPF, CAP_PERFMON]);
         }
-        config => config.map_err(Fatal::usage)?,
-    };
-    let mut needed = vec![CAP_NET_ADMIN];
-    if config.ebpf {
-        needed.extend([CAP_BPF, CAP_PERFMON]);
-    }
-    if let Some(cap) = privileges::missing(privileges::effective(), &needed).first() {
-        return Err(Fatal::usage(format!(
-            "missing capability {} ({}): run as root or grant it (AmbientCapabilities= in the unit)",
-            cap.name, cap.why
-        )));
-    }
-    runtime::block_on(run(config, &args))?;
-    Ok(ExitCode::SUCCESS)
+        if let Some(cap) = privileges::missing(privileges::effective(), &needed).first() {
+            return Err(Fatal::usage(format!(
+                "missing capability {} ({}): run as root or grant it (AmbientCapabilities= in the unit)",
+                cap.name, cap.why
+            )));
+        }
+        run(config, &args, signals).await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// The configuration from the command line, or from $MULTIHOME_UPLINKS without uplinks there.
@@ -76,8 +85,17 @@ fn config_from(args: &RunArgs) -> Result<Config, ConfigError> {
     })
 }
 
-async fn run(mut config: Config, args: &RunArgs) -> Result<(), Fatal> {
-    let _instance = instance::claim(config.protocol).map_err(Fatal::usage)?;
+async fn run(mut config: Config, args: &RunArgs, mut signals: Signals) -> Result<(), Fatal> {
+    let pin_dir = &args.owned.pin_dir;
+    let mut instance = instance::claim(
+        &instance::runtime_dir(),
+        config.protocol,
+        pin_dir,
+        Left::Running,
+    )
+    .map_err(Fatal::usage)?;
+    let control = Control::bind(instance.names())
+        .with_context(|| format!("cannot listen at {}", instance.names().socket().display()))?;
     // Subscribe before the dump, so that nothing that changes in between is missed.
     let mut events = Events::subscribe(Some(args.netlink_receive_buffer))?;
     let netlink = Netlink::connect()?;
@@ -98,8 +116,6 @@ async fn run(mut config: Config, args: &RunArgs) -> Result<(), Fatal> {
     // A guard that could not load leaves the rules alone to plan: planning entries and
     // attachments that nothing can apply would fail every pass, and retry for ever.
     config.ebpf = guard.is_some();
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let mut guard_log = guard.as_mut().and_then(Guard::take_log);
     let guard_log_fd = match guard_log.as_ref().and_then(|log| log.fd().ok()) {
         // SAFETY: an OwnedFd stays open, on the same description, for as long as it lives,
@@ -115,13 +131,26 @@ async fn run(mut config: Config, args: &RunArgs) -> Result<(), Fatal> {
     reconciler.pass().await?;
     notify("READY=1");
     log::info!("running: {running}");
-    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
-    loop {
+    let mut watchdog = notify::Watchdog::new();
+    let stopped_by = loop {
         let wake_at = reconciler.wake_at().map(tokio::time::Instant::from_std);
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = tick_or_never(watchdog.as_mut()) => {
+            signal = signals.next() => match signal {
+                Signal::Stop(name) => break name,
+                Signal::Reload => {
+                    reload(&mut reconciler, pin_dir, None).await?;
+                    continue;
+                }
+                Signal::Ignored(name) => {
+                    signals::ignored(name);
+                    continue;
+                }
+            },
+            request = control.next() => {
+                reload(&mut reconciler, pin_dir, Some(request)).await?;
+                continue;
+            }
+            _ = watchdog.tick() => {
                 notify("WATCHDOG=1");
                 // The watchdog's wake-up doubles as the guard's audit, where a timer of our
                 // own would wake an idle daemon.
@@ -155,13 +184,48 @@ async fn run(mut config: Config, args: &RunArgs) -> Result<(), Fatal> {
             }
         }
         reconciler.pass().await?;
-    }
+    };
     notify("STOPPING=1");
-    if args.keep_on_exit {
-        log::info!("stopping, leaving rules, routes and the guard in place (--keep-on-exit)");
-    } else {
-        log::info!("stopping, removing what multihome installed");
-        reconciler.teardown().await?;
+    let asked = stop::under_systemd().then(stop::ask);
+    match stop::verdict(args.keep_on_exit, asked) {
+        Verdict::Keep(left, why) => {
+            log::info!("stopping ({stopped_by}): {why}");
+            instance.set_left(left);
+        }
+        Verdict::Remove(why) => {
+            log::info!("stopping ({stopped_by}): {why}");
+            reconciler.teardown().await?;
+            instance.set_left(Left::Removed);
+        }
+    }
+    Ok(())
+}
+
+/// Dumps the kernel's state again, audits the guard, reconciles and reports, in the log and to
+/// the client that asked, if any; systemd sees the reload begin and end.
+async fn reload(
+    reconciler: &mut Reconciler<Kernel>,
+    pin_dir: &Path,
+    client: Option<Request>,
+) -> Result<(), Fatal> {
+    notify::reloading();
+    log::info!("reloading: dumping the kernel's state again and auditing the guard");
+    reconciler.reload();
+    let outcome = reconciler.pass().await?;
+    let mut lines = vec![format!(
+        "reloaded: {} operations applied, {} failed",
+        outcome.applied, outcome.failed
+    )];
+    match status::health_lines(reconciler.config(), reconciler.view(), pin_dir) {
+        Ok(health) => lines.extend(health),
+        Err(err) => lines.push(format!("cannot read the guard's pins: {err:#}")),
+    }
+    for line in &lines {
+        log::info!("{line}");
+    }
+    notify("READY=1");
+    if let Some(client) = client {
+        client.answer(&lines, outcome.failed == 0).await;
     }
     Ok(())
 }
@@ -195,16 +259,6 @@ async fn readable_or_never(
 ) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>> {
     match fd {
         Some(fd) => fd.readable().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next watchdog tick; never without a watchdog.
-async fn tick_or_never(interval: Option<&mut tokio::time::Interval>) {
-    match interval {
-        Some(interval) => {
-            interval.tick().await;
-        }
         None => std::future::pending().await,
     }
 }

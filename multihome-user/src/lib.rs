@@ -10,6 +10,7 @@ mod cleanup;
 mod cli;
 mod config;
 mod daemon;
+mod dbus;
 mod defaults;
 mod diff;
 mod error;
@@ -28,9 +29,12 @@ mod plan;
 mod privileges;
 mod probe;
 mod reconcile;
+mod reload;
 mod report;
 mod runtime;
+mod signals;
 mod status;
+mod stop;
 pub mod view;
 
 use std::process::ExitCode;
@@ -54,6 +58,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => daemon::main(args),
         Command::Status(args) => status::main(args),
         Command::Cleanup(args) => cleanup::main(args),
+        Command::Reload(args) => reload::main(args),
         Command::Check(args) => check::main(args),
         Command::Generate(args) => generate::main(args),
     };

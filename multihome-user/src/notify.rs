@@ -22,13 +22,42 @@ pub(crate) fn notify(state: &str) {
     }
 }
 
+/// Tells systemd a reload has begun (READY=1 ends it). The time is what `Type=notify-reload`
+/// (systemd 253 and later) checks; 252 needs only the first line.
+pub(crate) fn reloading() {
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+    notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+}
+
 /// How often to send WATCHDOG=1: half of systemd's `WatchdogSec=` ($WATCHDOG_USEC), when the
 /// watchdog is meant for this process ($WATCHDOG_PID unset or ours). The ping comes from the
 /// event loop itself, so a loop stuck in a netlink call stops it and systemd restarts us.
-pub(crate) fn watchdog_interval() -> Option<Duration> {
+fn watchdog_interval() -> Option<Duration> {
     let usec = std::env::var("WATCHDOG_USEC").ok();
     let pid = std::env::var("WATCHDOG_PID").ok();
     interval_for(usec.as_deref(), pid.as_deref(), std::process::id())
+}
+
+/// The watchdog's ticks, at [`watchdog_interval`]; none when systemd asks for no watchdog.
+pub(crate) struct Watchdog(Option<tokio::time::Interval>);
+
+impl Watchdog {
+    pub(crate) fn new() -> Watchdog {
+        Watchdog(watchdog_interval().map(tokio::time::interval))
+    }
+
+    /// The next tick; never without a watchdog.
+    pub(crate) async fn tick(&mut self) {
+        match &mut self.0 {
+            Some(interval) => {
+                interval.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 fn interval_for(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {

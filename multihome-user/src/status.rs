@@ -2,7 +2,10 @@
 //! IPC), prints the report, and exits non-zero when something is wrong (a health check).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::ExitCode;
+
+use multihome_ebpf::Counters;
 
 use crate::cli::StatusArgs;
 use crate::config::{self, Config, Params, UplinkSpec};
@@ -18,29 +21,10 @@ use crate::{defaults, Fatal};
 pub(crate) fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
     let protocol = config::protocol(args.owned.protocol).map_err(Fatal::usage)?;
     let view = netlink::snapshot()?;
-    let pins = PinnedMaps::open(&args.owned.pin_dir);
-    let guard_pinned = pins.is_ok();
-    let mut guard = GuardState::default();
-    let mut counters = BTreeMap::new();
-    if let Ok(maps) = &pins {
-        guard.entries = maps.entries()?;
-        counters = maps.counters()?;
-    }
-    let attach_modes: BTreeMap<u32, String> = guard::attachments(&args.owned.pin_dir)
-        .into_iter()
-        .map(|(ifindex, kind)| (ifindex, kind.to_string()))
-        .collect();
-    guard.guarded = attach_modes.keys().copied().collect();
-    let owned = owned(&view, protocol, &Scope::All, &guard);
-    let config = infer_config(&args, protocol, &view, &owned, guard_pinned)?;
-    let report = report(&Inputs {
-        config: &config,
-        view: &view,
-        owned: &owned,
-        attach_modes: &attach_modes,
-        counters: &counters,
-        guard_pinned,
-    });
+    let pins = Pins::read(&args.owned.pin_dir)?;
+    let owned = owned(&view, protocol, &Scope::All, &pins.guard);
+    let config = infer_config(&args, protocol, &view, &owned, pins.pinned)?;
+    let report = pins.report(&config, &view, &owned);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -51,6 +35,65 @@ pub(crate) fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// One line per uplink of `config`, `NAME: HEALTH`, as `status` would report it now from `view`
+/// and the pins under `pin_dir`: what the daemon says after a reload.
+pub(crate) fn health_lines(
+    config: &Config,
+    view: &KernelView,
+    pin_dir: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let pins = Pins::read(pin_dir)?;
+    let owned = owned(view, config.protocol, &Scope::All, &pins.guard);
+    let report = pins.report(config, view, &owned);
+    Ok(report
+        .uplinks
+        .iter()
+        .map(|u| format!("{}: {}", u.name, u.health))
+        .collect())
+}
+
+/// What the guard's pins say: entries, counters, attachments and how each is made.
+struct Pins {
+    pinned: bool,
+    guard: GuardState,
+    counters: BTreeMap<u32, Counters>,
+    attach_modes: BTreeMap<u32, String>,
+}
+
+impl Pins {
+    fn read(pin_dir: &Path) -> anyhow::Result<Pins> {
+        let maps = PinnedMaps::open(pin_dir);
+        let mut guard = GuardState::default();
+        let mut counters = BTreeMap::new();
+        if let Ok(maps) = &maps {
+            guard.entries = maps.entries()?;
+            counters = maps.counters()?;
+        }
+        let attach_modes: BTreeMap<u32, String> = guard::attachments(pin_dir)
+            .into_iter()
+            .map(|(ifindex, kind)| (ifindex, kind.to_string()))
+            .collect();
+        guard.guarded = attach_modes.keys().copied().collect();
+        Ok(Pins {
+            pinned: maps.is_ok(),
+            guard,
+            counters,
+            attach_modes,
+        })
+    }
+
+    fn report(&self, config: &Config, view: &KernelView, owned: &State) -> Report {
+        report(&Inputs {
+            config,
+            view,
+            owned,
+            attach_modes: &self.attach_modes,
+            counters: &self.counters,
+            guard_pinned: self.pinned,
+        })
+    }
 }
 
 /// The daemon's configuration as far as status can know it: the uplinks of

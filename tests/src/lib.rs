@@ -5,3 +5,4 @@ pub mod daemon;
 pub mod guard;
 pub mod netns;
 pub mod testbed;
+pub mod traffic;

@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -59,12 +59,26 @@ impl Netns {
         pin_dir_of(&self.name)
     }
 
-    /// A command that will run inside the namespace.
+    /// The runtime directory (the daemon's claim and control socket, `RUNTIME_DIRECTORY`) for a
+    /// daemon in this namespace, as systemd's `RuntimeDirectory=` would give it: root's, mode
+    /// 0755, removed with the namespace. The tests' daemons use it rather than the host's
+    /// /run/multihome.
+    pub fn runtime_dir(&self) -> PathBuf {
+        let dir = runtime_dir_of(&self.name);
+        if let Err(err) = fs::create_dir_all(&dir) {
+            panic!("creating {}: {err}", dir.display());
+        }
+        dir
+    }
+
+    /// A command that will run inside the namespace, with `RUNTIME_DIRECTORY` naming the
+    /// namespace's [`Self::runtime_dir`] (a daemon started there claims it there).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.path().display()))
             .arg("--")
-            .arg(program);
+            .arg(program)
+            .env("RUNTIME_DIRECTORY", self.runtime_dir());
         cmd
     }
 
@@ -238,6 +252,13 @@ fn pin_dir_of(name: &str) -> PathBuf {
     PathBuf::from("/sys/fs/bpf").join(name)
 }
 
+/// Under the temporary directory, named for the namespace with `RUNTIME_SUFFIX`.
+fn runtime_dir_of(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{name}{RUNTIME_SUFFIX}"))
+}
+
+const RUNTIME_SUFFIX: &str = "-run";
+
 /// Kills what runs in a namespace and deletes it, with the guard pins a killed daemon left
 /// (they would keep its programs loaded).
 fn remove(name: &str) {
@@ -262,16 +283,25 @@ fn remove(name: &str) {
     }
     let _ = run(Command::new("ip").args(["netns", "del", name]));
     let _ = fs::remove_dir_all(pin_dir_of(name));
+    let _ = fs::remove_dir_all(runtime_dir_of(name));
 }
 
 /// Deletes namespaces (and pin directories) of this prefix whose creating process is gone.
 fn sweep_leftovers() {
-    for dir in ["/run/netns", "/sys/fs/bpf"] {
+    let temp = std::env::temp_dir();
+    for dir in [Path::new("/run/netns"), Path::new("/sys/fs/bpf"), &temp] {
         let Ok(entries) = fs::read_dir(dir) else {
             continue;
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            // In the temporary directory only runtime directories: remove() takes them with
+            // their namespace's name.
+            let name = match name.strip_suffix(RUNTIME_SUFFIX) {
+                Some(ns) if dir == temp => ns.to_owned(),
+                _ if dir == temp => continue,
+                _ => name,
+            };
             let Some(pid) = name
                 .strip_prefix(PREFIX)
                 .and_then(|rest| rest.split('x').next())

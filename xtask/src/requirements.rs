@@ -24,7 +24,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",            // tier 3: NAT in the router namespaces
     "socat",               // tier 3: the "internet" echo service that reports the caller's address
     "tcpdump",             // tier 3: watches which device a packet left by
-    "dbus",                // tier 3: systemd-networkd and networkctl talk over D-Bus
+    "dbus",                // tiers 1, 3: a bus for the D-Bus client's test; networkd and networkctl
     "iputils-ping",        // tier 3: reachability checks between namespaces
     "curl",                // tier 3 / demo: `curl --interface`, as in the seed write-up
     "systemd",             // tier 3: systemd-networkd (part of systemd on bookworm), a DHCP client

@@ -170,6 +170,20 @@ impl<E: Effects> Reconciler<E> {
         self.pending.touched = Touched::all();
     }
 
+    /// A reload: the guard's audit, and the next pass dumps everything again first.
+    pub(crate) fn reload(&mut self) {
+        self.audit();
+        self.pending.resync = true;
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn view(&self) -> &KernelView {
+        &self.view
+    }
+
     /// Whether the effects have work for a quiet moment (see [`Effects::background`]).
     pub(crate) fn background(&self) -> bool {
         self.effects.background()

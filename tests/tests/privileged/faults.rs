@@ -8,10 +8,7 @@
 //! -- --nocapture` shows them.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use aya::programs::links::{FdLink, PinnedLink};
@@ -19,84 +16,10 @@ use aya::programs::{tc::TcAttachType, SchedClassifier};
 use multihome_tests::bed::*;
 use multihome_tests::daemon::{multihome_bin, wait_for, Daemon};
 use multihome_tests::netns::Netns;
+use multihome_tests::traffic::{arrivals, count_arrivals, stop_counting, Sender, SOURCE};
 
-/// wan2's address, the sender's source.
-const SOURCE: &str = "192.168.0.20";
-/// An "internet" destination: reached through the uplink's gateway.
-const DESTINATION: &str = "203.0.113.1:9999";
 /// How long a repair may take before the test fails.
 const REPAIR: Duration = Duration::from_secs(5);
-
-/// Counts, at a router's LAN side, the packets from `SOURCE` to `DESTINATION`.
-fn count_arrivals(router: &Netns) {
-    router
-        .sh("nft -f - <<'EOF'
-table netdev arrivals {
-    counter from_wan2 {}
-    chain lan_in {
-        type filter hook ingress device \"lan\" priority 0;
-        ip saddr 192.168.0.20 udp dport 9999 counter name \"from_wan2\"
-    }
-}
-EOF")
-        .unwrap();
-}
-
-fn arrivals(router: &Netns) -> u64 {
-    let out = router
-        .run(&["nft", "list", "counter", "netdev", "arrivals", "from_wan2"])
-        .unwrap();
-    out.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no packet count in {out:?}"))
-}
-
-/// A steady UDP sender bound to `SOURCE` (about 2,000 packets/s), from a socket opened in the
-/// host namespace. Sends fail while the address is absent; they are not counted.
-struct Sender {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Sender {
-    fn start(host: &Netns) -> Sender {
-        let socket = host.enter(|| UdpSocket::bind((SOURCE, 0)).unwrap());
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let thread = {
-            let (stop, sent) = (stop.clone(), sent.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if socket.send_to(b"multihome", DESTINATION).is_ok() {
-                        sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    std::thread::sleep(Duration::from_micros(500));
-                }
-            })
-        };
-        Sender {
-            stop,
-            sent,
-            thread: Some(thread),
-        }
-    }
-
-    fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Sender {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 /// Whether a program is attached to `ifname`'s TCX egress hook (bpftool 7.1 does not list TCX).
 fn tcx_attached(host: &Netns, ifname: &str) -> bool {
@@ -455,9 +378,7 @@ fn uplink_deleted_and_created_again_100_times() {
     );
     for router in [&run.bed.a, &run.bed.b] {
         // Router B's counter went with its old `lan` device: count on the new one.
-        router
-            .run(&["nft", "delete", "table", "netdev", "arrivals"])
-            .unwrap();
+        stop_counting(router);
         count_arrivals(router);
     }
     std::thread::sleep(Duration::from_millis(200));

@@ -339,9 +339,15 @@ fn the_daemon_stays_inside_the_syscall_filter_and_address_families() {
     // writable: the daemon reads its own /proc entries, kernel BTF, the CPU count and the
     // dynamic loader's files, and touches nothing else but its pins.
     let bin = multihome_bin().display().to_string();
+    // The claim and the control socket, in what stands in for the unit's RuntimeDirectory=.
+    let runtime = host.runtime_dir().display().to_string();
     let outside: Vec<&String> = paths
         .iter()
-        .filter(|p| **p != bin && !ALLOWED_PATHS.iter().any(|a| p.starts_with(a)))
+        .filter(|p| {
+            **p != bin
+                && !p.starts_with(&runtime)
+                && !ALLOWED_PATHS.iter().any(|a| p.starts_with(a))
+        })
         .collect();
     assert!(
         outside.is_empty(),
@@ -382,6 +388,7 @@ const PATH_CALLS: &[&str] = &[
 /// possible CPUs for every access to the per-CPU counters map (read-only /sys is visible).
 const ALLOWED_PATHS: &[&str] = &[
     "/proc/self/",
+    "/proc/thread-self/ns/net",
     "/proc/version_signature",
     "/sys/kernel/btf/vmlinux",
     "/sys/devices/system/cpu/possible",
