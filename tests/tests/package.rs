@@ -22,6 +22,7 @@ use multihome_tests::netns::require_root;
 const FILES: &[&str] = &[
     "/etc/default/multihome",
     "/etc/iproute2/rt_protos.d/multihome.conf",
+    "/lib/systemd/system/multihome-cleanup.service",
     "/lib/systemd/system/multihome.service",
     "/usr/bin/multihome",
     "/usr/share/bash-completion/completions/multihome",
@@ -49,6 +50,7 @@ const KEPT_WARNINGS: &[&str] = &["initial-upload-closes-no-bugs"];
 const KNOWN_INFO: &[&str] = &[
     "hardening-no-fortify-functions",
     "package-supports-alternative-init-but-no-init.d-script",
+    "systemd-service-file-missing-install-key",
 ];
 
 /// Informational tags of one architecture's package only: (architecture, tag).

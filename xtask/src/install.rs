@@ -37,9 +37,10 @@ pub(crate) enum Flavour {
 
 /// The dist/ files, embedded so that install works from any directory.
 const UNIT: &str = include_str!("../../dist/multihome.service");
+const CLEANUP_UNIT: &str = include_str!("../../dist/multihome-cleanup.service");
 const RT_PROTOS: &str = include_str!("../../dist/rt_protos.d/multihome.conf");
 const DEFAULT: &str = include_str!("../../dist/multihome.default");
-/// The binary's path as dist/multihome.service names it; replaced by the layout's.
+/// The binary's path as the units in dist/ name it; replaced by the layout's.
 const UNIT_BINARY: &str = "/usr/local/bin/multihome";
 /// Shells with completions.
 const SHELLS: [&str; 3] = ["bash", "zsh", "fish"];
@@ -50,11 +51,36 @@ const DEFAULT_FILE: &str = "/etc/default/multihome";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Contents {
     Binary,
-    Unit,
+    Unit(Unit),
     RtProtos,
     /// The example configuration: kept when the file exists.
     Default,
     Completion(&'static str),
+}
+
+/// The systemd units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unit {
+    /// multihome.service, the daemon.
+    Daemon,
+    /// multihome-cleanup.service, the daemon's OnFailure=.
+    Cleanup,
+}
+
+impl Unit {
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Daemon => "multihome.service",
+            Unit::Cleanup => "multihome-cleanup.service",
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Unit::Daemon => UNIT,
+            Unit::Cleanup => CLEANUP_UNIT,
+        }
+    }
 }
 
 /// One installed file: what it holds, where it goes on the target system, its mode.
@@ -113,12 +139,12 @@ impl Layout {
         self.prefix().join("bin/multihome")
     }
 
-    pub(crate) fn unit(&self) -> PathBuf {
+    pub(crate) fn unit(&self, unit: Unit) -> PathBuf {
         match self.flavour {
             Flavour::Local { .. } => self.prefix().join("lib/systemd/system"),
             Flavour::Debian => PathBuf::from("/lib/systemd/system"),
         }
-        .join("multihome.service")
+        .join(unit.name())
     }
 
     pub(crate) fn man_dir(&self) -> PathBuf {
@@ -147,7 +173,12 @@ impl Layout {
         };
         let mut files = vec![
             file(Contents::Binary, self.binary(), 0o755),
-            file(Contents::Unit, self.unit(), 0o644),
+            file(Contents::Unit(Unit::Daemon), self.unit(Unit::Daemon), 0o644),
+            file(
+                Contents::Unit(Unit::Cleanup),
+                self.unit(Unit::Cleanup),
+                0o644,
+            ),
             file(Contents::RtProtos, RT_PROTOS_FILE.into(), 0o644),
             file(Contents::Default, DEFAULT_FILE.into(), 0o644),
         ];
@@ -160,9 +191,10 @@ impl Layout {
     }
 }
 
-/// The unit with ExecStart= naming the installed binary.
-fn unit_text(layout: &Layout) -> String {
-    UNIT.replace(UNIT_BINARY, &layout.binary().display().to_string())
+/// `unit` with its commands naming the installed binary.
+fn unit_text(layout: &Layout, unit: Unit) -> String {
+    unit.text()
+        .replace(UNIT_BINARY, &layout.binary().display().to_string())
 }
 
 pub(crate) fn install(prefix: &Path, destdir: Option<&Path>) -> Result<()> {
@@ -207,7 +239,7 @@ pub(crate) fn stage(layout: &Layout, built: &Path, generator: &Path) -> Result<V
             Contents::Binary => {
                 fs::read(built).with_context(|| format!("reading {}", built.display()))?
             }
-            Contents::Unit => unit_text(layout).into_bytes(),
+            Contents::Unit(unit) => unit_text(layout, unit).into_bytes(),
             Contents::RtProtos => RT_PROTOS.as_bytes().to_vec(),
             Contents::Default => DEFAULT.as_bytes().to_vec(),
             Contents::Completion(shell) => {
@@ -315,6 +347,7 @@ mod tests {
         "etc/default/multihome",
         "etc/iproute2/rt_protos.d/multihome.conf",
         "usr/bin/multihome",
+        "usr/lib/systemd/system/multihome-cleanup.service",
         "usr/lib/systemd/system/multihome.service",
         "usr/share/bash-completion/completions/multihome",
         "usr/share/fish/vendor_completions.d/multihome.fish",
@@ -356,6 +389,11 @@ mod tests {
         assert!(unit.contains(
             "\nExecStart=/usr/bin/multihome run --idle-without-uplinks $MULTIHOME_OPTS\n"
         ));
+        assert!(unit.contains("\nExecReload=/usr/bin/multihome reload\n"));
+        let cleanup =
+            fs::read_to_string(root.join("usr/lib/systemd/system/multihome-cleanup.service"))
+                .unwrap();
+        assert!(cleanup.contains("\nExecStart=/usr/bin/multihome cleanup --orphaned\n"));
         let mode = fs::metadata(root.join("usr/bin/multihome"))
             .unwrap()
             .permissions()
@@ -414,6 +452,7 @@ mod tests {
             [
                 "/usr/bin/multihome",
                 "/lib/systemd/system/multihome.service",
+                "/lib/systemd/system/multihome-cleanup.service",
                 "/etc/iproute2/rt_protos.d/multihome.conf",
                 "/etc/default/multihome",
                 "/usr/share/bash-completion/completions/multihome",
@@ -426,7 +465,7 @@ mod tests {
             layout.staged(&layout.binary()),
             Path::new("/stage/usr/bin/multihome")
         );
-        assert!(unit_text(&layout).contains("\nExecStart=/usr/bin/multihome run "));
+        assert!(unit_text(&layout, Unit::Daemon).contains("\nExecStart=/usr/bin/multihome run "));
     }
 
     #[test]

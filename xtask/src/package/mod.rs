@@ -20,7 +20,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::arch::Arch;
-use crate::install::{self, Layout};
+use crate::install::{self, Layout, Unit};
 use crate::proc::{self, OperatorError};
 
 /// `--arch`.
@@ -226,7 +226,7 @@ pub(crate) fn extract(deb: &Path, dir: &Path) -> Result<Extracted> {
     let layout = Layout::debian(dir);
     let extracted = Extracted {
         binary: layout.staged(&layout.binary()),
-        unit: layout.staged(&layout.unit()),
+        unit: layout.staged(&layout.unit(Unit::Daemon)),
     };
     for part in [&extracted.binary, &extracted.unit] {
         if !part.exists() {
