@@ -11,7 +11,7 @@ use std::{
 
 use guard_support::*;
 use multihome::guard::{AttachMode, Guard};
-use multihome_ebpf::{decide, parse, Counters, Egress, Packet, Source, Verdict};
+use multihome_ebpf::{decide, parse, Counters, Egress, Packet, Source, Verdict, Vlan};
 use multihome_tests::netns::{require_root, veth, Netns};
 
 const ETH_P_IP: u16 = 0x0800;
@@ -305,7 +305,7 @@ type Target = (u32, Option<[u8; 16]>);
 
 /// What the program must return for `frame` on `ifindex`: the host's own parse and decision.
 fn model(entries: &BTreeMap<IpAddr, Egress>, frame: &[u8], ifindex: u32) -> (i32, Option<Target>) {
-    let Some(parsed) = parse(frame, None) else {
+    let Some(parsed) = parse(frame, Vlan::NONE) else {
         return (TC_ACT_UNSPEC, None);
     };
     let src = match parsed.src {
