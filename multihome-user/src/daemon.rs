@@ -82,7 +82,7 @@ fn config_from(args: &RunArgs) -> Result<Config, Fatal> {
     .map_err(Fatal::usage)
 }
 
-async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
+async fn run(mut config: Config, args: &RunArgs) -> Result<(), Fatal> {
     let _instance = instance::claim(config.protocol).map_err(Fatal::usage)?;
     // Subscribe before the dump, so that nothing that changes in between is missed.
     let mut events =
@@ -102,6 +102,9 @@ async fn run(config: Config, args: &RunArgs) -> Result<(), Fatal> {
         log::info!("rules only (--no-ebpf): the eBPF guard is not loaded");
         None
     };
+    // A guard that could not load is said once (by `load_guard`); from then on the daemon runs
+    // as with --no-ebpf, so no pass plans guard operations that would fail and be retried.
+    config.ebpf = guard.is_some();
     let mut sigterm = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
     let guard_log = match guard.as_ref().and_then(Guard::log_fd) {
