@@ -32,11 +32,15 @@ ns() { n=$1; shift; nsenter --net="/run/netns/$n" "$@"; }
 # What the echo service saw as the caller, for curl with these options.
 caller() { curl -s -m 20 --connect-timeout 15 "$@" "$ECHO" || echo "no answer"; }
 addr4() { ip -4 -o addr show dev "$1" scope global | awk '{ split($4, a, "/"); print a[1]; exit }'; }
-# wait_for SECONDS COMMAND...: polls every 0.2 s.
+# wait_for SECONDS COMMAND...: polls every 0.2 s until COMMAND succeeds or SECONDS of the
+# guest's clock have passed (a count of polls would stretch with every slow poll under TCG).
+uptime_s() { cut -d. -f1 /proc/uptime; }
 wait_for() {
-    t=$(($1 * 5)); shift
-    while [ "$t" -gt 0 ]; do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; t=$((t - 1)); done
-    return 1
+    deadline=$(($(uptime_s) + $1)); shift
+    while ! "$@" >/dev/null 2>&1; do
+        [ "$(uptime_s)" -lt "$deadline" ] || return 1
+        sleep 0.2
+    done
 }
 
 # ---- status helpers: `multihome status --json` fields of one uplink (no jq in the guest) ----
@@ -57,7 +61,9 @@ start_daemon() {
     failed_before=$failed
     $DAEMON_WRAPPER multihome run "$@" $UPLINKS >/run/multihome.log 2>&1 &
     daemon=$!
-    if wait_for 120 healthy; then ok "daemon healthy ($*)"; else
+    # Until healthy, or until it exits (a guard the kernel refuses under --no-rules, say).
+    wait_for 120 sh -c "multihome status $UPLINKS || ! kill -0 $daemon"
+    if healthy; then ok "daemon healthy ($*)"; else
         fail "daemon healthy ($*)" "status: $(multihome status $UPLINKS 2>&1 | tr '\n' ' ')"
     fi
 }

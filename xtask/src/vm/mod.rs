@@ -73,6 +73,8 @@ pub fn run(options: &Options) -> Result<()> {
     let target = cargo_run::target_dir()?;
     let cache = target.join("vm-cache");
     let work = target.join("vm");
+    std::fs::create_dir_all(&work)?;
+    let _lock = lock(&work)?;
     let names: Vec<String> = cells.iter().map(Cell::name).collect();
     println!("vm: {} cell(s): {}", cells.len(), names.join(", "));
 
@@ -156,6 +158,22 @@ pub fn run(options: &Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Holds `work` for this run: a second `cargo xtask vm` in the same checkout would overwrite
+/// the cells' initramfs and console logs under the first one's guests.
+fn lock(work: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::create(work.join(".lock"))?;
+    // SAFETY: flock on a descriptor we own; the lock goes with the file.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(OperatorError(format!(
+            "vm: another `cargo xtask vm` runs in this checkout ({} is locked): wait for it",
+            work.display()
+        ))
+        .into());
+    }
+    Ok(file)
 }
 
 /// Fetches and builds what `cell` boots: its kernel, its architecture's user space and
