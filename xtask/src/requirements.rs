@@ -30,6 +30,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "systemd",             // tier 3: systemd-networkd (part of systemd on bookworm), a DHCP client
     "kmod",                // tier 4: module lookup (modprobe --show-depends, depmod) for the guests
     "cpio",                // tier 4: packs the VM's initramfs
+    "xz-utils",            // tier 4: unpacks Debian 13's kernel modules (.ko.xz) for the guest
     "strace",   // tier 3: the unit test holds the daemon's system calls to the unit's filter
     "binutils", // tier 4: strips multihome's debug info, readelf finds the guests' libraries
 ];

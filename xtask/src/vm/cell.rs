@@ -87,13 +87,15 @@ pub const LINES: &[Line] = &[
     },
 ];
 
-/// What `cargo xtask test` runs: every amd64 line, and arm64 on Debian 12's kernel.
+/// What `cargo xtask test` runs: every line on amd64, and arm64 on Debian 12's 6.1 (clsact)
+/// and Debian 13's 6.12 (TCX; the line Raspberry Pi OS ships).
 pub const MATRIX: &[(&str, Arch)] = &[
     ("5.10-early", Arch::Amd64),
     ("5.10", Arch::Amd64),
     ("6.1", Arch::Amd64),
     ("6.12", Arch::Amd64),
     ("6.1", Arch::Arm64),
+    ("6.12", Arch::Arm64),
 ];
 
 /// One kernel line booted on one architecture.
@@ -201,7 +203,11 @@ mod tests {
                 .iter()
                 .any(|c| c.line == line && c.arch == Arch::Amd64));
         }
-        assert!(cells.iter().any(|c| c.arch == Arch::Arm64));
+        for attach in [Attach::Tcx, Attach::Clsact] {
+            assert!(cells
+                .iter()
+                .any(|c| c.arch == Arch::Arm64 && c.line.attach == attach));
+        }
         // TCX (6.6+) and clsact are both exercised.
         assert!(cells.iter().any(|c| c.line.attach == Attach::Tcx));
         assert!(cells.iter().any(|c| c.line.attach == Attach::Clsact));

@@ -142,6 +142,11 @@ fn download(cache: &Path, apt: &Apt, abi: &str) -> Result<Kernel> {
     fs::create_dir_all(&root)?;
     proc::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
     fs::remove_file(&deb)?;
+    // Debian 13's packages ship the modules in /usr/lib/modules (merged /usr), where depmod
+    // and modprobe -d look in ROOT/lib/modules.
+    if root.join("usr/lib/modules").is_dir() && !root.join("lib").exists() {
+        std::os::unix::fs::symlink("usr/lib", root.join("lib"))?;
+    }
     let kernel = open(cache, abi, &version)?;
     let missing = missing_config(&kernel.config);
     if !missing.is_empty() {

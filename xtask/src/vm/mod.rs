@@ -1,8 +1,8 @@
 //! `cargo xtask vm`: tier 4, the seed's exact topology (802.1Q VLANs on one NIC) in Debian
 //! kernels under qemu, since the build machines' kernel has no 802.1Q. A matrix of cells
 //! (`cell`): Debian 11's 5.10 (an early point release and the newest), Debian 12's 6.1 and
-//! Debian 13's 6.12 on amd64, and arm64, each with the guard's attach path of that kernel
-//! (clsact before 6.6, TCX after). The guest scripts are in `tests/vm/`.
+//! Debian 13's 6.12 on amd64, 6.1 and 6.12 on arm64, each with the guard's attach path of that
+//! kernel (clsact before 6.6, TCX after). The guest scripts are in `tests/vm/`.
 
 mod apt;
 mod cell;
@@ -112,9 +112,8 @@ pub fn run(options: &Options) -> Result<()> {
     ));
     outcomes.sort_by_key(|o| names.iter().position(|n| *n == o.cell.name()));
 
-    println!("vm: cell                 kernel                               checks       prep   guest    wall");
+    // The libtest-style lines let `cargo xtask test` add the guests' checks to its total.
     for o in &outcomes {
-        // The libtest-style line lets `cargo xtask test` add the guest's checks to its total.
         println!(
             "test result: {}. {} passed; {} failed; 0 ignored; 0 measured; 0 filtered out; \
              finished in {:.2}s",
@@ -123,8 +122,14 @@ pub fn run(options: &Options) -> Result<()> {
             o.failed,
             o.guest.as_secs_f64()
         );
+    }
+    println!(
+        "vm: {:<18} {:<36} {:>7} {:>7} {:>8} {:>8} {:>8}",
+        "cell", "kernel", "passed", "failed", "prep", "guest", "wall"
+    );
+    for o in &outcomes {
         println!(
-            "vm: {:<20} {:<36} {:>3} ok {:>2} bad {:>6.1} s {:>5.1} s {:>5.1} s{}",
+            "vm: {:<18} {:<36} {:>7} {:>7} {:>6.1} s {:>6.1} s {:>6.1} s{}",
             o.cell.name(),
             o.kernel.as_deref().unwrap_or("-"),
             o.passed,
