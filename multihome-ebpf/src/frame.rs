@@ -219,7 +219,11 @@ mod tests {
 
     #[test]
     fn a_vlan_is_a_12_bit_id_or_none() {
-        assert_eq!(Vlan::tag(0x2066), Vlan::tag(102), "PCP and DEI are not the id");
+        assert_eq!(
+            Vlan::tag(0x2066),
+            Vlan::tag(102),
+            "PCP and DEI are not the id"
+        );
         assert_eq!(Vlan::from(Some(102)).id(), Some(102));
         assert_eq!(Vlan::from(None), Vlan::NONE);
         assert!(Vlan::tag(0).is_some(), "a priority tag is a tag");

@@ -56,7 +56,10 @@ fn a_refused_guard_is_reported_once_and_the_rules_run_alone() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{all}");
-    assert!(stdout.contains("RULES 2\n"), "the rules were not installed:\n{all}");
+    assert!(
+        stdout.contains("RULES 2\n"),
+        "the rules were not installed:\n{all}"
+    );
     assert!(stdout.contains("EXIT 0\n"), "{all}");
     assert!(stdout.contains("LEFT 0\n"), "{all}");
     let refused: Vec<&str> = stdout
@@ -65,7 +68,10 @@ fn a_refused_guard_is_reported_once_and_the_rules_run_alone() {
         .collect();
     assert_eq!(refused.len(), 1, "said once:\n{all}");
     assert!(refused[0].contains("running rules only"), "{all}");
-    assert!(refused[0].contains("Operation not permitted"), "says why:\n{all}");
+    assert!(
+        refused[0].contains("Operation not permitted"),
+        "says why:\n{all}"
+    );
     assert!(
         !stdout.contains("the guard is not loaded"),
         "guard operations planned without a guard:\n{all}"
