@@ -1,20 +1,26 @@
 //! `multihome check`: what on this host will stop multihome from working or fight it, each
-//! finding with the fix to apply. `findings` is pure; `gather` reads /proc, /sys and netlink.
+//! finding with the fix to apply, and what works. The kernel is asked, not looked up: the
+//! [`probe`](crate::probe) tries the guard in private namespaces. `findings` and the probe's
+//! `verdict` are pure; `gather` and the probe read and try the host.
 
 use std::collections::BTreeMap;
+use std::ffi::CStr;
 use std::fs;
 use std::path::Path;
 use std::process::ExitCode;
 
+use serde::Serialize;
+
 use crate::cli::CheckArgs;
 use crate::config::{self, Config, Params};
+use crate::guard::PinnedMaps;
 use crate::netlink::Netlink;
-use crate::privileges::{self, Capability, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN};
+use crate::probe::{self, verdict, Probe};
 use crate::view::{Family, KernelView};
-use crate::{defaults, plan, Fatal};
+use crate::{plan, privileges, status, Fatal};
 
 /// One thing to fix, printed on one line.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
     pub problem: String,
     pub fix: String,
@@ -30,13 +36,13 @@ pub struct Sysctls {
 
 /// Everything `findings` looks at.
 pub struct Host<'a> {
-    pub config: &'a Config,
+    /// The uplinks, when any are known: without them only the host is checked.
+    pub config: Option<&'a Config>,
     pub view: &'a KernelView,
-    /// Kernel version (major, minor).
-    pub kernel: (u32, u32),
-    pub btf: bool,
+    /// The rule priority and protocol the daemon will use.
+    pub priority: u32,
+    pub protocol: u8,
     pub bpffs_mounted: bool,
-    pub capabilities: u64,
     /// Effective values for each present uplink (the larger of "all" and the device's).
     pub sysctls: BTreeMap<String, Sysctls>,
     /// systemd-networkd runs and would delete foreign rules/routes.
@@ -44,6 +50,7 @@ pub struct Host<'a> {
     pub network_manager_running: bool,
 }
 
+/// What is wrong with the host's settings (the guard's own findings come from the probe).
 pub fn findings(host: &Host) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut add = |problem: String, fix: &str| {
@@ -52,43 +59,39 @@ pub fn findings(host: &Host) -> Vec<Finding> {
             fix: fix.to_owned(),
         })
     };
-    if host.kernel < (5, 10) {
-        add(
-            format!(
-                "kernel {}.{} lacks bpf_redirect_neigh (5.10+)",
-                host.kernel.0, host.kernel.1
-            ),
-            "upgrade the kernel or run with --no-ebpf (rules only)",
-        );
-    } else if host.kernel < (6, 6) {
-        add(
-            format!(
-                "kernel {}.{} has no TCX: the guard attaches through clsact",
-                host.kernel.0, host.kernel.1
-            ),
-            "nothing to do; a 6.6+ kernel uses TCX links",
-        );
-    }
-    if !host.btf {
-        add(
-            "no kernel BTF (/sys/kernel/btf/vmlinux)".to_owned(),
-            "use a kernel built with CONFIG_DEBUG_INFO_BTF=y or run with --no-ebpf",
-        );
-    }
-    let mut needed: Vec<Capability> = vec![CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON];
     if !host.bpffs_mounted {
-        needed.push(CAP_SYS_ADMIN);
         add(
             "bpffs is not mounted at /sys/fs/bpf".to_owned(),
             "mount -t bpf bpf /sys/fs/bpf (multihome mounts it itself when it has CAP_SYS_ADMIN)",
         );
     }
-    for cap in privileges::missing(host.capabilities, &needed) {
+    if host.networkd_manages_foreign {
         add(
-            format!("missing capability {} ({})", cap.name, cap.why),
-            "run as root, or as the systemd unit in dist/ which grants it",
+            "systemd-networkd deletes foreign rules and routes on reconfigure (multihome repairs them)".to_owned(),
+            "set ManageForeignRoutingPolicyRules=no and ManageForeignRoutes=no in /etc/systemd/networkd.conf [Network]",
         );
     }
+    if host.network_manager_running {
+        add(
+            "NetworkManager runs: it may flush rules of devices it manages".to_owned(),
+            "leave policy routing of the uplinks to multihome (no ipv4.routing-rules on their connections)",
+        );
+    }
+    let p = host.priority;
+    for rule in &host.view.rules {
+        if rule.protocol != host.protocol && (rule.priority == p || rule.priority == p + 1) {
+            add(
+                format!(
+                    "a rule of another owner (protocol {}) sits at priority {}",
+                    rule.protocol, rule.priority
+                ),
+                "choose another --priority for multihome, or move that rule",
+            );
+        }
+    }
+    let Some(config) = host.config else {
+        return out;
+    };
     for (name, s) in &host.sysctls {
         if s.rp_filter == 1 {
             add(
@@ -97,7 +100,7 @@ pub fn findings(host: &Host) -> Vec<Finding> {
             );
         }
     }
-    for name in uplinks_sharing_a_subnet(host) {
+    for name in uplinks_sharing_a_subnet(config, host.view) {
         let s = host.sysctls.get(&name).cloned().unwrap_or_default();
         if s.arp_ignore != 1 || s.arp_announce != 2 {
             add(
@@ -106,8 +109,7 @@ pub fn findings(host: &Host) -> Vec<Finding> {
             );
         }
     }
-    let mtus: BTreeMap<u32, Vec<&str>> = host
-        .config
+    let mtus: BTreeMap<u32, Vec<&str>> = config
         .uplinks
         .iter()
         .filter_map(|u| host.view.link_by_name(&u.name))
@@ -130,31 +132,7 @@ pub fn findings(host: &Host) -> Vec<Finding> {
             "give the uplinks the same MTU, or accept that oversized misrouted packets are dropped",
         );
     }
-    if host.networkd_manages_foreign {
-        add(
-            "systemd-networkd deletes foreign rules and routes on reconfigure (multihome repairs them)".to_owned(),
-            "set ManageForeignRoutingPolicyRules=no and ManageForeignRoutes=no in /etc/systemd/networkd.conf [Network]",
-        );
-    }
-    if host.network_manager_running {
-        add(
-            "NetworkManager runs: it may flush rules of devices it manages".to_owned(),
-            "leave policy routing of the uplinks to multihome (no ipv4.routing-rules on their connections)",
-        );
-    }
-    let p = host.config.priority;
-    for rule in &host.view.rules {
-        if rule.protocol != host.config.protocol && (rule.priority == p || rule.priority == p + 1) {
-            add(
-                format!(
-                    "a rule of another owner (protocol {}) sits at priority {}",
-                    rule.protocol, rule.priority
-                ),
-                "choose another --priority for multihome, or move that rule",
-            );
-        }
-    }
-    for (table, route) in plan::foreign_routes_in_tables(host.config, host.view) {
+    for (table, route) in plan::foreign_routes_in_tables(config, host.view) {
         add(
             format!(
                 "table {table} holds a route of another owner ({}/{} protocol {})",
@@ -167,18 +145,13 @@ pub fn findings(host: &Host) -> Vec<Finding> {
 }
 
 /// Present uplinks with an IPv4 prefix that another present uplink also has.
-fn uplinks_sharing_a_subnet(host: &Host) -> Vec<String> {
+fn uplinks_sharing_a_subnet(config: &Config, view: &KernelView) -> Vec<String> {
     let mut by_prefix: BTreeMap<(std::net::IpAddr, u8), Vec<String>> = BTreeMap::new();
-    for uplink in &host.config.uplinks {
-        let Some(link) = host.view.link_by_name(&uplink.name) else {
+    for uplink in &config.uplinks {
+        let Some(link) = view.link_by_name(&uplink.name) else {
             continue;
         };
-        for a in host
-            .view
-            .addresses
-            .iter()
-            .filter(|a| a.ifindex == link.ifindex)
-        {
+        for a in view.addresses.iter().filter(|a| a.ifindex == link.ifindex) {
             if Family::of(&a.addr) == Family::V4 {
                 by_prefix
                     .entry((network(a.addr, a.prefix_len), a.prefix_len))
@@ -207,21 +180,34 @@ fn network(addr: std::net::IpAddr, len: u8) -> std::net::IpAddr {
     }
 }
 
+/// `multihome check --json` (schema in the README; `version` changes on any incompatible
+/// change, fields may be added).
+#[derive(Serialize)]
+struct Report<'a> {
+    version: u32,
+    kernel: Kernel,
+    /// The probe's verdict on the guard, one line (the text form's `guard:` line).
+    guard: &'a str,
+    probe: &'a Probe,
+    /// The uplinks checked; none means the host only.
+    uplinks: Vec<&'a str>,
+    notes: &'a [String],
+    findings: &'a [Finding],
+    /// No findings; the exit status is 0 exactly then.
+    ok: bool,
+}
+
+#[derive(Serialize)]
+struct Kernel {
+    release: String,
+    machine: String,
+    /// /sys/kernel/btf/vmlinux exists.
+    btf: bool,
+}
+
 pub fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
     let protocol = config::protocol(args.owned.protocol).map_err(Fatal::usage)?;
-    let uplinks = if args.uplinks.is_empty() {
-        config::parse_uplink_list(&defaults::uplink_list().unwrap_or_default())
-    } else {
-        args.uplinks.iter().map(|s| s.parse()).collect()
-    }
-    .map_err(Fatal::usage)?;
-    let config = Config::new(Params {
-        uplinks,
-        priority: args.priority,
-        protocol: protocol.into(),
-        ..Params::default()
-    })
-    .map_err(Fatal::usage)?;
+    let priority = config::priority(args.priority).map_err(Fatal::usage)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -229,26 +215,110 @@ pub fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
     let view = runtime
         .block_on(async { Netlink::connect()?.dump().await })
         .map_err(|err| Fatal::failure(format!("reading the kernel's state: {err}")))?;
-    let host = gather(&config, &view);
-    let found = findings(&host);
-    for f in &found {
-        println!("{}: {}", f.problem, f.fix);
+    drop(runtime);
+    let mut owned = plan::owned(&view, protocol);
+    if let Ok(maps) = PinnedMaps::open(&args.owned.pin_dir) {
+        owned.entries = maps.entries().map_err(Fatal::from)?;
     }
-    if found.is_empty() {
-        println!("no findings: kernel, privileges and host settings suit multihome");
-        Ok(ExitCode::SUCCESS)
+    let uplinks = status::known_uplinks(&args.uplinks, &view, &owned)?;
+    let config = if uplinks.is_empty() {
+        None
     } else {
-        Ok(ExitCode::from(1))
+        let params = Params {
+            uplinks,
+            priority,
+            protocol: protocol.into(),
+            ..Params::default()
+        };
+        Some(Config::new(params).map_err(Fatal::usage)?)
+    };
+    let host = gather(config.as_ref(), &view, priority, protocol);
+    let kernel = kernel();
+    let probe = probe::run();
+    let mut verdict = verdict::verdict(&probe, privileges::effective(), kernel.btf);
+    verdict.findings.extend(findings(&host));
+    let report = Report {
+        version: 1,
+        kernel,
+        guard: &verdict.summary,
+        probe: &probe,
+        uplinks: config
+            .iter()
+            .flat_map(|c| &c.uplinks)
+            .map(|u| u.name.as_str())
+            .collect(),
+        notes: &verdict.notes,
+        findings: &verdict.findings,
+        ok: verdict.findings.is_empty(),
+    };
+    if args.json {
+        let json =
+            serde_json::to_string_pretty(&report).map_err(|e| Fatal::failure(e.to_string()))?;
+        println!("{json}");
+    } else {
+        print!("{}", text(&report));
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The text form: what was checked and what works, the notes, then one line per finding with
+/// its fix. Each line starts with a fixed word (`kernel:`, `guard:`, `uplinks:`, `note:`) or is
+/// a finding, so that scripts can grep for them.
+fn text(report: &Report) -> String {
+    let k = &report.kernel;
+    let mut out = format!(
+        "kernel: {} {}\nguard: {}\n",
+        k.release, k.machine, report.guard
+    );
+    if report.uplinks.is_empty() {
+        out.push_str(
+            "uplinks: none known (none given, none in MULTIHOME_UPLINKS or /etc/default/multihome, \
+             nothing owned): checked the host only\n",
+        );
+    } else {
+        out.push_str(&format!("uplinks: {}\n", report.uplinks.join(" ")));
+    }
+    for note in report.notes {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    for f in report.findings {
+        out.push_str(&format!("{}: {}\n", f.problem, f.fix));
+    }
+    if report.ok {
+        out.push_str("no findings: kernel, privileges and host settings suit multihome\n");
+    }
+    out
+}
+
+/// The kernel's release and architecture (uname), and whether it exposes its BTF.
+fn kernel() -> Kernel {
+    // SAFETY: uname fills the zeroed struct we own.
+    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+    let field = |f: &[libc::c_char]| {
+        // SAFETY: uname NUL-terminates every field it fills; a failed call leaves them zero.
+        unsafe { CStr::from_ptr(f.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    // SAFETY: as above.
+    unsafe { libc::uname(&mut name) };
+    Kernel {
+        release: field(&name.release),
+        machine: field(&name.machine),
+        btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
     }
 }
 
-fn gather<'a>(config: &'a Config, view: &'a KernelView) -> Host<'a> {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut version = release
-        .trim()
-        .split(['.', '-'])
-        .map(|n| n.parse().unwrap_or(0));
-    let kernel = (version.next().unwrap_or(0), version.next().unwrap_or(0));
+fn gather<'a>(
+    config: Option<&'a Config>,
+    view: &'a KernelView,
+    priority: u32,
+    protocol: u8,
+) -> Host<'a> {
     let conf = |dev: &str, key: &str| -> u8 {
         fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/{key}"))
             .ok()
@@ -256,8 +326,8 @@ fn gather<'a>(config: &'a Config, view: &'a KernelView) -> Host<'a> {
             .unwrap_or(0)
     };
     let sysctls = config
-        .uplinks
         .iter()
+        .flat_map(|c| &c.uplinks)
         .filter(|u| view.link_by_name(&u.name).is_some())
         .map(|u| {
             let n = u.name.as_str();
@@ -275,17 +345,39 @@ fn gather<'a>(config: &'a Config, view: &'a KernelView) -> Host<'a> {
     Host {
         config,
         view,
-        kernel,
-        btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
-        bpffs_mounted: mounts
-            .lines()
-            .any(|l| l.split_whitespace().nth(2) == Some("bpf")),
-        capabilities: privileges::effective(),
+        priority,
+        protocol,
+        bpffs_mounted: mounts.lines().any(|l| {
+            let mut fields = l.split_whitespace().skip(1);
+            (fields.next(), fields.next()) == (Some("/sys/fs/bpf"), Some("bpf"))
+        }),
         sysctls,
-        networkd_manages_foreign: Path::new("/run/systemd/netif").exists()
+        networkd_manages_foreign: running_here("systemd-network")
             && !networkd_leaves_foreign_alone(),
-        network_manager_running: Path::new("/run/NetworkManager").exists(),
+        network_manager_running: running_here("NetworkManager"),
     }
+}
+
+/// Whether a process named `comm` (as the kernel keeps it: 15 characters) runs in this network
+/// namespace. Their state directories in /run say nothing (images ship them), and one running
+/// in another namespace (a container's, a test's) manages none of these devices. A process whose
+/// namespace cannot be read (not ours to inspect) counts as here.
+fn running_here(comm: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let here = fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| m.ino())
+        .ok();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|entry| {
+        let dir = entry.path();
+        fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim_end() == comm)
+            && fs::metadata(dir.join("ns/net"))
+                .map(|m| m.ino())
+                .ok()
+                .is_none_or(|ns| Some(ns) == here)
+    })
 }
 
 /// Whether networkd.conf (or a drop-in) turns both foreign-object clean-ups off.
@@ -311,9 +403,7 @@ mod tests {
     use crate::diff::sim::fixtures::{config, seed};
     use crate::view::Rule;
 
-    const ALL_CAPS: u64 = u64::MAX;
-
-    fn host<'a>(config: &'a Config, view: &'a KernelView) -> Host<'a> {
+    fn host<'a>(config: Option<&'a Config>, view: &'a KernelView) -> Host<'a> {
         let good = Sysctls {
             rp_filter: 2,
             arp_ignore: 1,
@@ -322,13 +412,12 @@ mod tests {
         Host {
             config,
             view,
-            kernel: (6, 18),
-            btf: true,
+            priority: 1000,
+            protocol: 77,
             bpffs_mounted: true,
-            capabilities: ALL_CAPS,
             sysctls: config
-                .uplinks
                 .iter()
+                .flat_map(|c| &c.uplinks)
                 .map(|u| (u.name.clone(), good.clone()))
                 .collect(),
             networkd_manages_foreign: false,
@@ -340,15 +429,8 @@ mod tests {
         findings(host).into_iter().map(|f| f.problem).collect()
     }
 
-    #[test]
-    fn a_well_set_host_has_no_findings() {
-        let (config, view) = (config(&["vlan101", "vlan102"]), seed());
-        assert_eq!(findings(&host(&config, &view)), []);
-    }
-
-    #[test]
-    fn each_problem_is_found_with_its_fix() {
-        let config = config(&["vlan101", "vlan102"]);
+    /// The seed's view with one of each problem.
+    fn troubled() -> KernelView {
         let mut view = seed();
         view.links.get_mut(&12).unwrap().mtu = 1492;
         view.rules.push(Rule {
@@ -363,11 +445,22 @@ mod tests {
         let mut route = view.routes[0];
         route.table = 1002;
         view.routes.push(route);
-        let mut h = host(&config, &view);
-        h.kernel = (6, 1);
-        h.btf = false;
+        view
+    }
+
+    #[test]
+    fn a_well_set_host_has_no_findings() {
+        let (config, view) = (config(&["vlan101", "vlan102"]), seed());
+        assert_eq!(findings(&host(Some(&config), &view)), []);
+        assert_eq!(findings(&host(None, &view)), []);
+    }
+
+    #[test]
+    fn each_problem_is_found_with_its_fix() {
+        let config = config(&["vlan101", "vlan102"]);
+        let view = troubled();
+        let mut h = host(Some(&config), &view);
         h.bpffs_mounted = false;
-        h.capabilities = 1 << 12; // CAP_NET_ADMIN only
         h.sysctls.get_mut("vlan102").unwrap().rp_filter = 1;
         h.sysctls.get_mut("vlan101").unwrap().arp_ignore = 0;
         h.networkd_manages_foreign = true;
@@ -378,12 +471,7 @@ mod tests {
             .map(|f| format!("{}: {}", f.problem, f.fix))
             .collect();
         for expected in [
-            "no TCX",
-            "no kernel BTF",
             "bpffs is not mounted",
-            "missing capability CAP_BPF",
-            "missing capability CAP_PERFMON",
-            "missing capability CAP_SYS_ADMIN",
             "vlan102: rp_filter is 1",
             "vlan101: shares a subnet",
             "MTUs differ",
@@ -397,6 +485,7 @@ mod tests {
                 "{expected:?} not in {text:#?}"
             );
         }
+        assert_eq!(found.len(), 8, "{text:#?}");
         assert!(found
             .iter()
             .all(|f| !f.fix.is_empty() && !f.problem.contains('\n')));
@@ -407,10 +496,59 @@ mod tests {
     }
 
     #[test]
-    fn old_kernels_lack_the_redirect_helper() {
-        let (config, view) = (config(&["vlan101"]), seed());
-        let mut h = host(&config, &view);
-        h.kernel = (5, 4);
-        assert!(problems(&h)[0].contains("bpf_redirect_neigh"));
+    fn without_uplinks_only_the_host_is_checked() {
+        let view = troubled();
+        let mut h = host(None, &view);
+        h.networkd_manages_foreign = true;
+        assert_eq!(
+            problems(&h),
+            [
+                "systemd-networkd deletes foreign rules and routes on reconfigure (multihome \
+                 repairs them)",
+                "a rule of another owner (protocol 4) sits at priority 1001",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_text_form_has_a_line_per_fact_and_per_finding() {
+        let kernel = || Kernel {
+            release: "6.1.0-37-arm64".to_owned(),
+            machine: "aarch64".to_owned(),
+            btf: false,
+        };
+        let findings = [Finding {
+            problem: "p".to_owned(),
+            fix: "f".to_owned(),
+        }];
+        let notes = ["n".to_owned()];
+        let probe = Probe::default();
+        let report = Report {
+            version: 1,
+            kernel: kernel(),
+            guard: "loads",
+            probe: &probe,
+            uplinks: vec!["wan1", "wan2"],
+            notes: &notes,
+            findings: &findings,
+            ok: false,
+        };
+        assert_eq!(
+            text(&report),
+            "kernel: 6.1.0-37-arm64 aarch64\nguard: loads\nuplinks: wan1 wan2\nnote: n\np: f\n"
+        );
+        let alone = Report {
+            kernel: kernel(),
+            uplinks: vec![],
+            notes: &[],
+            findings: &[],
+            ok: true,
+            ..report
+        };
+        let text = text(&alone);
+        assert!(text.contains("\nuplinks: none known ("), "{text}");
+        assert!(
+            text.ends_with("\nno findings: kernel, privileges and host settings suit multihome\n")
+        );
     }
 }

@@ -101,11 +101,15 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
+    /// Machine-readable output (schema in the README).
+    #[arg(long)]
+    pub json: bool,
     /// Priority the daemon will use (to find conflicting rules).
     #[arg(long, default_value_t = 1000, value_name = "P")]
     pub priority: u32,
     /// Uplinks to check; default: $MULTIHOME_UPLINKS, else MULTIHOME_UPLINKS in
-    /// /etc/default/multihome ($MULTIHOME_DEFAULTS).
+    /// /etc/default/multihome ($MULTIHOME_DEFAULTS), else every uplink with owned objects;
+    /// with none, the host alone is checked.
     #[arg(value_name = "UPLINK")]
     pub uplinks: Vec<String>,
     #[command(flatten)]

@@ -83,6 +83,15 @@ pub fn protocol(value: u32) -> Result<u8, ConfigError> {
         .ok_or(ConfigError::Protocol(value))
 }
 
+/// Validates the priority of the `from` rules (the `oif` rules take the next one, and both must
+/// come before the main table's rule); also used by `check`, which takes `--priority` too.
+pub fn priority(value: u32) -> Result<u32, ConfigError> {
+    if value == 0 || value.saturating_add(1) >= MAIN_RULE_PRIORITY {
+        return Err(ConfigError::Priority(value));
+    }
+    Ok(value)
+}
+
 /// Parses `MULTIHOME_UPLINKS`: `UPLINK` items separated by whitespace and/or commas (systemd
 /// `EnvironmentFile=` users write either). An empty string is an empty list.
 pub fn parse_uplink_list(s: &str) -> Result<Vec<UplinkSpec>, ConfigError> {
@@ -163,9 +172,7 @@ impl Config {
         if !rules && !ebpf {
             return Err(ConfigError::NothingToDo);
         }
-        if priority == 0 || priority.saturating_add(1) >= MAIN_RULE_PRIORITY {
-            return Err(ConfigError::Priority(priority));
-        }
+        let priority = self::priority(priority)?;
         let protocol = self::protocol(protocol)?;
 
         let mut built: Vec<UplinkConfig> = Vec::with_capacity(uplinks.len());

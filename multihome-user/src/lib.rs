@@ -19,6 +19,7 @@ pub mod netlink;
 pub mod notify;
 pub mod plan;
 pub mod privileges;
+pub mod probe;
 pub mod reconcile;
 pub mod report;
 pub mod state;

@@ -1,6 +1,7 @@
 //! Which capabilities the process has, so a missing one is named before anything is touched.
 
 use std::fs;
+use std::io;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capability {
@@ -33,6 +34,47 @@ pub const CAP_PERFMON: Capability = Capability {
     bit: 38,
     why: "for the verifier to accept the guard's pointer arithmetic",
 };
+
+/// What `multihome run` needs, and all the systemd unit grants it.
+pub const DAEMON: [Capability; 3] = [CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON];
+
+/// Narrows the calling thread's effective set to those of `keep` it has (capabilities are
+/// per thread): `check`'s probe, once its namespaces exist, loads and attaches the guard with
+/// no more than the daemon has, since CAP_SYS_ADMIN would stand in for CAP_BPF and CAP_PERFMON.
+pub fn restrict_thread(keep: &[Capability]) -> io::Result<()> {
+    // From the uapi capability.h.
+    const VERSION_3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mask = keep.iter().fold(0u64, |mask, cap| mask | 1 << cap.bit);
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget writes the two data words version 3 has, for the calling thread (pid 0).
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for (word, d) in data.iter_mut().enumerate() {
+        d.effective &= (mask >> (32 * word)) as u32;
+    }
+    // SAFETY: as above; capset only reads them, and only lowers this thread's effective set.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// The effective capability set of this process.
 pub fn effective() -> u64 {

@@ -61,11 +61,8 @@ pub fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
     })
 }
 
-/// The daemon's configuration as far as status can know it: uplinks from the arguments, else
-/// $MULTIHOME_UPLINKS or the unit's EnvironmentFile (see `defaults`), else every device multihome owns something for (an `oif` rule, a table
-/// route, a guard entry: an uplink whose rules were flushed must still be reported, as broken);
-/// each uplink's table from its owned `oif` rule or routes when the operator did not give one;
-/// rules expected unless the guard runs alone.
+/// The daemon's configuration as far as status can know it: the uplinks of
+/// [`known_uplinks`], which must not be none; rules expected unless the guard runs alone.
 fn infer_config(
     args: &StatusArgs,
     protocol: u8,
@@ -73,9 +70,37 @@ fn infer_config(
     owned: &State,
     guard_pinned: bool,
 ) -> Result<Config, Fatal> {
+    let uplinks = known_uplinks(&args.uplinks, view, owned)?;
+    if uplinks.is_empty() {
+        return Err(Fatal::usage(
+            "no uplinks to report on: multihome owns nothing here; name them \
+             (multihome status wan1 wan2) or set MULTIHOME_UPLINKS",
+        ));
+    }
+    let routing_owned = !owned.rules.is_empty() || !owned.routes.is_empty();
+    Config::new(Params {
+        uplinks,
+        protocol: protocol.into(),
+        rules: routing_owned || !guard_pinned,
+        ebpf: guard_pinned,
+        ..Params::default()
+    })
+    .map_err(Fatal::usage)
+}
+
+/// The uplinks `status` and `check` look at: those `given`, else $MULTIHOME_UPLINKS or the
+/// unit's EnvironmentFile (see `defaults`), else every device multihome owns something for (an
+/// `oif` rule, a table route, a guard entry: an uplink whose rules were flushed must still be
+/// reported, as broken); each uplink's table from its owned `oif` rule or routes when the
+/// operator did not give one. None when nothing names any.
+pub(crate) fn known_uplinks(
+    given: &[String],
+    view: &KernelView,
+    owned: &State,
+) -> Result<Vec<UplinkSpec>, Fatal> {
     let tables = owned_tables(view, owned);
-    let mut uplinks: Vec<UplinkSpec> = if !args.uplinks.is_empty() {
-        args.uplinks
+    let mut uplinks: Vec<UplinkSpec> = if !given.is_empty() {
+        given
             .iter()
             .map(|s| s.parse())
             .collect::<Result<_, _>>()
@@ -91,26 +116,12 @@ fn infer_config(
             })
             .collect()
     };
-    if uplinks.is_empty() {
-        return Err(Fatal::usage(
-            "no uplinks to report on: multihome owns nothing here; name them \
-             (multihome status wan1 wan2) or set MULTIHOME_UPLINKS",
-        ));
-    }
     for spec in &mut uplinks {
         if spec.table.is_none() {
             spec.table = tables.get(&spec.name).copied().flatten();
         }
     }
-    let routing_owned = !owned.rules.is_empty() || !owned.routes.is_empty();
-    Config::new(Params {
-        uplinks,
-        protocol: protocol.into(),
-        rules: routing_owned || !guard_pinned,
-        ebpf: guard_pinned,
-        ..Params::default()
-    })
-    .map_err(Fatal::usage)
+    Ok(uplinks)
 }
 
 /// Each device multihome owns something for, with its table when a rule or route tells it.

@@ -33,6 +33,9 @@ const CASES: &[(&[&str], &str)] = &[
     (&["run", "--priority", "many", "wan1"], "many"),
     (&["status", "--protocol", "999"], "protocol"),
     (&["cleanup", "--protocol", "1"], "protocol"),
+    (&["check", "--priority", "0"], "priority"),
+    (&["check", "--protocol", "300"], "protocol"),
+    (&["check", "wan/1"], "wan/1"),
     (&["frobnicate"], "frobnicate"),
 ];
 

@@ -37,10 +37,10 @@ pub(super) fn attach(
                 .map_err(|clsact| anyhow!("{clsact:#} (TCX attach failed too: {tcx:#})"))
         }),
     }
-    .map_err(|e| {
-        anyhow!(
-            "cannot attach the guard to {name} (ifindex {ifindex}): {e:#}; {}",
-            privilege_hint("check that the kernel has TCX (6.6+) or the clsact qdisc")
+    .with_context(|| {
+        format!(
+            "cannot attach the guard to {name} (ifindex {ifindex}; {})",
+            privilege_hint("`multihome check` tells whether this kernel has TCX and clsact")
         )
     })
 }
