@@ -21,6 +21,7 @@ use crate::netlink::{Events, Netlink, Notice};
 use crate::notify::{self, notify};
 use crate::plan::{self, Scope};
 use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
+use crate::probe::Failure;
 use crate::reconcile::Reconciler;
 use crate::view::{Redump, Touched};
 use crate::Fatal;
@@ -210,16 +211,24 @@ fn load_guard(args: &RunArgs) -> Result<Option<Guard>, Fatal> {
     // A pin directory that cannot work is the operator's input to fix, not a missing kernel
     // feature: refuse it rather than fall back to rules only.
     guard::prepare_pin_dir(&args.owned.pin_dir).map_err(|err| Fatal::usage(format!("{err:#}")))?;
-    match Guard::load(&args.owned.pin_dir, mode) {
-        Ok(guard) => Ok(Some(guard)),
-        Err(err) if args.no_rules => Err(Fatal::failure(format!(
-            "the eBPF guard cannot load ({err:#}) and --no-rules leaves nothing else to do"
-        ))),
-        Err(err) => {
-            log::warn!("the eBPF guard cannot load, running rules only: {err:#}");
-            Ok(None)
-        }
+    let err = match Guard::load(&args.owned.pin_dir, mode) {
+        Ok(guard) => return Ok(Some(guard)),
+        Err(err) => err,
+    };
+    // One line: the kernel's errno and, for a refused program, the verifier's reason (its
+    // whole log is for the debug level).
+    log::debug!("the eBPF guard cannot load: {err:#}");
+    let why = Failure::of(&err).reason;
+    if args.no_rules {
+        return Err(Fatal::failure(format!(
+            "the eBPF guard cannot load ({why}) and --no-rules leaves nothing else to do"
+        )));
     }
+    log::warn!(
+        "the eBPF guard cannot load, running rules only: {why} (details at RUST_LOG=debug; \
+         --no-ebpf silences this)"
+    );
+    Ok(None)
 }
 
 /// What must be dumped again before the view can be trusted, and what the pass looks at.

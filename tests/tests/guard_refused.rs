@@ -26,16 +26,16 @@ ip route add default via 192.168.0.1 dev wan1 metric 10 proto dhcp
 "$MULTIHOME" run --pin-dir /sys/fs/bpf/refused wan1 2>/tmp/daemon.log &
 daemon=$!
 for _ in $(seq 50); do
-    [ "$(ip rule show | grep -c 'proto 77')" = 2 ] && break
+    [ "$(ip -N rule show | grep -c 'proto 77')" = 2 ] && break
     sleep 0.1
 done
 sleep 3
-echo "RULES $(ip rule show | grep -c 'proto 77')"
+echo "RULES $(ip -N rule show | grep -c 'proto 77')"
 kill -TERM "$daemon"
 set +e
 wait "$daemon"
 echo "EXIT $?"
-echo "LEFT $(ip rule show | grep -c 'proto 77')"
+echo "LEFT $(ip -N rule show | grep -c 'proto 77')"
 cat /tmp/daemon.log
 "#;
 
