@@ -194,6 +194,13 @@ mod tests {
         list.iter().map(|n| format!("linux-image-{n}")).collect()
     }
 
+    fn cell(line_name: &str, arch: Arch) -> Cell {
+        Cell {
+            line: line(line_name).unwrap(),
+            arch,
+        }
+    }
+
     #[test]
     fn the_matrix_covers_every_line_on_amd64_and_arm64() {
         let cells = select(None, None).unwrap();
@@ -242,20 +249,11 @@ mod tests {
             "5.10.0-104-arm64",
             "6.1.0-57-amd64",
         ]);
-        let newest = Cell {
-            line: line("5.10").unwrap(),
-            arch: Arch::Amd64,
-        };
+        let newest = cell("5.10", Arch::Amd64);
         assert_eq!(stand_in(&newest, &apt).as_deref(), Some("5.10.0-100-amd64"));
-        let early = Cell {
-            line: line("5.10-early").unwrap(),
-            arch: Arch::Amd64,
-        };
+        let early = cell("5.10-early", Arch::Amd64);
         assert_eq!(stand_in(&early, &apt).as_deref(), Some("5.10.0-9-amd64"));
-        let arm = Cell {
-            arch: Arch::Arm64,
-            ..newest
-        };
+        let arm = cell("5.10", Arch::Arm64);
         assert_eq!(stand_in(&arm, &apt).as_deref(), Some("5.10.0-104-arm64"));
         assert_eq!(stand_in(&newest, &names(&["6.1.0-57-amd64"])), None);
     }
@@ -269,12 +267,8 @@ mod tests {
             "6.12.118+deb13-cloud-amd64",
             "6.12.100+deb13-amd64",
         ]);
-        let cell = Cell {
-            line: line("6.12").unwrap(),
-            arch: Arch::Amd64,
-        };
         assert_eq!(
-            stand_in(&cell, &apt).as_deref(),
+            stand_in(&cell("6.12", Arch::Amd64), &apt).as_deref(),
             Some("6.12.115+deb13.1-amd64")
         );
     }
