@@ -10,7 +10,7 @@ pub mod own_sources;
 pub mod source_filter;
 
 pub use decision::{decide, Packet, Verdict};
-pub use frame::{parse, Frame, FrameBytes, Source};
+pub use frame::{parse, Frame, FrameBytes, Source, Vlan};
 pub use maps::{CounterSlot, Counters, Egress, SrcV4, SrcV6};
 pub use own_sources::OwnSources;
 pub use source_filter::SourceFilter;
