@@ -103,6 +103,10 @@ enum Task {
         /// Guests booted at the same time.
         #[arg(long, default_value_t = 2)]
         jobs: usize,
+        /// Instead of the matrix: the cell with Debian's systemd as PID 1, where the package
+        /// is installed, restarted, reloaded, upgraded and removed with dpkg and systemctl.
+        #[arg(long, conflicts_with_all = ["kernel", "arch", "jobs"])]
+        systemd: bool,
     },
     /// Build release and run the benchmarks (needs root), writing target/bench/report.{md,json}.
     Bench {
@@ -158,11 +162,21 @@ fn main() -> ExitCode {
         }),
         Task::Fuzz { seconds } => fuzz::run(seconds),
         Task::Vm {
+            kvm,
+            timeout,
+            systemd: true,
+            ..
+        } => vm::run_systemd(
+            if kvm { vm::Accel::Kvm } else { vm::Accel::Tcg },
+            timeout.map(std::time::Duration::from_secs),
+        ),
+        Task::Vm {
             kernel,
             arch,
             kvm,
             timeout,
             jobs,
+            systemd: false,
         } => vm::run(&vm::Options {
             kernel,
             arch,

@@ -65,6 +65,13 @@ const STEPS: &[Step] = &[
         name: "vm",
         args: &["xtask", "vm"],
     },
+    // Tier 4 under Debian's systemd as PID 1: the package installed, configured, restarted
+    // (under a stream: 0 packets at the wrong router), reloaded, stopped, upgraded, removed and
+    // purged with the guest's dpkg and systemctl (tests/vm/systemd.sh).
+    Step {
+        name: "vm-systemd",
+        args: &["xtask", "vm", "--systemd"],
+    },
 ];
 
 pub(crate) fn run() -> Result<()> {

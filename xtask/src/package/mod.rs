@@ -135,6 +135,29 @@ pub(crate) fn run(request: &Request) -> Result<()> {
     Ok(())
 }
 
+/// The packages an upgrade test needs, built as `cargo xtask package --test` builds them: this
+/// tree's version for this machine's architecture and the version dpkg orders just before it
+/// (the same build, relabelled), both in `out_dir`. Returns (previous, current).
+pub(crate) fn upgrade_pair(out_dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let host = Arch::host();
+    let binary = crate::build::binary(host, true)?;
+    let current = docs::Release::read(None)?;
+    let previous = docs::Release::read(Some(&docs::previous_version(&current.version)))?;
+    let mut built = Vec::new();
+    for release in [&previous, &current] {
+        built.push(build(&Build {
+            arch: host,
+            binary: &binary,
+            generator: &binary,
+            release,
+            out_dir,
+        })?);
+    }
+    let current = built.pop().context("no current package")?;
+    let previous = built.pop().context("no previous package")?;
+    Ok((previous, current))
+}
+
 /// The package tier: file lists, control fields and lintian for every package; install,
 /// upgrade from `previous`, remove and purge of `native`. Its own test target (built only when
 /// asked for by name), which reads what to test from the environment.

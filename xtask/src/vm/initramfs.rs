@@ -165,7 +165,7 @@ pub(crate) fn parse_readelf(out: &str) -> (Option<String>, Vec<String>) {
 /// Copies the modules and their dependencies into the tree (decompressed: the guest's busybox
 /// insmod reads plain `.ko`), indexes them for the guest's modprobe, and lists them in load
 /// order in `vm/modules.order`.
-fn modules(kernel: &Kernel, tree: &Path) -> Result<()> {
+pub(super) fn modules(kernel: &Kernel, tree: &Path) -> Result<()> {
     let mut order: Vec<String> = Vec::new();
     for module in MODULES {
         let deps = proc::stdout_of(Command::new("modprobe").arg("-d").arg(&kernel.root).args([
@@ -259,7 +259,7 @@ fn guest_files(sysroot: &Sysroot, tree: &Path, cell_env: &str) -> Result<()> {
 }
 
 /// Packs the tree as a newc cpio archive (the format the kernel unpacks).
-fn pack(tree: &Path, out: &Path) -> Result<()> {
+pub(super) fn pack(tree: &Path, out: &Path) -> Result<()> {
     let list = proc::stdout_of(Command::new("find").arg(".").current_dir(tree))?;
     let archive = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut cpio = Command::new("cpio")

@@ -9,6 +9,7 @@ mod cell;
 mod initramfs;
 mod kernel;
 mod qemu;
+mod systemd;
 mod userspace;
 
 use std::collections::btree_map::{BTreeMap, Entry};
@@ -24,6 +25,7 @@ use crate::{build, run as cargo_run};
 
 use cell::Cell;
 pub(crate) use qemu::Accel;
+pub(crate) use systemd::run as run_systemd;
 
 /// A guest's time limit: TCG on a loaded 2-core machine is slow (arm64 more so), but a hung
 /// guest must not hang CI.

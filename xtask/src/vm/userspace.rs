@@ -154,7 +154,7 @@ fn normalise(path: &Path) -> PathBuf {
 }
 
 /// The closure as one line per package, sorted: what the cache directory is keyed by.
-fn manifest(closure: &[(String, String)]) -> String {
+pub(super) fn manifest(closure: &[(String, String)]) -> String {
     let mut lines: Vec<String> = closure.iter().map(|(p, v)| format!("{p} {v}")).collect();
     lines.sort();
     lines.iter().fold(String::new(), |mut out, l| {
@@ -164,7 +164,7 @@ fn manifest(closure: &[(String, String)]) -> String {
 }
 
 /// FNV-1a, 64 bits: a hash that stays the same across Rust versions, for cache keys.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
