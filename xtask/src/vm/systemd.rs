@@ -36,6 +36,7 @@ const PACKAGES: &[&str] = &[
     "systemd",
     "dpkg",
     "init-system-helpers", // deb-systemd-helper, deb-systemd-invoke
+    "perl-base",           // their interpreter (Essential, so nothing depends on it)
     "libc-bin",            // ldconfig, which dpkg wants on PATH
     "tar",
     "diffutils",
@@ -89,6 +90,13 @@ const MASKED: &[&str] = &[
     "systemd-tpm2-setup-early.service",
     "systemd-tpm2-setup.service",
     "systemd-networkd-wait-online.service",
+    "systemd-modules-load.service", // the script loads the modules (no kmod in the guest)
+    "ldconfig.service",
+    "systemd-journal-catalog-update.service",
+    "systemd-update-done.service",
+    "systemd-sysext.socket",
+    "systemd-creds.socket",
+    "systemd-hostnamed.socket",
 ];
 
 /// The script's unit: after boot, its output on the serial console the host reads.
@@ -258,7 +266,7 @@ fn base(cache: &Path, arch: Arch) -> Result<PathBuf> {
     Ok(archive)
 }
 
-/// What the packages' maintainer scripts and base-files would have written, and the masks.
+/// What the packages' maintainer scripts and base-files would have written.
 fn configure(tree: &Path) -> Result<()> {
     for dir in [
         "usr/share/doc",
@@ -297,13 +305,11 @@ fn configure(tree: &Path) -> Result<()> {
         "/usr/lib/systemd/system/multi-user.target",
         system.join("default.target"),
     )?;
-    for unit in MASKED {
-        std::os::unix::fs::symlink("/dev/null", system.join(unit))?;
-    }
     Ok(())
 }
 
-/// This run's part: `/init` (systemd), the packages, the modules, the script and its unit.
+/// This run's part: `/init` (systemd), the packages, the modules, the scripts, their unit and
+/// the masks.
 fn own_part(tree: &Path, kernel: &kernel::Kernel, previous: &Path, current: &Path) -> Result<()> {
     if tree.exists() {
         fs::remove_dir_all(tree)?;
@@ -340,6 +346,9 @@ fn own_part(tree: &Path, kernel: &kernel::Kernel, previous: &Path, current: &Pat
     }
     let system = tree.join("etc/systemd/system");
     fs::create_dir_all(system.join("multi-user.target.wants"))?;
+    for unit in MASKED {
+        std::os::unix::fs::symlink("/dev/null", system.join(unit))?;
+    }
     fs::write(system.join("multihome-vmtest.service"), TEST_UNIT)?;
     std::os::unix::fs::symlink(
         "../multihome-vmtest.service",
