@@ -50,23 +50,34 @@ stream_start() {
     ping -q -I "$ADDR_B" -i 0.01 "$DEST" >/run/ping.out 2>&1 &
     stream=$!
     rm -f /run/poll.stop /run/poll.log
+    # Every rule the kernel deletes meanwhile (nothing but multihome touches rules here).
+    ip -N monitor rule >/run/rules.events 2>&1 &
+    monitor=$!
     # A tight poll of multihome's rules while systemctl or dpkg runs.
     (while [ ! -e /run/poll.stop ]; do rules >>/run/poll.log; done) &
     poller=$!
     sleep 1
 }
-stream_stop() { # LABEL
+# Ends the stream, the poll and the monitor: $sent packets were sent, $deleted rules deleted.
+stream_end() {
     touch /run/poll.stop
     wait "$poller"
     kill -INT "$stream"
     wait "$stream"
+    kill "$monitor"
+    wait "$monitor"
     sent=$(grep -o '[0-9]* packets transmitted' /run/ping.out | cut -d' ' -f1)
+    deleted=$(grep -c '^Deleted' /run/rules.events)
+}
+stream_stop() { # LABEL
+    stream_end
     polls=$(wc -l </run/poll.log)
     fewest=$(sort -n /run/poll.log | head -n 1)
-    step "$1: $sent sent, router A $(at ra), router B $(at rb); rules polled $polls times, fewest $fewest"
+    step "$1: $sent sent, router A $(at ra), router B $(at rb); rules polled $polls times, fewest $fewest; $deleted rule deletions"
     check "$1: the stream reached the wrong router (A) 0 times" 0 "$(at ra)"
     check "$1: every packet of the stream reached router B" "$sent" "$(at rb)"
     check "$1: the rules never disappeared ($polls polls)" "$RULES" "$fewest"
+    check "$1: no rule was deleted (ip monitor)" 0 "$deleted"
 }
 
 step "boot: $(uname -r), PID 1 is $(cat /proc/1/comm), system $(systemctl is-system-running)"
@@ -102,11 +113,7 @@ ip addr add "$ADDR_B/24" dev up2
 ip route add default via 192.168.0.1 dev up1 metric 10
 ip route add default via 192.168.0.1 dev up2 metric 20
 stream_start
-touch /run/poll.stop
-wait "$poller"
-kill -INT "$stream"
-wait "$stream"
-sent=$(grep -o '[0-9]* packets transmitted' /run/ping.out | cut -d' ' -f1)
+stream_end
 step "without multihome: $sent sent, router A $(at ra), router B $(at rb)"
 [ "$(at ra)" -gt 0 ] && ok "without multihome the stream from up2's address goes to router A" ||
     fail "without multihome the stream from up2's address goes to router A" "router A $(at ra), B $(at rb)"
