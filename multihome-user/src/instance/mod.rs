@@ -220,11 +220,13 @@ fn prepare_dir(dir: &Path) -> Result<(), String> {
     match DirBuilder::new().mode(0o755).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!(
+        Err(e) => {
+            return Err(format!(
             "cannot create the runtime directory {}: {e} (the unit's RuntimeDirectory=multihome \
                  makes it under systemd)",
             dir.display()
-        )),
+        ))
+        }
     }
     let meta = fs::symlink_metadata(dir)
         .map_err(|e| format!("cannot read the runtime directory {}: {e}", dir.display()))?;
