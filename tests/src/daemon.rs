@@ -69,28 +69,18 @@ impl Daemon {
 
     /// Like `start`, with a given pin directory (to restart a daemon on the same pins).
     pub fn start_with_pins(ns: &Netns, args: &[&str], pin_dir: &Path) -> Result<Daemon> {
-        Daemon::launch(ns, &multihome_bin(), &[], args, pin_dir)
+        Daemon::launch(ns, &[], args, pin_dir)
     }
 
     /// Like `start`, run through `wrapper` (e.g. `env VAR=x`, `setpriv ...`, `strace ...`);
     /// `stop` and `kill` then signal the wrapper.
     pub fn start_wrapped(ns: &Netns, wrapper: &[&str], args: &[&str]) -> Result<Daemon> {
-        Daemon::launch(ns, &multihome_bin(), wrapper, args, &ns.pin_dir())
+        Daemon::launch(ns, wrapper, args, &ns.pin_dir())
     }
 
-    /// Like `start_with_pins`, with another build of multihome (an older release's).
-    pub fn start_bin(ns: &Netns, bin: &Path, args: &[&str], pin_dir: &Path) -> Result<Daemon> {
-        Daemon::launch(ns, bin, &[], args, pin_dir)
-    }
-
-    fn launch(
-        ns: &Netns,
-        bin: &Path,
-        wrapper: &[&str],
-        args: &[&str],
-        pin_dir: &Path,
-    ) -> Result<Daemon> {
+    fn launch(ns: &Netns, wrapper: &[&str], args: &[&str], pin_dir: &Path) -> Result<Daemon> {
         let log = std::env::temp_dir().join(format!("{}-{}.log", ns.name(), unique()));
+        let bin = multihome_bin();
         let pin_arg = pin_dir.display().to_string();
         let mut argv = wrapper.to_vec();
         argv.extend([
@@ -143,6 +133,12 @@ impl Daemon {
     /// SIGTERM, and the exit status once it is gone.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.process.take().unwrap().stop(libc::SIGTERM).unwrap()
+    }
+
+    /// Like `stop`, with everything it logged up to its end.
+    pub fn stop_logged(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.process.take().unwrap().stop(libc::SIGTERM).unwrap();
+        (status, self.log())
     }
 
     /// SIGKILL: a crash, leaving whatever it had installed.
