@@ -236,7 +236,20 @@ fn reload_restores_what_no_event_reports_and_answers_with_each_uplinks_health() 
     for _ in 0..20 {
         assert!(reload().status.success());
     }
-    none_misrouted(&bed, sender, "21 reloads");
+    // SIGHUP does the same, without anyone waiting for it.
+    let before = daemon.log().matches("reloaded: ").count();
+    for _ in 0..20 {
+        kill(daemon.pid(), libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_for(
+        "the SIGHUPs' reloads",
+        WAIT,
+        || (daemon.log().matches("reloaded: ").count() > before).then_some(()),
+        || daemon.log(),
+    );
+    none_misrouted(&bed, sender, "21 reloads and 20 SIGHUPs");
+    assert!(daemon.stop().success(), "a SIGHUP ended it");
 }
 
 #[test]
