@@ -30,6 +30,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the daemon: keep tables, rules and the guard in line with the uplinks.
+    #[command(long_about = RUN_LONG_ABOUT)]
     Run(RunArgs),
     /// Show uplinks, addresses, gateways, tables, rules, attachments and counters.
     Status(StatusArgs),
@@ -44,6 +45,32 @@ pub(crate) enum Command {
     #[command(hide = true)]
     Generate(GenerateArgs),
 }
+
+/// `multihome run --help` and the DESCRIPTION of multihome-run(1): what the daemon's life
+/// cycle does to the kernel's state (docs/DESIGN.md, "Life cycle", has the why).
+const RUN_LONG_ABOUT: &str = "Run the daemon: keep tables, rules and the guard in line with the \
+uplinks. It starts before networking and covers each uplink when its device and addresses \
+appear; what an earlier instance left (rules, routes, pinned maps, attachments) is adopted and \
+its program replaced on every device in place (a TCX link updated, a clsact filter replaced at \
+its priority and handle), never unhooked first.
+
+Signals: SIGHUP reloads (dumps the kernel's state again, repairs what went missing, logs one \
+health line per uplink; `multihome reload` does the same and prints them). SIGUSR1 and SIGUSR2 \
+are logged and ignored, SIGPIPE is ignored. SIGTERM and SIGINT stop it.
+
+What a stop leaves: with --keep-on-exit, everything, for the next start. Outside systemd \
+($INVOCATION_ID unset: Ctrl-C, kill), nothing: it removes every rule, route, attachment and pin \
+it owns, since nobody would watch them when an address moves. Under systemd it asks PID 1 for \
+its unit's pending job: a restart (systemctl restart, try-restart, a package upgrade) keeps \
+everything for the next instance, a stop during shutdown keeps it, any other stop \
+(systemctl stop, a package's removal), systemctl kill, or no answer within 2 s removes it. \
+`multihome cleanup --orphaned` (the unit's OnFailure=) removes what a crashed instance, or one \
+whose successor never started, left behind.
+
+One daemon runs per network namespace and protocol: the claim is a lock file in \
+$RUNTIME_DIRECTORY (/run/multihome) that only root can open; a second daemon is refused with \
+the first one's pid. Exit status: 0 after a stop, 2 on bad input (nothing changed), 1 on any \
+other error.";
 
 /// What identifies multihome's objects on this host.
 #[derive(Debug, Args, Clone)]
@@ -73,7 +100,8 @@ pub(crate) struct RunArgs {
     /// Guard only: do not install tables and rules.
     #[arg(long)]
     pub(crate) no_rules: bool,
-    /// Leave rules, routes and the guard in place on SIGTERM/SIGINT.
+    /// Leave rules, routes and the guard in place on SIGTERM/SIGINT, whatever stops it (the
+    /// next start adopts them; `multihome cleanup` removes them).
     #[arg(long)]
     pub(crate) keep_on_exit: bool,
     /// With no uplink configured (no UPLINK given, MULTIHOME_UPLINKS empty or unset): stay

@@ -63,6 +63,10 @@ mod tests {
         );
         let run = std::fs::read_to_string(dir.join("multihome-run.1")).unwrap();
         assert!(run.contains("keep\\-on\\-exit"), "{run}");
+        assert!(
+            run.contains("pending job") && run.contains("SIGHUP reloads"),
+            "{run}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

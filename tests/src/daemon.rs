@@ -115,6 +115,11 @@ impl Daemon {
         &self.pin_dir
     }
 
+    /// The process's pid (the daemon's, unless it runs through a wrapper that forks).
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().map_or(0, Process::pid)
+    }
+
     /// Everything the daemon printed so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -128,6 +133,12 @@ impl Daemon {
     /// SIGTERM, and the exit status once it is gone.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.process.take().unwrap().stop(libc::SIGTERM).unwrap()
+    }
+
+    /// Like `stop`, with everything it logged up to its end.
+    pub fn stop_logged(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.process.take().unwrap().stop(libc::SIGTERM).unwrap();
+        (status, self.log())
     }
 
     /// SIGKILL: a crash, leaving whatever it had installed.

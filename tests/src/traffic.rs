@@ -2,12 +2,15 @@
 //! fault and life-cycle tests measure misroutes with. A packet counted at the other uplink's
 //! router left through the wrong uplink.
 
-use std::net::UdpSocket;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::bench::watch::{Note, Watcher};
 use crate::netns::Netns;
 
 /// The bed's wan2 address (`bed::bed`), the stream's usual source.
@@ -81,18 +84,51 @@ impl Sender {
     pub fn start_from(host: &Netns, source: &str, destination: &str) -> Sender {
         let socket = host.enter(|| UdpSocket::bind((source, 0)).unwrap());
         let destination = destination.to_owned();
+        Sender::spawn(move |stop, sent| stream(&socket, &destination, stop, sent))
+    }
+
+    /// From the first address of `host` that `watcher` (subscribed there) sees added and
+    /// `accept` takes, `after` it appeared, as a program does once its address exists: what a
+    /// stream across a boot starts from. Nothing is sent until then.
+    pub fn follow(
+        host: &Netns,
+        watcher: Watcher,
+        accept: impl Fn(IpAddr) -> bool + Send + 'static,
+        destination: SocketAddr,
+        after: Duration,
+    ) -> Sender {
+        let netns = std::fs::File::open(host.path()).expect("opening the namespace file");
+        Sender::spawn(move |stop, sent| {
+            // SAFETY: setns on a namespace fd only changes this thread's namespace.
+            let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let source = loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                match watcher.notes.recv_timeout(Duration::from_millis(100)) {
+                    Ok((
+                        _,
+                        Note::Addr {
+                            added: true, addr, ..
+                        },
+                    )) if accept(addr) => break addr,
+                    Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            std::thread::sleep(after);
+            let socket = UdpSocket::bind((source, 0)).expect("binding the new address");
+            stream(&socket, &destination.to_string(), stop, sent);
+        })
+    }
+
+    fn spawn(body: impl FnOnce(&AtomicBool, &AtomicU64) + Send + 'static) -> Sender {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let thread = {
             let (stop, sent) = (stop.clone(), sent.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if socket.send_to(b"multihome", destination.as_str()).is_ok() {
-                        sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    std::thread::sleep(Duration::from_micros(500));
-                }
-            })
+            std::thread::spawn(move || body(&stop, &sent))
         };
         Sender {
             stop,
@@ -103,6 +139,16 @@ impl Sender {
 
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// About 2,000 datagrams/s from `socket` until `stop`, counting those the stack took.
+fn stream(socket: &UdpSocket, destination: &str, stop: &AtomicBool, sent: &AtomicU64) {
+    while !stop.load(Ordering::Relaxed) {
+        if socket.send_to(b"multihome", destination).is_ok() {
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+        std::thread::sleep(Duration::from_micros(500));
     }
 }
 

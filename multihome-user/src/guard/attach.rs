@@ -7,8 +7,9 @@
 //! new program (`BPF_LINK_UPDATE`: the kernel swaps the program in the link's slot, no grace
 //! period, 3 us), a cls_bpf filter is replaced at its own priority and handle (the classifier
 //! swaps it under RCU). Moving a device from one kind to the other hooks the new kind before
-//! the old one goes: on kernels with TCX, TCX programs run before the clsact qdisc's filters,
-//! and the guard's verdict (it never returns TCX_NEXT) ends the chain there.
+//! the old one goes: for that moment both run (TCX first, then the clsact filters), and the
+//! guard passes a packet on (TC_ACT_UNSPEC) or ends the chain by redirecting it, so a packet
+//! meets one guard or both, and both decide alike (tested in guard_traffic).
 
 use std::{
     ffi::CStr,
@@ -24,8 +25,8 @@ use aya::programs::{
     ProgramInfo, SchedClassifier,
 };
 
-use super::pins::{attachment_pin, bpf, open_pin};
-use super::{privilege_hint, tc as netlink_tc, AttachKind, PROGRAM_NAME};
+use super::pins::{attachment_pin, bpf, open_pin, Record};
+use super::{privilege_hint, tc as netlink_tc, PROGRAM_NAME};
 
 /// Hooks `program` to the egress of `ifindex` by a TCX link: the pinned link is updated in
 /// place when there is a live one, else a new link is made and pinned; a clsact filter of the
@@ -36,7 +37,7 @@ pub(super) fn attach_tcx(
     ifindex: u32,
 ) -> Result<()> {
     let name = ifname(ifindex)?;
-    let pin = attachment_pin(pin_dir, AttachKind::Tcx, ifindex);
+    let pin = attachment_pin(pin_dir, Record::Link, ifindex);
     if link_program(&pin, ifindex, &name).is_some() {
         update_link(&pin, program).context("cannot update the guard's TCX link in place")?;
     } else {
@@ -94,13 +95,13 @@ pub(super) fn attach_clsact(
     std::mem::forget(program.take_link(id)?);
     // The record names the program that runs there now; swapped in by a rename, so that the pin
     // is never missing.
-    let pin = attachment_pin(pin_dir, AttachKind::Clsact, ifindex);
+    let pin = attachment_pin(pin_dir, Record::Filter, ifindex);
     let fresh = pin.with_file_name(format!("{}:new", file_name(&pin)));
     remove_pin(&fresh)?;
     program.pin(&fresh)?;
     std::fs::rename(&fresh, &pin)
         .with_context(|| format!("cannot rename {} to {}", fresh.display(), pin.display()))?;
-    let tcx = attachment_pin(pin_dir, AttachKind::Tcx, ifindex);
+    let tcx = attachment_pin(pin_dir, Record::Link, ifindex);
     detach_link(&tcx)?;
     remove_pin(&tcx)?;
     Ok(added_qdisc)
@@ -122,28 +123,28 @@ pub(super) fn remove_qdisc_if_unused(ifindex: u32) -> Result<()> {
 /// TCX link's, else the guard's clsact filter's. `None` when neither is there (a link detached
 /// by hand, a filter deleted by hand). What cannot be checked (the device is gone) counts as
 /// hooked, by the program the pin names: the pin is the record, and a detach removes it.
-pub(super) fn hooked_by(pin_dir: &Path, ifindex: u32, kind: AttachKind) -> Option<u32> {
-    let pin = attachment_pin(pin_dir, kind, ifindex);
+pub(super) fn hooked_by(pin_dir: &Path, ifindex: u32, record: Record) -> Option<u32> {
+    let pin = attachment_pin(pin_dir, record, ifindex);
     let Ok(name) = ifname(ifindex) else {
-        return pinned_program(&pin, kind).or(Some(0));
+        return pinned_program(&pin, record).or(Some(0));
     };
-    match kind {
-        AttachKind::Tcx => link_program(&pin, ifindex, &name),
-        AttachKind::Clsact => match netlink_tc::named_filter(ifindex, PROGRAM_NAME) {
+    match record {
+        Record::Link => link_program(&pin, ifindex, &name),
+        Record::Filter => match netlink_tc::named_filter(ifindex, PROGRAM_NAME) {
             Ok(filter) => filter.map(|f| f.program_id.unwrap_or(0)),
-            Err(_) => pinned_program(&pin, kind).or(Some(0)),
+            Err(_) => pinned_program(&pin, record).or(Some(0)),
         },
     }
 }
 
 /// The program a pin names: a link's program, or the pinned program itself.
-fn pinned_program(pin: &Path, kind: AttachKind) -> Option<u32> {
-    match kind {
-        AttachKind::Tcx => {
+fn pinned_program(pin: &Path, record: Record) -> Option<u32> {
+    match record {
+        Record::Link => {
             let link = PinnedLink::from_pin(pin).ok()?;
             Some(FdLink::from(link).info().ok()?.program_id())
         }
-        AttachKind::Clsact => Some(ProgramInfo::from_pin(pin).ok()?.id()),
+        Record::Filter => Some(ProgramInfo::from_pin(pin).ok()?.id()),
     }
 }
 
@@ -175,16 +176,16 @@ pub(super) fn detach(pin_dir: &Path, ifindex: u32) -> Result<()> {
     if let Ok(name) = ifname(ifindex) {
         remove_clsact_filter(pin_dir, ifindex, &name)?;
     } else {
-        remove_pin(&attachment_pin(pin_dir, AttachKind::Clsact, ifindex))?;
+        remove_pin(&attachment_pin(pin_dir, Record::Filter, ifindex))?;
     }
-    let tcx = attachment_pin(pin_dir, AttachKind::Tcx, ifindex);
+    let tcx = attachment_pin(pin_dir, Record::Link, ifindex);
     detach_link(&tcx)?;
     remove_pin(&tcx)
 }
 
 /// Deletes the guard's clsact filter from `name` (`ifindex`) and its pin, if there is one.
 fn remove_clsact_filter(pin_dir: &Path, ifindex: u32, name: &str) -> Result<()> {
-    let pin = attachment_pin(pin_dir, AttachKind::Clsact, ifindex);
+    let pin = attachment_pin(pin_dir, Record::Filter, ifindex);
     if !pin.exists() {
         return Ok(());
     }

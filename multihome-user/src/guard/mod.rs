@@ -27,12 +27,19 @@ use aya::{
 pub use maps::PinnedMaps;
 pub use pins::attachments;
 pub(crate) use pins::prepare as prepare_pin_dir;
+use pins::Record;
 
 /// The program's name in the object and in the kernel (which keeps 15 characters).
 pub const PROGRAM_NAME: &str = "multihome_guard";
 
 /// The TC program, built for the BPF target by build.rs.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multihome-guard"));
+
+/// The embedded eBPF object, as [`Guard::load`] loads it: the privileged tests load it with
+/// another map layout to stand in for an older release.
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
 
 /// How to hook the egress of a device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,6 +59,9 @@ pub enum AttachMode {
 pub enum AttachKind {
     Tcx,
     Clsact,
+    /// Both at once, for the moment of a move from clsact to TCX (see `attach`).
+    #[serde(rename = "tcx+clsact")]
+    Both,
 }
 
 impl std::fmt::Display for AttachKind {
@@ -59,6 +69,7 @@ impl std::fmt::Display for AttachKind {
         f.write_str(match self {
             AttachKind::Tcx => "tcx",
             AttachKind::Clsact => "clsact",
+            AttachKind::Both => "tcx+clsact",
         })
     }
 }
@@ -177,7 +188,7 @@ impl Guard {
         }
         let pin_dir = self.pin_dir.clone();
         let program = program(&mut self.ebpf)?;
-        let hooked_tcx = attach::hooked_by(&pin_dir, ifindex, AttachKind::Tcx).is_some();
+        let hooked_tcx = attach::hooked_by(&pin_dir, ifindex, Record::Link).is_some();
         let kind = match self.mode {
             AttachMode::Tcx => {
                 attach::attach_tcx(program, &pin_dir, ifindex).map(|()| AttachKind::Tcx)
@@ -330,10 +341,10 @@ impl Guard {
 
     /// The program hooking `ifindex` now, by whichever kind its pins record (TCX first).
     fn hooked_by(&self, ifindex: u32) -> Option<u32> {
-        [AttachKind::Tcx, AttachKind::Clsact]
+        [Record::Link, Record::Filter]
             .into_iter()
-            .filter(|&kind| pins::attachment_pin(&self.pin_dir, kind, ifindex).exists())
-            .find_map(|kind| attach::hooked_by(&self.pin_dir, ifindex, kind))
+            .filter(|&record| pins::attachment_pin(&self.pin_dir, record, ifindex).exists())
+            .find_map(|record| attach::hooked_by(&self.pin_dir, ifindex, record))
     }
 
     /// `ifindex` runs this guard's program now, or nothing: one outdated device less.

@@ -9,8 +9,8 @@
 //! - `clsact_<ifindex>`: the program itself, pinned as the record of a cls_bpf filter named
 //!   `multihome_guard` on the clsact egress hook of `ifindex` (bpffs holds no plain files, and a
 //!   filter cannot be pinned); detaching deletes the filters of that name, then this pin.
-//!   While a device moves from clsact to TCX both pins exist for a moment; the TCX link is what
-//!   runs (TCX programs run first, and the guard's verdict ends the chain).
+//!   While a device moves from clsact to TCX both pins exist for a moment, and both hook it:
+//!   `attachments` says `tcx+clsact` then.
 //! - `<MAP>:old`: a map of an earlier release whose layout this one does not share, renamed
 //!   aside at load (its programs keep using it until they are replaced), removed with any other
 //!   map this release does not have once no device runs an earlier program.
@@ -33,11 +33,20 @@ use super::{privilege_hint, AttachKind};
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
-/// The pin recording how `ifindex` is attached.
-pub(super) fn attachment_pin(pin_dir: &Path, kind: AttachKind, ifindex: u32) -> PathBuf {
-    let prefix = match kind {
-        AttachKind::Tcx => "link_",
-        AttachKind::Clsact => "clsact_",
+/// The two records of an attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Record {
+    /// `link_<ifindex>`: a TCX link.
+    Link,
+    /// `clsact_<ifindex>`: a cls_bpf filter on the clsact qdisc.
+    Filter,
+}
+
+/// The pin recording that `ifindex` is attached the `record` way.
+pub(super) fn attachment_pin(pin_dir: &Path, record: Record, ifindex: u32) -> PathBuf {
+    let prefix = match record {
+        Record::Link => "link_",
+        Record::Filter => "clsact_",
     };
     pin_dir.join(format!("{prefix}{ifindex}"))
 }
@@ -69,10 +78,9 @@ pub fn attachments(pin_dir: &Path) -> BTreeMap<u32, AttachKind> {
             None
         };
         if let Some((ifindex, kind)) = parsed {
-            // Both during a move to TCX: the TCX link is what runs.
             let entry = found.entry(ifindex).or_insert(kind);
-            if kind == AttachKind::Tcx {
-                *entry = kind;
+            if *entry != kind {
+                *entry = AttachKind::Both;
             }
         }
     }

@@ -109,12 +109,23 @@ impl Testbed {
     /// Brings everything up and waits until both uplinks have an IPv4 lease, a default route
     /// and an IPv6 address from the router advertisements.
     pub fn up(client: Client) -> Result<Testbed> {
+        Testbed::boot(client, |_| Ok(())).map(|(bed, ())| bed)
+    }
+
+    /// Like `up`, with `first` run in the host namespace before the uplinks exist (their
+    /// devices are made when the routers connect): how a host boots with multihome's unit
+    /// ordered before networking. Returns what `first` returned beside the bed.
+    pub fn boot<T>(
+        client: Client,
+        first: impl FnOnce(&Netns) -> Result<T>,
+    ) -> Result<(Testbed, T)> {
         require_root();
         let host = Netns::new("h")?;
         let dir = ScratchDir::new(host.name())?;
         let internet = Internet::new(&dir.0)?;
         let mut a = Router::new(Isp::A, &internet, &dir.0)?;
         let mut b = Router::new(Isp::B, &internet, &dir.0)?;
+        let early = first(&host)?;
         a.connect(&host)?;
         b.connect(&host)?;
         let dhcp = dhcp::Clients::start(client, &host, &dir.0)?;
@@ -129,7 +140,7 @@ impl Testbed {
         for isp in [Isp::A, Isp::B] {
             bed.wait_configured(isp);
         }
-        Ok(bed)
+        Ok((bed, early))
     }
 
     /// The uplink's global addresses of one family, as the kernel has them now.

@@ -200,6 +200,80 @@ fn scenario(mode: AttachMode, want_kind: AttachKind, tag: &str) {
     assert!(received(&rx_b, Duration::from_millis(300)).is_empty());
 }
 
+/// How the guard chains with other programs on a device's egress, which auto mode's move from
+/// clsact to TCX relies on (for a moment both hook the device): TCX programs run before the
+/// clsact qdisc's filters; the guard passes a packet on (TC_ACT_UNSPEC, TCX_NEXT) to whatever
+/// runs after it, and ends the chain only by redirecting it. With a filter that drops everything
+/// on clsact and the guard on TCX, A's traffic (no redirect) reaches the dropper, B's (redirected)
+/// never does.
+#[test]
+fn the_guard_passes_packets_on_and_ends_the_chain_only_by_a_redirect() {
+    use aya::programs::tc::{self, NlOptions, TcAttachOptions, TcAttachType};
+    use aya::programs::SchedClassifier;
+
+    let bed = bed();
+    let pins = PinDir::new("to");
+    let mut guard = Guard::load(pins.path(), AttachMode::Tcx).unwrap();
+    let dropper = pins.path().join("dropper");
+    pin_verdict_program(&dropper, "dropper", TC_ACT_SHOT).unwrap();
+    let mut dropper = SchedClassifier::from_pin(&dropper).unwrap();
+    bed.host
+        .enter(|| -> anyhow::Result<()> {
+            tc::qdisc_add_clsact("upa")?;
+            let id = dropper.attach_with_options(
+                "upa",
+                TcAttachType::Egress,
+                TcAttachOptions::Netlink(NlOptions::default()),
+            )?;
+            // The filter stays when this handle goes (it goes with the namespace).
+            std::mem::forget(dropper.take_link(id)?);
+            Ok(())
+        })
+        .unwrap();
+    let (rx_a, rx_b) = (
+        udp_receiver(&bed.peer_a, INTERNET),
+        udp_receiver(&bed.peer_b, INTERNET),
+    );
+    // A static neighbour: the dropper drops ARP too.
+    let link = bed
+        .peer_a
+        .run(&["ip", "-br", "link", "show", "dev", "p0"])
+        .unwrap();
+    let mac = link.split_whitespace().nth(2).unwrap().to_owned();
+    bed.host
+        .run(&[
+            "ip",
+            "neigh",
+            "replace",
+            "192.168.0.1",
+            "lladdr",
+            mac.trim(),
+            "dev",
+            "upa",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    guard
+        .put_entry(ADDR_B.parse::<IpAddr>().unwrap(), &egress(bed.up_b, 1500))
+        .unwrap();
+    bed.host.enter(|| guard.attach(bed.up_a)).unwrap();
+    send_from(&bed, ADDR_B, "redirected");
+    assert_eq!(received(&rx_b, Duration::from_secs(3)), ["redirected"]);
+    send_from(&bed, ADDR_A, "passed on");
+    assert!(
+        received(&rx_a, Duration::from_millis(500)).is_empty(),
+        "the guard ended the chain for a packet it passes"
+    );
+    bed.host.enter(|| guard.detach(bed.up_a)).unwrap();
+    send_from(&bed, ADDR_B, "unguarded");
+    assert!(
+        received(&rx_a, Duration::from_millis(500)).is_empty(),
+        "the dropper let it pass"
+    );
+    assert!(received(&rx_b, Duration::from_millis(300)).is_empty());
+}
+
 #[test]
 fn tcx_guard_sends_b_traffic_out_of_b() {
     scenario(AttachMode::Tcx, AttachKind::Tcx, "tt");

@@ -15,6 +15,7 @@ mod guard_pins;
 mod guard_refused;
 mod guard_test_run;
 mod guard_traffic;
+mod lifecycle;
 mod netlink_roundtrip;
 mod netns_helpers;
 mod operations;
