@@ -4,12 +4,12 @@
 //! waiting for the daemon's report, the unit's sandbox, and the restart that keeps the kernel's
 //! state because the daemon asks systemd which job stops it (tests/vm/systemd.sh).
 //!
-//! The guest is Debian 13 on its 6.12 kernel. Its initramfs is two concatenated cpio archives
-//! (the kernel unpacks both, the second over the first): the base, systemd and the tools with
-//! their whole apt closure unpacked as dpkg would have (its status database lists them, so the
-//! package's Depends are met for real), cached under the VM cache by the closure's versions;
-//! and this run's part, rebuilt every time: the two packages, the kernel modules, the script.
-//! `/init` is systemd itself.
+//! The guest is Debian 13 on its 6.12 kernel, amd64 (console ttyS0). Its initramfs is two
+//! concatenated cpio archives (the kernel unpacks both, the second over the first): the base,
+//! systemd and the tools with their whole apt closure unpacked as dpkg would have (its status
+//! database lists them, so the package's Depends are met for real), cached under the VM cache
+//! by the closure's versions; and this run's part, rebuilt every time: the two packages, the
+//! kernel modules, the scripts, the masks. `/init` is systemd itself.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::apt::{Apt, Suite};
 use super::{cell, initramfs, kernel, qemu, userspace, Accel};
@@ -121,6 +121,13 @@ pub(crate) fn run(accel: Accel, timeout: Option<Duration>) -> Result<()> {
             "vm --systemd: building the guest and booting it need root: run as root".into(),
         )
         .into());
+    }
+    if Arch::host() != Arch::Amd64 {
+        bail!(
+            "vm --systemd: the systemd cell boots an amd64 guest with this machine's amd64 \
+             package (this is {}): run it on an amd64 machine",
+            Arch::host()
+        );
     }
     let began = Instant::now();
     let target = cargo_run::target_dir()?;
