@@ -65,7 +65,7 @@ stream_end() {
     kill -INT "$stream"
     wait "$stream"
     kill "$monitor"
-    wait "$monitor"
+    wait "$monitor" 2>/dev/null # its "Terminated"
     sent=$(grep -o '[0-9]* packets transmitted' /run/ping.out | cut -d' ' -f1)
     deleted=$(grep -c '^Deleted' /run/rules.events)
 }
