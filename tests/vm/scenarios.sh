@@ -20,28 +20,11 @@ ISP_A=198.51.100.2
 ISP_B=203.0.113.2
 ECHO=http://192.0.2.1/
 UPLINKS="vlan101 vlan102"
-passed=0
-failed=0
+. /vm/checks.sh
 
-ok() { passed=$((passed + 1)); echo "VM-CHECK ok $1"; }
-fail() { failed=$((failed + 1)); echo "VM-CHECK FAIL $1: $2"; }
-# check NAME EXPECTED ACTUAL
-check() { if [ "$2" = "$3" ]; then ok "$1"; else fail "$1" "expected '$2', got '$3'"; fi; }
-step() { echo "VM-STEP: [$(cut -d' ' -f1 /proc/uptime) s] $*"; }
-ns() { n=$1; shift; nsenter --net="/run/netns/$n" "$@"; }
 # What the echo service saw as the caller, for curl with these options.
 caller() { curl -s -m 20 --connect-timeout 15 "$@" "$ECHO" || echo "no answer"; }
 addr4() { ip -4 -o addr show dev "$1" scope global | awk '{ split($4, a, "/"); print a[1]; exit }'; }
-# wait_for SECONDS COMMAND...: polls every 0.2 s until COMMAND succeeds or SECONDS of the
-# guest's clock have passed (a count of polls would stretch with every slow poll under TCG).
-uptime_s() { cut -d. -f1 /proc/uptime; }
-wait_for() {
-    deadline=$(($(uptime_s) + $1)); shift
-    while ! "$@" >/dev/null 2>&1; do
-        [ "$(uptime_s)" -lt "$deadline" ] || return 1
-        sleep 0.2
-    done
-}
 
 # ---- status helpers: `multihome status --json` fields of one uplink (no jq in the guest) ----
 uplink_json() {
