@@ -189,6 +189,7 @@ systemctl start multihome
 wait_for 120 settled && ok "start: healthy, guard on TCX" || fail "start: healthy" "$(multihome status 2>&1 | tr '\n' ' ')"
 pid=$(main_pid)
 started=$(count 'running: ')
+unit_started=$(count '^Started multihome.service')
 kept=$(count 'restart: leaving rules')
 stream_start
 dpkg -i "$CURRENT_DEB" </dev/null
@@ -197,6 +198,7 @@ wait_for 120 healthy
 stream_stop "upgrade"
 check "upgrade: the installed version" "$CURRENT_VERSION" "$(dpkg-query -W -f '${Version}' multihome)"
 check "upgrade: the daemon started exactly once" $((started + 1)) "$(count 'running: ')"
+check "upgrade: systemd started the unit exactly once" $((unit_started + 1)) "$(count '^Started multihome.service')"
 check "upgrade: the old daemon kept the kernel's state for the new one" $((kept + 1)) "$(count 'restart: leaving rules')"
 [ "$(main_pid)" != "$pid" ] && ok "upgrade: a new daemon ($pid -> $(main_pid))" || fail "upgrade: a new daemon" "MainPID stayed $pid"
 check "upgrade: the configuration kept" 'MULTIHOME_UPLINKS="up1 up2"' "$(grep '^MULTIHOME_UPLINKS=' /etc/default/multihome)"
