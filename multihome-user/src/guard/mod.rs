@@ -14,13 +14,12 @@ use std::{
     io,
     ops::{Deref, DerefMut},
     path::{Path, PathBuf},
-    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
     include_bytes_aligned,
-    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
     Ebpf, EbpfLoader,
 };
 
@@ -88,6 +87,10 @@ pub struct Guard {
     /// Auto mode: devices hooked by clsact for now, to move to TCX one by one in the
     /// background (see [`Self::move_one`]), with whether their clsact qdisc was added for it.
     moves: BTreeMap<u32, bool>,
+    /// Moves that met a passing obstacle (an earlier link of the same program on the device
+    /// that the kernel has not released yet, after its pin was removed): tried again once the
+    /// hooks are next read (the watchdog's audit, a reload, a full pass).
+    later: BTreeMap<u32, bool>,
     /// Auto mode: TCX refused a move once; the devices stay on clsact.
     tcx_refused: bool,
     /// Devices hooked by another program (an earlier instance's) as last read, not yet hooked
@@ -113,6 +116,8 @@ impl Guard {
     /// Attachments left by an earlier run stay in place until they are attached again
     /// (replaced in place by this program) or detached.
     pub fn load(pin_dir: &Path, mode: AttachMode) -> Result<Guard> {
+        // The loader's feature probes, the BTF and the program: none interrupted (EAGAIN).
+        let _held = SignalsHeld::new();
         pins::prepare(pin_dir)?;
         for shape in &maps::SHAPES {
             let path = pin_dir.join(shape.name);
@@ -170,6 +175,7 @@ impl Guard {
             program_id,
             mine: BTreeSet::new(),
             moves: BTreeMap::new(),
+            later: BTreeMap::new(),
             tcx_refused: false,
             outdated: None,
             logger,
@@ -235,6 +241,7 @@ impl Guard {
     pub fn detach(&mut self, ifindex: u32) -> Result<()> {
         self.mine.remove(&ifindex);
         self.moves.remove(&ifindex);
+        self.later.remove(&ifindex);
         attach::detach(&self.pin_dir, ifindex)?;
         self.settled(ifindex);
         Ok(())
@@ -264,6 +271,10 @@ impl Guard {
                         log::warn!("{err:#}");
                     }
                 }
+            }
+            Err(err) if passing(&err) => {
+                log::debug!("guard on ifindex {ifindex} stays on clsact for now ({err:#})");
+                self.later.insert(ifindex, added_qdisc);
             }
             Err(err) => {
                 log::info!("the guard stays on clsact: TCX refused it ({err:#})");
@@ -310,6 +321,7 @@ impl Guard {
     /// reconciler attaches those again. Call it in the daemon's network namespace (ifindexes
     /// are per namespace).
     pub fn hooks(&mut self) -> Hooks {
+        self.moves.append(&mut self.later);
         let mut hooks = Hooks::default();
         for (ifindex, kind) in attachments(&self.pin_dir) {
             match self.hooked_by(ifindex) {
@@ -483,28 +495,49 @@ pub fn remove_all(pin_dir: &Path) -> Result<Vec<String>> {
     }
 }
 
-/// How long a load is tried again while the verifier keeps being interrupted.
-const LOAD_PATIENCE: Duration = Duration::from_secs(1);
+/// Whether a TCX attach failed for a reason that passes (EEXIST: an unpinned link of the same
+/// program not released yet; EBUSY), rather than for want of TCX.
+fn passing(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+            .is_some_and(|errno| errno == libc::EEXIST || errno == libc::EBUSY)
+    })
+}
 
-/// Loads the program into the kernel. The verifier gives up with EAGAIN when the loading thread
-/// has a signal pending (a SIGHUP to the daemon, say) and is then simply tried again, as libbpf
-/// does; the program takes tens of milliseconds to verify, a wide window.
+/// Loads the program into the kernel; the caller holds every signal back ([`SignalsHeld`]).
 fn load_program(ebpf: &mut Ebpf) -> Result<()> {
-    let started = Instant::now();
-    loop {
-        match program(ebpf)?.load() {
-            Ok(()) => return Ok(()),
-            Err(ProgramError::LoadError { io_error, .. })
-                if io_error.raw_os_error() == Some(libc::EAGAIN)
-                    && started.elapsed() < LOAD_PATIENCE =>
-            {
-                log::debug!("verifying the guard was interrupted by a signal: again");
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e)
-                    .context("the kernel refused the eBPF guard (run with --no-ebpf)"))
-            }
+    program(ebpf)?.load().map_err(|e| {
+        anyhow::Error::new(e).context("the kernel refused the eBPF guard (run with --no-ebpf)")
+    })
+}
+
+/// Every signal blocked on the calling thread until this is dropped (SIGKILL and SIGSTOP
+/// cannot be). The verifier gives up with EAGAIN when the loading thread has a signal pending,
+/// and verifying takes tens of milliseconds (more on a loaded machine), so a daemon sent
+/// SIGHUPs while it starts could otherwise be refused every time. A signal that arrives
+/// meanwhile stays pending and is handled once the load is done.
+struct SignalsHeld(libc::sigset_t);
+
+impl SignalsHeld {
+    fn new() -> SignalsHeld {
+        // SAFETY: sigset_t is plain data, filled by sigfillset; pthread_sigmask only changes
+        // this thread's mask and writes the previous one into `old`.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            SignalsHeld(old)
         }
+    }
+}
+
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by `new`, on the same thread (the value never leaves
+        // `load_program`'s frame).
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
     }
 }
 
