@@ -435,7 +435,10 @@ mod tests {
             protocol: 4,
             src: None,
             oif: None,
+            fwmark: None,
             table: Some(254),
+            suppress_prefix_len: None,
+            unreachable: false,
             other_selectors: false,
         });
         let mut route = view.routes[0];

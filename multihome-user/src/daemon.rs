@@ -73,6 +73,7 @@ fn config_from(args: &RunArgs) -> Result<Config, ConfigError> {
         protocol: args.owned.protocol,
         rules: !args.no_rules,
         ebpf: !args.no_ebpf,
+        steer: false,
     })
 }
 

@@ -3,6 +3,7 @@
 
 mod maps;
 mod skb;
+mod steer;
 
 use aya_ebpf::{
     bindings::{bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1, TC_ACT_UNSPEC},
@@ -11,9 +12,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
-use multihome_ebpf::{decide, parse, Egress, Packet, Verdict};
+use multihome_ebpf::{
+    decide, marked_passes, parse, steer::is_steering_mark, Egress, Packet, Verdict,
+};
 
-use maps::Counter;
+use maps::{Counter, SteerCounter};
 use skb::Skb;
 
 // From uapi pkt_cls.h (aya's bindings give them different integer types on different hosts).
@@ -36,6 +39,28 @@ fn guard(ctx: &TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     };
     let ifindex = skb.ifindex();
+    let packet = Packet {
+        ifindex,
+        vlan: frame.vlan,
+        src_mac: frame.src_mac,
+        src: frame.src,
+        dst: frame.dst,
+        l3_len: frame.l3_len,
+        gso: skb.is_gso(),
+    };
+    // A steered socket's packet first: its uplink decides, whatever its source (see
+    // `multihome_ebpf::marked_passes`). Unmarked packets pay one load and a compare.
+    let mark = skb.mark();
+    if is_steering_mark(mark) {
+        let uplink = maps::marked_uplink(mark);
+        let slot = uplink.map_or(0, |u| u.counter_slot);
+        if marked_passes(&packet, uplink) {
+            maps::count_steer(slot, SteerCounter::MarkedPassed);
+            return TC_ACT_UNSPEC;
+        }
+        maps::count_steer(slot, SteerCounter::MarkedDropped);
+        return TC_ACT_SHOT;
+    }
     // The device's own list first: an array lookup the verifier inlines, where the source's
     // hash lookup is a call (see `multihome_ebpf::own_sources`).
     if let Some(slot) = maps::own_sources(ifindex).and_then(|own| own.pass(&frame.src, frame.vlan))
@@ -49,15 +74,6 @@ fn guard(ctx: &TcContext) -> i32 {
     }
     let Some(entry) = maps::lookup(&frame.src) else {
         return TC_ACT_UNSPEC;
-    };
-    let packet = Packet {
-        ifindex,
-        vlan: frame.vlan,
-        src_mac: frame.src_mac,
-        src: frame.src,
-        dst: frame.dst,
-        l3_len: frame.l3_len,
-        gso: skb.is_gso(),
     };
     execute(ctx, &skb, decide(&packet, Some(entry)), entry)
 }

@@ -44,6 +44,8 @@ impl Effects for Kernel {
             (Op::Detach(ifindex), Some(guard)) => guard.detach(*ifindex),
             (Op::PutEntry(addr, egress), Some(guard)) => guard.put_entry(*addr, egress),
             (Op::DelEntry(addr), Some(guard)) => guard.remove_entry(*addr),
+            (Op::PutMark(mark, egress), Some(guard)) => guard.put_mark(*mark, egress),
+            (Op::DelMark(mark), Some(guard)) => guard.remove_mark(*mark),
             (_, None) => bail!("the guard is not loaded"),
         }
     }
@@ -51,6 +53,13 @@ impl Effects for Kernel {
     fn guard_entries(&self) -> anyhow::Result<BTreeMap<IpAddr, Egress>> {
         match &self.guard {
             Some(guard) => guard.entries(),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    fn guard_marks(&self) -> anyhow::Result<BTreeMap<u32, Egress>> {
+        match &self.guard {
+            Some(guard) => guard.marks(),
             None => Ok(BTreeMap::new()),
         }
     }

@@ -54,6 +54,8 @@ pub(crate) trait Effects {
     async fn apply(&mut self, op: &Op) -> anyhow::Result<()>;
     /// The guard's entries, as its maps hold them.
     fn guard_entries(&self) -> anyhow::Result<BTreeMap<IpAddr, Egress>>;
+    /// The steering marks' uplinks, as the guard's map holds them.
+    fn guard_marks(&self) -> anyhow::Result<BTreeMap<u32, Egress>>;
     /// The devices the guard is attached to, as its pins and the kernel say.
     fn guard_attachments(&self) -> BTreeSet<u32>;
     /// Pins again what someone removed from the pin directory.
@@ -238,6 +240,10 @@ impl<E: Effects> Reconciler<E> {
             Ok(entries) => self.guard.entries = entries,
             Err(err) => log::warn!("reading the guard's map: {err:#}"),
         }
+        match self.effects.guard_marks() {
+            Ok(marks) => self.guard.marks = marks,
+            Err(err) => log::warn!("reading the guard's steering marks: {err:#}"),
+        }
         self.guard.guarded = self.effects.guard_attachments();
     }
 
@@ -328,6 +334,12 @@ impl<E: Effects> Reconciler<E> {
             }
             Op::DelEntry(addr) => {
                 state.entries.remove(addr);
+            }
+            Op::PutMark(mark, egress) => {
+                state.marks.insert(*mark, *egress);
+            }
+            Op::DelMark(mark) => {
+                state.marks.remove(mark);
             }
             Op::ReplaceRoute(_) | Op::DelRoute(_) | Op::AddRule(_) | Op::DelRule(_) => {}
         }

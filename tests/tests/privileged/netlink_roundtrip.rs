@@ -95,7 +95,10 @@ fn desired(oif: u32) -> (Vec<Route>, Vec<Rule>) {
         protocol: PROTO,
         src: Some((ip("192.168.0.10"), 32)),
         oif: None,
+        fwmark: None,
         table: Some(TABLE),
+        suppress_prefix_len: None,
+        unreachable: false,
         other_selectors: false,
     };
     let oif_v4 = Rule {
@@ -265,7 +268,10 @@ fn dump_reflects_what_ip_set_up() {
         protocol: RTPROT_KERNEL,
         src: None,
         oif: None,
+        fwmark: None,
         table: Some(table),
+        suppress_prefix_len: None,
+        unreachable: false,
         other_selectors: false,
     };
     let mut rules = view.rules.clone();
@@ -566,7 +572,10 @@ fn events_follow_changes_made_with_ip() {
             protocol: PROTO,
             src: Some((ip("192.168.0.10"), 32)),
             oif: None,
+            fwmark: None,
             table: Some(TABLE),
+            suppress_prefix_len: None,
+            unreachable: false,
             other_selectors: false,
         };
         let add = "ip rule add from 192.168.0.10 lookup 1001 pref 1000 proto 77";
