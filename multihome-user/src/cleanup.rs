@@ -1,5 +1,6 @@
-//! `multihome cleanup`: removes every object carrying multihome's protocol, the guard's
-//! attachments and its pins, and says what it removed. Running it twice removes nothing twice.
+//! `multihome cleanup`: removes every object carrying multihome's protocol, the guard's and the
+//! steering's attachments, the pins, and the steering root's empty cgroups, and says what it
+//! removed. Running it twice removes nothing twice.
 
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ use crate::ownership::{owned, GuardState};
 use crate::plan::Scope;
 use crate::privileges::{self, CAP_NET_ADMIN};
 use crate::runtime;
+use crate::steer::{self, Root};
 use crate::{guard, Fatal};
 
 pub(crate) fn main(args: Owned) -> Result<ExitCode, Fatal> {
@@ -23,8 +25,18 @@ pub(crate) fn main(args: Owned) -> Result<ExitCode, Fatal> {
             cap.name, cap.why
         )));
     }
-    let mut removed = runtime::block_on(remove_routing(protocol))?;
+    // Steering first: once its program is detached no socket is marked, then the rules go
+    // (the catch-all last) and the marks' uplinks with the guard.
+    let mut removed = guard::steering::detach_all(&args.pin_dir)?;
+    removed.extend(runtime::block_on(remove_routing(protocol))?);
     removed.extend(guard::remove_all(&args.pin_dir)?);
+    if let Ok(root) = Root::locate(&args.cgroup_root) {
+        removed.extend(
+            steer::remove_tree(&root)
+                .into_iter()
+                .map(|dir| format!("cgroup {}", dir.display())),
+        );
+    }
     if removed.is_empty() {
         println!(
             "nothing to remove: no routes or rules with protocol {protocol}, no guard pinned at {}",

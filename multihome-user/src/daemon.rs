@@ -26,6 +26,7 @@ use crate::plan::Scope;
 use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
 use crate::reconcile::{Kernel, Reconciler};
 use crate::runtime;
+use crate::steer::{Root, Steering};
 use crate::Fatal;
 
 pub(crate) fn main(args: RunArgs) -> Result<ExitCode, Fatal> {
@@ -99,6 +100,11 @@ async fn run(mut config: Config, args: &RunArgs) -> Result<(), Fatal> {
     // A guard that could not load leaves the rules alone to plan: planning entries and
     // attachments that nothing can apply would fail every pass, and retry for ever.
     config.ebpf = guard.is_some();
+    let mut steering = match guard.as_mut() {
+        Some(guard) if config.rules && !args.no_steer => start_steering(&config, args, guard),
+        _ => None,
+    };
+    config.steer = steering.is_some();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut guard_log = guard.as_mut().and_then(Guard::take_log);
@@ -114,6 +120,8 @@ async fn run(mut config: Config, args: &RunArgs) -> Result<(), Fatal> {
     let running = uplink_names(&config);
     let mut reconciler = Reconciler::new(config, Kernel::new(netlink, guard), view);
     reconciler.pass().await?;
+    // The slices are mapped once their rules are there (`Steering::start`).
+    refresh_steering(steering.as_mut(), &mut reconciler);
     notify("READY=1");
     log::info!("running: {running}");
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
@@ -127,6 +135,14 @@ async fn run(mut config: Config, args: &RunArgs) -> Result<(), Fatal> {
                 // The watchdog's wake-up doubles as the guard's audit, where a timer of our
                 // own would wake an idle daemon.
                 reconciler.audit();
+                refresh_steering(steering.as_mut(), &mut reconciler);
+            }
+            changed = steering_changed(steering.as_ref()) => {
+                if let Err(err) = changed {
+                    log::warn!("watching the steering root: {err}");
+                }
+                refresh_steering(steering.as_mut(), &mut reconciler);
+                continue;
             }
             _ = sleep_until_or_never(wake_at) => reconciler.tick(),
             ready = readable_or_never(guard_log_fd.as_ref()) => {
@@ -157,9 +173,49 @@ async fn run(mut config: Config, args: &RunArgs) -> Result<(), Fatal> {
         log::info!("stopping, leaving rules, routes and the guard in place (--keep-on-exit)");
     } else {
         log::info!("stopping, removing what multihome installed");
+        // Steering first: once the program is detached no socket gets a mark, then the rules
+        // go (the catch-all last).
+        if let Some(steering) = steering {
+            steering.stop()?;
+        }
         reconciler.teardown().await?;
     }
     Ok(())
+}
+
+/// Starts steering programs onto the uplinks, or says once why it cannot (no cgroup2, a kernel
+/// without the hook) and carries on without: `multihome exec` then refuses to run.
+fn start_steering(config: &Config, args: &RunArgs, guard: &mut Guard) -> Option<Steering> {
+    let started = Root::locate(&args.owned.cgroup_root)
+        .and_then(|root| Steering::start(config, root, &args.owned.pin_dir, guard));
+    match started {
+        Ok(steering) => Some(steering),
+        Err(err) => {
+            log::warn!(
+                "steering programs onto uplinks is off (multihome exec will refuse): {err:#} \
+                 (--no-steer silences this)"
+            );
+            None
+        }
+    }
+}
+
+/// Looks at the steering root again after a change below it (or on the watchdog's audit).
+fn refresh_steering(steering: Option<&mut Steering>, reconciler: &mut Reconciler<Kernel>) {
+    let (Some(steering), Some(guard)) = (steering, reconciler.effects_mut().guard_mut()) else {
+        return;
+    };
+    if let Err(err) = steering.refresh(guard) {
+        log::warn!("steering: {err:#}");
+    }
+}
+
+/// Waits for a change below the steering root; never without steering.
+async fn steering_changed(steering: Option<&Steering>) -> std::io::Result<()> {
+    match steering {
+        Some(steering) => steering.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Loads the guard, or explains once why it cannot and carries on with rules only.

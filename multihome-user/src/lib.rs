@@ -13,6 +13,7 @@ mod daemon;
 mod defaults;
 mod diff;
 mod error;
+mod exec;
 #[cfg(test)]
 mod fixtures;
 mod generate;
@@ -31,6 +32,7 @@ mod reconcile;
 mod report;
 mod runtime;
 mod status;
+mod steer;
 pub mod view;
 
 use std::process::ExitCode;
@@ -55,6 +57,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::main(args),
         Command::Cleanup(args) => cleanup::main(args),
         Command::Check(args) => check::main(args),
+        Command::Exec(args) => exec::main(args),
         Command::Generate(args) => generate::main(args),
     };
     match result {

@@ -4,14 +4,15 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use crate::cli::StatusArgs;
+use crate::cli::{Owned, StatusArgs};
 use crate::config::{self, Config, Params, UplinkSpec};
 use crate::guard::{self, PinnedMaps};
 use crate::model::State;
 use crate::netlink;
 use crate::ownership::{owned, GuardState};
 use crate::plan::Scope;
-use crate::report::{report, Inputs, Report};
+use crate::report::{report, Inputs, Report, SliceSeen, SteeredUnit, SteeringInputs};
+use crate::steer::{cgroup2, Root};
 use crate::view::KernelView;
 use crate::{defaults, Fatal};
 
@@ -31,8 +32,16 @@ pub(crate) fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
         .map(|(ifindex, kind)| (ifindex, kind.to_string()))
         .collect();
     guard.guarded = attach_modes.keys().copied().collect();
+    if let Ok(maps) = &pins {
+        guard.marks = maps.marks()?;
+    }
     let owned = owned(&view, protocol, &Scope::All, &guard);
-    let config = infer_config(&args, protocol, &view, &owned, guard_pinned)?;
+    let steering_on = !guard::steering::links(&args.owned.pin_dir).is_empty();
+    let config = infer_config(&args, protocol, &view, &owned, guard_pinned, steering_on)?;
+    let steering = match (steering_on, &pins) {
+        (true, Ok(maps)) => Some(steering_inputs(&config, &args.owned, maps)?),
+        _ => None,
+    };
     let report = report(&Inputs {
         config: &config,
         view: &view,
@@ -40,6 +49,7 @@ pub(crate) fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
         attach_modes: &attach_modes,
         counters: &counters,
         guard_pinned,
+        steering: steering.as_ref(),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -61,6 +71,7 @@ fn infer_config(
     view: &KernelView,
     owned: &State,
     guard_pinned: bool,
+    steer: bool,
 ) -> Result<Config, Fatal> {
     let uplinks = known_uplinks(&args.uplinks, view, owned)?;
     if uplinks.is_empty() {
@@ -75,9 +86,70 @@ fn infer_config(
         protocol: protocol.into(),
         rules: routing_owned || !guard_pinned,
         ebpf: guard_pinned,
+        steer,
         ..Params::default()
     })
     .map_err(Fatal::usage)
+}
+
+/// What the steering root holds and the steering maps say, for the report.
+fn steering_inputs(
+    config: &Config,
+    owned: &Owned,
+    maps: &PinnedMaps,
+) -> Result<SteeringInputs, Fatal> {
+    let root = Root::locate(&owned.cgroup_root)?;
+    let steered = maps.steered()?;
+    let (counters, host) = maps.steer_counters()?;
+    let mut slices = BTreeMap::new();
+    for uplink in &config.uplinks {
+        let path = root.slice(&uplink.name);
+        let id = cgroup2::id(&path).ok();
+        let units: Vec<SteeredUnit> = cgroup2::children(&path)
+            .into_iter()
+            .map(|name| SteeredUnit {
+                processes: processes_below(&path.join(&name)),
+                name,
+            })
+            .collect();
+        slices.insert(
+            uplink.name.clone(),
+            SliceSeen {
+                path: path.display().to_string(),
+                id,
+                entry: id.and_then(|id| steered.get(&id)).copied(),
+                processes: processes_below(&path),
+                units,
+            },
+        );
+    }
+    let known: Vec<String> = config
+        .uplinks
+        .iter()
+        .map(|u| cgroup2::slice_name(&u.name))
+        .collect();
+    Ok(SteeringInputs {
+        attached: root
+            .id()
+            .is_ok_and(|id| guard::steering::attached(&owned.pin_dir, id)),
+        root: root.path.display().to_string(),
+        slices,
+        unknown: cgroup2::children(&root.path)
+            .into_iter()
+            .filter(|name| !known.contains(name))
+            .collect(),
+        counters,
+        host,
+    })
+}
+
+/// The processes in cgroup `dir` and below.
+fn processes_below(dir: &std::path::Path) -> usize {
+    cgroup2::processes(dir).len()
+        + cgroup2::children(dir)
+            .iter()
+            .map(|child| processes_below(&dir.join(child)))
+            .sum::<usize>()
 }
 
 /// The uplinks `status` and `check` look at: those `given`, else $MULTIHOME_UPLINKS or the
@@ -200,6 +272,51 @@ fn table(report: &Report) -> String {
     }
     if !report.guard_pinned {
         out.push_str("guard: not loaded (no pinned maps)\n");
+    }
+    if let Some(s) = &report.steering {
+        out.push_str(&format!(
+            "steering: {} ({}), shared rules {}/{}, {} sockets refused, {} marked packets \
+             without an uplink dropped\n",
+            s.root,
+            if s.attached {
+                "attached"
+            } else {
+                "NOT attached"
+            },
+            s.rules.present,
+            s.rules.wanted,
+            s.sockets_refused,
+            s.marked_dropped,
+        ));
+        for name in &s.unknown {
+            out.push_str(&format!(
+                "steering: {name} is no uplink's slice: its sockets are refused\n"
+            ));
+        }
+    }
+    for u in &report.uplinks {
+        let Some(s) = &u.steering else { continue };
+        let units: Vec<String> = s
+            .units
+            .iter()
+            .map(|unit| format!("{} ({})", unit.name, unit.processes))
+            .collect();
+        out.push_str(&format!(
+            "{}: {} mark {}{}: {} sockets, {} processes{}; marked packets {} out, {} dropped\n",
+            u.name,
+            s.slice,
+            s.mark,
+            if s.mapped { "" } else { " (NOT steered)" },
+            s.sockets,
+            s.processes,
+            if units.is_empty() {
+                String::new()
+            } else {
+                format!(" in {}", units.join(", "))
+            },
+            s.marked_passed,
+            s.marked_dropped,
+        ));
     }
     out
 }

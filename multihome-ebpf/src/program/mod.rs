@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use multihome_ebpf::{
-    decide, marked_passes, parse, steer::is_steering_mark, Egress, Packet, Verdict,
+    decide, marked_passes, parse, steer::is_steering_mark, Egress, Frame, Packet, Verdict,
 };
 
 use maps::{Counter, SteerCounter};
@@ -35,32 +35,16 @@ pub(crate) fn multihome_guard(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn guard(ctx: &TcContext) -> i32 {
     let skb = Skb::new(ctx);
-    let Some(frame) = parse(&skb, skb.accelerated_vlan()) else {
-        return TC_ACT_UNSPEC;
-    };
-    let ifindex = skb.ifindex();
-    let packet = Packet {
-        ifindex,
-        vlan: frame.vlan,
-        src_mac: frame.src_mac,
-        src: frame.src,
-        dst: frame.dst,
-        l3_len: frame.l3_len,
-        gso: skb.is_gso(),
-    };
     // A steered socket's packet first: its uplink decides, whatever its source (see
     // `multihome_ebpf::marked_passes`). Unmarked packets pay one load and a compare.
     let mark = skb.mark();
     if is_steering_mark(mark) {
-        let uplink = maps::marked_uplink(mark);
-        let slot = uplink.map_or(0, |u| u.counter_slot);
-        if marked_passes(&packet, uplink) {
-            maps::count_steer(slot, SteerCounter::MarkedPassed);
-            return TC_ACT_UNSPEC;
-        }
-        maps::count_steer(slot, SteerCounter::MarkedDropped);
-        return TC_ACT_SHOT;
+        return steered(&skb, mark);
     }
+    let Some(frame) = parse(&skb, skb.accelerated_vlan()) else {
+        return TC_ACT_UNSPEC;
+    };
+    let ifindex = skb.ifindex();
     // The device's own list first: an array lookup the verifier inlines, where the source's
     // hash lookup is a call (see `multihome_ebpf::own_sources`).
     if let Some(slot) = maps::own_sources(ifindex).and_then(|own| own.pass(&frame.src, frame.vlan))
@@ -75,7 +59,41 @@ fn guard(ctx: &TcContext) -> i32 {
     let Some(entry) = maps::lookup(&frame.src) else {
         return TC_ACT_UNSPEC;
     };
+    let packet = packet(&frame, &skb, ifindex);
     execute(ctx, &skb, decide(&packet, Some(entry)), entry)
+}
+
+/// A packet with steering mark `mark`: passed on its uplink, dropped anywhere else. It parses
+/// the frame itself rather than share the parse with the source path: a frame kept across this
+/// branch's lookups had its addresses' unset bytes (an IPv4 `Source`) spilled to the stack, and
+/// the verifier refuses reading a register nothing wrote.
+#[inline(always)]
+fn steered(skb: &Skb, mark: u32) -> i32 {
+    let uplink = maps::marked_uplink(mark);
+    let slot = uplink.map_or(0, |u| u.counter_slot);
+    let passes = parse(skb, skb.accelerated_vlan())
+        .is_some_and(|frame| marked_passes(&packet(&frame, skb, skb.ifindex()), uplink));
+    if passes {
+        maps::count_steer(slot, SteerCounter::MarkedPassed);
+        TC_ACT_UNSPEC
+    } else {
+        maps::count_steer(slot, SteerCounter::MarkedDropped);
+        TC_ACT_SHOT
+    }
+}
+
+/// What the decision knows of the packet leaving through `ifindex`.
+#[inline(always)]
+fn packet(frame: &Frame, skb: &Skb, ifindex: u32) -> Packet {
+    Packet {
+        ifindex,
+        vlan: frame.vlan,
+        src_mac: frame.src_mac,
+        src: frame.src,
+        dst: frame.dst,
+        l3_len: frame.l3_len,
+        gso: skb.is_gso(),
+    }
 }
 
 /// Carries out a verdict and counts it in the entry's uplink's counters slot.

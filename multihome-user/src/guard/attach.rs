@@ -133,43 +133,10 @@ pub(super) fn detach(pin_dir: &Path, ifindex: u32) -> Result<()> {
 /// Detaches the BPF link pinned at `path` now (BPF_LINK_DETACH). Removing the pin alone would
 /// detach it only when bpffs frees the pin's inode, after an RCU grace period: `cleanup` or a
 /// detach could return while the program still runs on the device. No pin is not an error.
-fn detach_link(path: &Path) -> Result<()> {
-    // From the uapi bpf.h: the commands and the leading fields of their `union bpf_attr` arms.
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    #[repr(C)]
-    struct LinkDetach {
-        link_fd: u32,
-    }
-    fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
-        // SAFETY: `attr` is the command's attribute struct, valid for the call; the kernel reads
-        // only `size_of::<T>()` bytes of it.
-        let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>()) };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(ret)
-    }
-
-    let c_path = CString::new(path.as_os_str().as_bytes())?;
-    let get = ObjGet {
-        pathname: c_path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
+pub(super) fn detach_link(path: &Path) -> Result<()> {
+    let Some(link) = open_pin(path)? else {
+        return Ok(());
     };
-    let fd = match bpf(BPF_OBJ_GET, &get) {
-        Ok(fd) => fd as RawFd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("cannot open the pin {}", path.display())),
-    };
-    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
-    let link = unsafe { OwnedFd::from_raw_fd(fd) };
     let detach = LinkDetach {
         link_fd: link.as_raw_fd() as u32,
     };
@@ -178,7 +145,85 @@ fn detach_link(path: &Path) -> Result<()> {
         .with_context(|| format!("cannot detach the link pinned at {}", path.display()))
 }
 
-fn remove_pin(path: &Path) -> Result<()> {
+/// The cgroup a cgroup link pinned at `path` is attached to (`bpf_link_info.cgroup.cgroup_id`):
+/// 0 once that cgroup was removed (the link is then defunct), `None` without such a pin.
+pub(super) fn link_cgroup_id(path: &Path) -> Result<Option<u64>> {
+    /// The leading fields of `struct bpf_link_info` and its `cgroup` arm.
+    #[repr(C)]
+    #[derive(Default)]
+    struct LinkInfo {
+        kind: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        cgroup_id: u64,
+        attach_type: u32,
+        _pad2: u32,
+    }
+    #[repr(C)]
+    struct GetInfo {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let Some(link) = open_pin(path)? else {
+        return Ok(None);
+    };
+    let mut info = LinkInfo::default();
+    let get = GetInfo {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: size_of::<LinkInfo>() as u32,
+        info: &raw mut info as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &get)
+        .with_context(|| format!("cannot read the link pinned at {}", path.display()))?;
+    Ok(Some(info.cgroup_id))
+}
+
+// From the uapi bpf.h: the commands and the leading fields of their `union bpf_attr` arms.
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+#[repr(C)]
+struct ObjGet {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+#[repr(C)]
+struct LinkDetach {
+    link_fd: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is the command's attribute struct, valid for the call; the kernel reads
+    // (and for BPF_OBJ_GET_INFO_BY_FD writes through its pointer) only what it describes.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret)
+}
+
+/// The object pinned at `path`, or `None` when nothing is.
+fn open_pin(path: &Path) -> Result<Option<OwnedFd>> {
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    let get = ObjGet {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    match bpf(BPF_OBJ_GET, &get) {
+        // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+        Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot open the pin {}", path.display())),
+    }
+}
+
+pub(super) fn remove_pin(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("cannot remove the pin {}", path.display()))

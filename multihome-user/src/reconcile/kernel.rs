@@ -24,6 +24,11 @@ impl Kernel {
     pub(crate) fn new(netlink: Netlink, guard: Option<Guard>) -> Kernel {
         Kernel { netlink, guard }
     }
+
+    /// The loaded guard, if any.
+    pub(crate) fn guard_mut(&mut self) -> Option<&mut Guard> {
+        self.guard.as_mut()
+    }
 }
 
 impl Effects for Kernel {

@@ -139,6 +139,11 @@ impl<E: Effects> Reconciler<E> {
         reconciler
     }
 
+    /// Its effects, for the daemon's steering, which shares the loaded guard.
+    pub(crate) fn effects_mut(&mut self) -> &mut E {
+        &mut self.effects
+    }
+
     /// Folds one kernel notification into the view.
     pub(crate) fn event(&mut self, event: Event) {
         let effect = self.view.apply(event);
