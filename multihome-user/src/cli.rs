@@ -56,7 +56,7 @@ pub(crate) struct Owned {
     pub(crate) pin_dir: PathBuf,
     /// The steering root: the cgroup holding a slice per uplink (multihome-UPLINK.slice);
     /// relative to the cgroup2 mount point unless absolute.
-    #[arg(long, default_value = DEFAULT_ROOT, value_name = "CGROUP")]
+    #[arg(long, default_value = DEFAULT_ROOT, value_name = "CGROUP", env = "MULTIHOME_CGROUP_ROOT")]
     pub(crate) cgroup_root: PathBuf,
 }
 

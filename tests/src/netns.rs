@@ -59,12 +59,20 @@ impl Netns {
         pin_dir_of(&self.name)
     }
 
-    /// A command that will run inside the namespace.
+    /// The steering root (`--cgroup-root`) of a daemon in this namespace: cgroups are shared
+    /// by every namespace, so each gets its own, removed with the namespace.
+    pub fn cgroup_root(&self) -> PathBuf {
+        cgroup_root_of(&self.name)
+    }
+
+    /// A command that will run inside the namespace; a `multihome` among them steers below
+    /// the namespace's own cgroup root (MULTIHOME_CGROUP_ROOT).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.path().display()))
             .arg("--")
-            .arg(program);
+            .arg(program)
+            .env("MULTIHOME_CGROUP_ROOT", self.cgroup_root());
         cmd
     }
 
@@ -238,6 +246,38 @@ fn pin_dir_of(name: &str) -> PathBuf {
     PathBuf::from("/sys/fs/bpf").join(name)
 }
 
+/// Where the cgroup2 hierarchy is mounted (from mountinfo: /sys/fs/cgroup/unified on hybrid
+/// hosts, /sys/fs/cgroup on unified ones).
+pub fn cgroup2_mount() -> PathBuf {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let fields: Vec<&str> = mount.split(' ').collect();
+            (fs.starts_with("cgroup2 ") && fields.get(3) == Some(&"/"))
+                .then(|| PathBuf::from(fields[4]))
+        })
+        .expect("no cgroup2 hierarchy is mounted: the steering tests need one")
+}
+
+fn cgroup_root_of(name: &str) -> PathBuf {
+    cgroup2_mount().join(format!("{name}.slice"))
+}
+
+/// Removes the cgroup `dir` and its descendants (children first); those still holding a
+/// process stay.
+pub fn remove_cgroup_tree(dir: &std::path::Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
 /// Kills what runs in a namespace and deletes it, with the guard pins a killed daemon left
 /// (they would keep its programs loaded).
 fn remove(name: &str) {
@@ -262,16 +302,22 @@ fn remove(name: &str) {
     }
     let _ = run(Command::new("ip").args(["netns", "del", name]));
     let _ = fs::remove_dir_all(pin_dir_of(name));
+    remove_cgroup_tree(&cgroup_root_of(name));
 }
 
 /// Deletes namespaces (and pin directories) of this prefix whose creating process is gone.
 fn sweep_leftovers() {
-    for dir in ["/run/netns", "/sys/fs/bpf"] {
+    for dir in [
+        PathBuf::from("/run/netns"),
+        PathBuf::from("/sys/fs/bpf"),
+        cgroup2_mount(),
+    ] {
         let Ok(entries) = fs::read_dir(dir) else {
             continue;
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            let name = name.strip_suffix(".slice").unwrap_or(&name).to_owned();
             let Some(pid) = name
                 .strip_prefix(PREFIX)
                 .and_then(|rest| rest.split('x').next())

@@ -19,3 +19,4 @@ mod netns_helpers;
 mod operations;
 mod reconciler;
 mod service_unit;
+mod steer;
