@@ -365,13 +365,12 @@ fn exec_steers_every_kind_of_program_and_keeps_local_traffic() {
     assert_eq!(json["steering"]["attached"], true);
     std::fs::remove_dir(&unit).unwrap();
     multihome_tests::netns::remove_cgroup_tree(&slice);
-    let again = wait_for(
+    wait_for(
         "the daemon to create wan2's slice again",
         Duration::from_secs(5),
         || slice.exists().then_some(()),
         || daemon.log(),
     );
-    let _ = again;
     std::fs::remove_dir(&slice).ok();
     std::fs::create_dir(&slice).ok();
     wait_for(
