@@ -304,7 +304,18 @@ fn foreign_rule_selectors_are_flagged() {
     let view = block_in(&ns, || async {
         Netlink::connect().unwrap().dump().await.unwrap()
     });
-    for pref in 900..=906 {
+    // fwmark and suppress_prefixlength are modelled (the steering rules use them): read as such.
+    let marked = view.rules.iter().find(|r| r.priority == 900).unwrap();
+    assert_eq!(
+        (marked.fwmark, marked.other_selectors),
+        (Some((7, u32::MAX)), false)
+    );
+    let suppress = view.rules.iter().find(|r| r.priority == 905).unwrap();
+    assert_eq!(
+        (suppress.suppress_prefix_len, suppress.other_selectors),
+        (Some(0), false)
+    );
+    for pref in [901, 902, 903, 904, 906] {
         let rule = view.rules.iter().find(|r| r.priority == pref).unwrap();
         assert!(rule.other_selectors, "{rule:?}");
     }
