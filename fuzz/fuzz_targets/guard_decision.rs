@@ -6,7 +6,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use multihome_ebpf::{decide, parse, source_filter, Egress, Frame, Packet, Source, Verdict};
+use multihome_ebpf::{
+    decide, parse, source_filter, Egress, Frame, Packet, Source, Verdict, Vlan,
+};
 
 /// Few distinct ifindexes, so that the uplink, its parent and the device coincide often.
 #[derive(Arbitrary, Debug)]
@@ -37,7 +39,7 @@ const ETH_HLEN: usize = 14;
 
 fuzz_target!(|input: Input| {
     let bytes = input.frame.as_slice();
-    let Some(frame) = parse(bytes, input.skb_vlan) else {
+    let Some(frame) = parse(bytes, input.skb_vlan.into()) else {
         return;
     };
     check_frame(bytes, input.skb_vlan, &frame);
@@ -72,7 +74,7 @@ fuzz_target!(|input: Input| {
             // On the target, without its tag, the packet passes: no redirect loop.
             let redirected = Packet {
                 ifindex,
-                vlan: None,
+                vlan: Vlan::NONE,
                 ..packet
             };
             assert_eq!(decide(&redirected, Some(&entry)), Verdict::Pass, "loop");
@@ -94,7 +96,7 @@ fn egress(e: &Entry, frame: &Frame) -> Egress {
         uplink_ifindex: u32::from(e.uplink % 4) + 1,
         lower_ifindex: u32::from(e.lower % 5),
         mtu: u32::from(e.mtu),
-        vlan_id: match (e.vlan_of_frame, frame.vlan) {
+        vlan_id: match (e.vlan_of_frame, frame.vlan.id()) {
             (true, Some(vlan)) => vlan,
             _ => e.vlan_id & 0x0fff,
         },
@@ -116,7 +118,7 @@ fn check_frame(bytes: &[u8], skb_vlan: Option<u16>, frame: &Frame) {
     assert_eq!(frame.tag_in_packet, l3 > ETH_HLEN);
     assert_eq!(frame.src_mac, bytes[6..12]);
     let first_tag = (l3 > ETH_HLEN).then(|| u16::from_be_bytes([bytes[14], bytes[15]]) & 0x0fff);
-    assert_eq!(frame.vlan, skb_vlan.or(first_tag));
+    assert_eq!(frame.vlan, Vlan::from(skb_vlan.or(first_tag)));
     match frame.src {
         Source::V4(src) => {
             assert_eq!(bytes[l3] >> 4, 4);

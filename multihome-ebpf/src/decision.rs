@@ -1,7 +1,10 @@
 //! The guard's one decision: given where a packet is leaving and the entry for its source
 //! address, pass it, redirect it to its uplink, or drop it because it cannot fit there.
 
-use crate::{frame::Source, maps::Egress};
+use crate::{
+    frame::{Source, Vlan},
+    maps::Egress,
+};
 
 /// What the program knows about a packet at the egress hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -9,7 +12,7 @@ pub struct Packet {
     /// The device the packet is leaving through (`skb->ifindex`).
     pub ifindex: u32,
     /// Its outermost VLAN id, from `skb->vlan_tci` or the packet bytes.
-    pub vlan: Option<u16>,
+    pub vlan: Vlan,
     pub src_mac: [u8; 6],
     /// Its source and destination addresses (of one family): an off-link IPv6 destination is
     /// redirected with an explicit next hop, see [`Verdict::Redirect`].
@@ -138,7 +141,7 @@ fn on_its_uplink(packet: &Packet, entry: &Egress) -> bool {
         return false;
     }
     if entry.vlan_id != 0 {
-        return packet.vlan == Some(entry.vlan_id);
+        return packet.vlan.is(entry.vlan_id);
     }
     if entry.match_mac != 0 {
         return packet.vlan.is_none() && packet.src_mac == entry.mac;
@@ -191,7 +194,7 @@ mod tests {
     fn packet(ifindex: u32, vlan: Option<u16>, src_mac: [u8; 6]) -> Packet {
         Packet {
             ifindex,
-            vlan,
+            vlan: vlan.into(),
             src_mac,
             src: Source::V4([192, 168, 0, 102]),
             dst: Source::V4([203, 0, 113, 10]),
@@ -492,7 +495,7 @@ mod tests {
         let internet = [0x20, 1, 0xd, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
         let tagged = Packet {
             ifindex: ETH0,
-            vlan: Some(101),
+            vlan: Vlan::tag(101),
             ..v6_packet(internet)
         };
         let entry = Egress {

@@ -44,12 +44,67 @@ pub enum Source {
 /// A packet's destination address: the same shape as its source.
 pub type Destination = Source;
 
+/// A frame's outermost VLAN id, or none. Not an `Option<u16>`: `None` leaves the payload bytes
+/// undefined, and the guard then copies them (LLVM keeps such a value in a stack slot it writes
+/// only on the tagged path); the verifiers of kernels before 5.12 refuse any read of a stack
+/// slot never written ("invalid read from stack", seen on Debian's 5.10.0-30). Every bit of this
+/// is always defined.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Vlan(u16);
+
+impl Vlan {
+    /// No tag (no 12-bit VLAN id has this value).
+    pub const NONE: Vlan = Vlan(u16::MAX);
+
+    /// The id of a tag control information field (its low 12 bits).
+    #[inline(always)]
+    pub fn tag(tci: u16) -> Vlan {
+        Vlan(tci & 0x0fff)
+    }
+
+    #[inline(always)]
+    pub fn is_some(self) -> bool {
+        self != Vlan::NONE
+    }
+
+    #[inline(always)]
+    pub fn is_none(self) -> bool {
+        self == Vlan::NONE
+    }
+
+    /// Whether the frame carries a tag with VLAN id `id`.
+    #[inline(always)]
+    pub fn is(self, id: u16) -> bool {
+        self.is_some() && self.0 == id
+    }
+
+    /// The id, if there is a tag.
+    pub fn id(self) -> Option<u16> {
+        self.is_some().then_some(self.0)
+    }
+}
+
+impl From<Option<u16>> for Vlan {
+    fn from(id: Option<u16>) -> Vlan {
+        id.map_or(Vlan::NONE, Vlan::tag)
+    }
+}
+
+impl core::fmt::Debug for Vlan {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.id() {
+            Some(id) => write!(f, "Vlan({id})"),
+            None => f.write_str("Vlan(none)"),
+        }
+    }
+}
+
 /// What the decision needs to know about a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub src_mac: [u8; 6],
     /// The outermost VLAN id: the skb's accelerated tag if any, else the first in-packet tag.
-    pub vlan: Option<u16>,
+    pub vlan: Vlan,
     /// Whether a tag sits in the packet bytes (as opposed to only in `skb->vlan_tci`).
     pub tag_in_packet: bool,
     pub src: Source,
@@ -68,18 +123,18 @@ pub struct Frame {
 /// addresses.
 /// `skb_vlan` is the id of a tag the kernel holds outside the packet bytes (`skb->vlan_tci`).
 #[inline(always)]
-pub fn parse<B: FrameBytes + ?Sized>(bytes: &B, skb_vlan: Option<u16>) -> Option<Frame> {
+pub fn parse<B: FrameBytes + ?Sized>(bytes: &B, skb_vlan: Vlan) -> Option<Frame> {
     let src_mac: [u8; 6] = bytes.read(6)?;
     let mut ethertype = u16::from_be_bytes(bytes.read(12)?);
     let mut offset = ETH_HLEN;
-    let mut in_packet_vlan = None;
+    let mut in_packet_vlan = Vlan::NONE;
     for _ in 0..MAX_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
         let tci = u16::from_be_bytes(bytes.read(offset)?);
         if in_packet_vlan.is_none() {
-            in_packet_vlan = Some(tci & 0x0fff);
+            in_packet_vlan = Vlan::tag(tci);
         }
         ethertype = u16::from_be_bytes(bytes.read(offset + 2)?);
         offset += 4;
@@ -113,7 +168,11 @@ pub fn parse<B: FrameBytes + ?Sized>(bytes: &B, skb_vlan: Option<u16>) -> Option
     };
     Some(Frame {
         src_mac,
-        vlan: skb_vlan.or(in_packet_vlan),
+        vlan: if skb_vlan.is_some() {
+            skb_vlan
+        } else {
+            in_packet_vlan
+        },
         tag_in_packet: in_packet_vlan.is_some(),
         src,
         dst,
@@ -162,14 +221,28 @@ mod tests {
     }
 
     #[test]
+    fn a_vlan_is_a_12_bit_id_or_none() {
+        assert_eq!(
+            Vlan::tag(0x2066),
+            Vlan::tag(102),
+            "PCP and DEI are not the id"
+        );
+        assert_eq!(Vlan::from(Some(102)).id(), Some(102));
+        assert_eq!(Vlan::from(None), Vlan::NONE);
+        assert!(Vlan::tag(0).is_some(), "a priority tag is a tag");
+        assert!((0..=0x0fff).all(|id| !Vlan::NONE.is(id) && Vlan::tag(id).is(id)));
+        assert!(!Vlan::tag(101).is(102));
+    }
+
+    #[test]
     fn untagged_ipv4() {
         let mut f = eth(ETH_P_IP);
         f.extend(ipv4([192, 168, 0, 100]));
-        let p = parse(f.as_slice(), None).unwrap();
+        let p = parse(f.as_slice(), Vlan::NONE).unwrap();
         assert_eq!(p.src, Source::V4([192, 168, 0, 100]));
         assert_eq!(p.dst, Source::V4([203, 0, 113, 10]));
         assert_eq!(p.src_mac, SRC_MAC);
-        assert_eq!(p.vlan, None);
+        assert_eq!(p.vlan, Vlan::NONE);
         assert!(!p.tag_in_packet);
         assert_eq!(p.l3_len, 28);
         assert_eq!(p.src_fold, u32::from_be_bytes([192, 168, 0, 100]));
@@ -182,13 +255,14 @@ mod tests {
         f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
         let src = [0x20, 1, 0xd, 0xb8, 0, 0xb, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
         f.extend(ipv6(src));
-        let p = parse(f.as_slice(), None).unwrap();
+        let p = parse(f.as_slice(), Vlan::NONE).unwrap();
         assert_eq!(p.src, Source::V6(src));
         assert_eq!(
             p.dst,
             Source::V6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10])
         );
-        assert_eq!(p.vlan, Some(102));
+        assert_eq!(p.vlan, Vlan::tag(102));
+        assert_eq!(p.vlan.id(), Some(102));
         assert!(p.tag_in_packet);
         assert_eq!(p.l3_len, 48);
         // What user space folds for the source filter is what the parser folds.
@@ -204,15 +278,15 @@ mod tests {
         f.extend_from_slice(&[0, 101]);
         f.extend_from_slice(&ETH_P_IP.to_be_bytes());
         f.extend(ipv4([192, 168, 0, 7]));
-        assert_eq!(parse(f.as_slice(), None).unwrap().vlan, Some(7));
+        assert_eq!(parse(f.as_slice(), Vlan::NONE).unwrap().vlan, Vlan::tag(7));
     }
 
     #[test]
     fn skb_tag_wins_over_in_packet_tag() {
         let mut f = eth(ETH_P_IP);
         f.extend(ipv4([192, 168, 0, 100]));
-        let p = parse(f.as_slice(), Some(101)).unwrap();
-        assert_eq!(p.vlan, Some(101));
+        let p = parse(f.as_slice(), Vlan::tag(101)).unwrap();
+        assert_eq!(p.vlan, Vlan::tag(101));
         assert!(!p.tag_in_packet);
     }
 
@@ -222,22 +296,22 @@ mod tests {
         f.extend(ipv4([192, 168, 0, 100]));
         // The destination ends 20 bytes into the IPv4 header.
         for cut in 0..ETH_HLEN + 20 {
-            assert_eq!(parse(&f[..cut], None), None, "cut at {cut}");
+            assert_eq!(parse(&f[..cut], Vlan::NONE), None, "cut at {cut}");
         }
         let mut arp = eth(0x0806);
         arp.extend_from_slice(&[0; 28]);
-        assert_eq!(parse(arp.as_slice(), None), None);
+        assert_eq!(parse(arp.as_slice(), Vlan::NONE), None);
         let mut v6 = eth(ETH_P_IPV6);
         v6.extend(ipv6([
             0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
         ]));
         // The destination ends 40 bytes into the IPv6 header.
         for cut in 0..ETH_HLEN + 40 {
-            assert_eq!(parse(&v6[..cut], None), None, "IPv6 cut at {cut}");
+            assert_eq!(parse(&v6[..cut], Vlan::NONE), None, "IPv6 cut at {cut}");
         }
-        assert!(parse(&v6[..ETH_HLEN + 40], None).is_some());
+        assert!(parse(&v6[..ETH_HLEN + 40], Vlan::NONE).is_some());
         let mut bad_version = eth(ETH_P_IP);
         bad_version.extend(ipv6([0; 16]));
-        assert_eq!(parse(bad_version.as_slice(), None), None);
+        assert_eq!(parse(bad_version.as_slice(), Vlan::NONE), None);
     }
 }

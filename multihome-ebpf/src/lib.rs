@@ -11,7 +11,7 @@ pub mod source_filter;
 pub mod steer;
 
 pub use decision::{decide, marked_passes, Packet, Verdict};
-pub use frame::{parse, Frame, FrameBytes, Source};
+pub use frame::{parse, Frame, FrameBytes, Source, Vlan};
 pub use maps::{CounterSlot, Counters, Egress, SrcV4, SrcV6};
 pub use own_sources::OwnSources;
 pub use source_filter::SourceFilter;

@@ -15,7 +15,10 @@
 //! exactly that address, if it belongs to another uplink, would pass once. Uplinks sharing a
 //! subnet (the common case) differ in the last bytes only, where a mix is one or the other.
 
-use crate::{frame::Source, maps::Egress};
+use crate::{
+    frame::{Source, Vlan},
+    maps::Egress,
+};
 
 /// Slots in the map: one per ifindex below this. A device with a larger ifindex has no list.
 pub const OWN_SOURCES_DEVICES: u32 = 4096;
@@ -60,8 +63,8 @@ impl OwnSources {
     /// The counters slot to count a packet from `src`, whose outermost tag is `vlan`, as passed,
     /// when this device's list says it passes; `None` when the list does not know it.
     #[inline(always)]
-    pub fn pass(&self, src: &Source, vlan: Option<u16>) -> Option<u16> {
-        let tag_fits = |vlan_id: u16| vlan_id == 0 || vlan == Some(vlan_id);
+    pub fn pass(&self, src: &Source, vlan: Vlan) -> Option<u16> {
+        let tag_fits = |vlan_id: u16| vlan_id == 0 || vlan.is(vlan_id);
         match src {
             Source::V4(addr) => {
                 for own in &self.v4 {

@@ -24,6 +24,7 @@ use crate::notify::{self, notify};
 use crate::ownership;
 use crate::plan::Scope;
 use crate::privileges::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
+use crate::probe::Failure;
 use crate::reconcile::{Kernel, Reconciler};
 use crate::runtime;
 use crate::steer::{Root, Steering};
@@ -97,8 +98,8 @@ async fn run(mut config: Config, args: &RunArgs) -> Result<(), Fatal> {
         log::info!("rules only (--no-ebpf): the eBPF guard is not loaded");
         None
     };
-    // A guard that could not load leaves the rules alone to plan: planning entries and
-    // attachments that nothing can apply would fail every pass, and retry for ever.
+    // A guard that could not load is said once (by `load_guard`); from then on the daemon runs
+    // as with --no-ebpf, so no pass plans guard operations that would fail and be retried.
     config.ebpf = guard.is_some();
     let mut steering = match guard.as_mut() {
         Some(guard) if config.rules && !args.no_steer => start_steering(&config, args, guard),
@@ -228,17 +229,25 @@ fn load_guard(args: &RunArgs) -> Result<Option<Guard>, Fatal> {
     // A pin directory that cannot work is the operator's input to fix, not a missing kernel
     // feature: refuse it rather than fall back to rules only.
     guard::prepare_pin_dir(&args.owned.pin_dir).map_err(|err| Fatal::usage(format!("{err:#}")))?;
-    match Guard::load(&args.owned.pin_dir, mode) {
-        Ok(guard) => Ok(Some(guard)),
-        Err(err) if args.no_rules => Err(anyhow!(
-            "the eBPF guard cannot load ({err:#}) and --no-rules leaves nothing else to do"
+    let err = match Guard::load(&args.owned.pin_dir, mode) {
+        Ok(guard) => return Ok(Some(guard)),
+        Err(err) => err,
+    };
+    // One line: the kernel's errno and, for a refused program, the verifier's reason (its
+    // whole log is for the debug level).
+    log::debug!("the eBPF guard cannot load: {err:#}");
+    let why = Failure::of(&err).reason;
+    if args.no_rules {
+        return Err(anyhow!(
+            "the eBPF guard cannot load ({why}) and --no-rules leaves nothing else to do"
         )
-        .into()),
-        Err(err) => {
-            log::warn!("the eBPF guard cannot load, running rules only: {err:#}");
-            Ok(None)
-        }
+        .into());
     }
+    log::warn!(
+        "the eBPF guard cannot load, running rules only: {why} (details at RUST_LOG=debug; \
+         --no-ebpf silences this)"
+    );
+    Ok(None)
 }
 
 /// Waits until the guard's log has records; never when there is no log to read.

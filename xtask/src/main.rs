@@ -84,14 +84,25 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
-    /// Tier 4: the seed's VLAN topology in a Debian 6.1 kernel under qemu (needs root).
+    /// Tier 4: the seed's VLAN topology in Debian kernels under qemu (needs root): the whole
+    /// matrix, or with --kernel/--arch one cell.
     Vm {
+        /// The kernel line: 5.10-early (Debian 11's 5.10.0-30), 5.10, 6.1, 6.12 (default 6.1
+        /// when --arch is given).
+        #[arg(long, value_name = "LINE")]
+        kernel: Option<String>,
+        /// The architecture (default the host's when --kernel is given).
+        #[arg(long, value_enum)]
+        arch: Option<Arch>,
         /// Use KVM instead of TCG (nested KVM crashes guests on the build machines).
         #[arg(long)]
         kvm: bool,
-        /// Kill the guest and fail after this many seconds (default 600).
+        /// Kill a guest and fail its cell after this many seconds (default 900).
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<u64>,
+        /// Guests booted at the same time.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
     },
     /// Build release and run the benchmarks (needs root), writing target/bench/report.{md,json}.
     Bench {
@@ -146,9 +157,19 @@ fn main() -> ExitCode {
             test,
         }),
         Task::Fuzz { seconds } => fuzz::run(seconds),
-        Task::Vm { kvm, timeout } => {
-            vm::run(if kvm { vm::Accel::Kvm } else { vm::Accel::Tcg }, timeout)
-        }
+        Task::Vm {
+            kernel,
+            arch,
+            kvm,
+            timeout,
+            jobs,
+        } => vm::run(&vm::Options {
+            kernel,
+            arch,
+            accel: if kvm { vm::Accel::Kvm } else { vm::Accel::Tcg },
+            timeout_s: timeout,
+            jobs,
+        }),
         Task::Bench { args } => bench::run(&args),
     };
     match result {

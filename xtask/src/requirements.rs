@@ -28,16 +28,17 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",        // tier 3: reachability checks between namespaces
     "curl",                // tier 3 / demo: `curl --interface`, as in the seed write-up
     "systemd",             // tier 3: systemd-networkd (part of systemd on bookworm), a DHCP client
-    "kmod",                // tier 4: modprobe 8021q and module lookup in the VM's initramfs
+    "kmod",                // tier 4: module lookup (modprobe --show-depends, depmod) for the guests
     "cpio",                // tier 4: packs the VM's initramfs
-    "strace", // tier 3: the unit test holds the daemon's system calls to the unit's filter
-    "busybox-static", // tier 4: the guest's shell and small tools (static: no libraries)
-    "binutils", // tier 4: strips multihome's debug info for the initramfs
+    "xz-utils",            // tier 4: unpacks Debian 13's kernel modules (.ko.xz) for the guest
+    "strace",   // tier 3: the unit test holds the daemon's system calls to the unit's filter
+    "binutils", // tier 4: strips multihome's debug info, readelf finds the guests' libraries
     "dpkg-dev", // package: dpkg-shlibdeps and dpkg-gencontrol write the control file
-    "lintian", // package tier: the packages' policy check
+    "lintian",  // package tier: the packages' policy check
     "golang-go", // tier 3: a Go program (no libc sockets) steered by `multihome exec`
-    "gcc",    // tier 3: builds the LD_PRELOAD socket shim the steering test compares with
+    "gcc",      // tier 3: builds the LD_PRELOAD socket shim the steering test compares with
     "libc6-dev", // tier 3: the shim's headers (dlfcn.h, sys/socket.h)
+    "busybox-static", // tier 3: the steering test's static binary (wget without libc sockets)
 ];
 
 /// The Debian packages for nightly's LLVM major `llvm` on a `host` machine: the common ones,

@@ -1,7 +1,7 @@
 //! The skb seen as a frame (`FrameBytes`) and the metadata the decision needs.
 
 use aya_ebpf::programs::TcContext;
-use multihome_ebpf::FrameBytes;
+use multihome_ebpf::{FrameBytes, Vlan};
 
 /// The skb under the program. Reads go straight to the linear area (direct packet access: no
 /// helper call, which is most of the pass path's cost); a read reaching past it falls back to
@@ -42,9 +42,13 @@ impl<'a> Skb<'a> {
 
     /// The id of a tag the kernel holds outside the packet bytes, if any.
     #[inline(always)]
-    pub(crate) fn accelerated_vlan(&self) -> Option<u16> {
+    pub(crate) fn accelerated_vlan(&self) -> Vlan {
         let skb = self.raw();
-        (skb.vlan_present != 0).then_some((skb.vlan_tci & 0x0fff) as u16)
+        if skb.vlan_present != 0 {
+            Vlan::tag(skb.vlan_tci as u16)
+        } else {
+            Vlan::NONE
+        }
     }
 
     /// A GSO packet is cut to the device's size later, so its length says nothing about fit.

@@ -214,7 +214,7 @@ pub(super) fn source(addr: IpAddr) -> Source {
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    use multihome_ebpf::{decide, Packet, Verdict};
+    use multihome_ebpf::{decide, Packet, Verdict, Vlan};
     use proptest::prelude::*;
 
     use super::*;
@@ -273,13 +273,13 @@ mod tests {
             for i in 0..16 {
                 for vlan in [None, Some(101), Some(102), Some(103)] {
                     let src = source(addr(i));
-                    let Some(slot) = list.pass(&src, vlan) else {
+                    let Some(slot) = list.pass(&src, vlan.into()) else {
                         continue;
                     };
                     let entry = truth.get(&addr(i));
                     let packet = Packet {
                         ifindex,
-                        vlan,
+                        vlan: vlan.into(),
                         src_mac: [2, 0, 0, 0, 0, 0xee],
                         src,
                         dst: src,
@@ -381,7 +381,7 @@ mod tests {
         let [Write::List(11, list)] = writes.after[..] else {
             panic!("{:?}", writes.after);
         };
-        assert_eq!(list.pass(&source(s), None), Some(2));
+        assert_eq!(list.pass(&source(s), Vlan::NONE), Some(2));
         // What does not change the shortcuts (here the MTU) writes none.
         let writes = shortcuts.change(
             s,
@@ -403,10 +403,10 @@ mod tests {
             ..plain(11, 3)
         };
         let index = Shortcuts::from_entries(&BTreeMap::from([(s, child)]));
-        assert_eq!(index.list(11).pass(&source(s), None), Some(3));
-        assert_eq!(index.list(ETH0).pass(&source(s), Some(102)), Some(3));
-        assert_eq!(index.list(ETH0).pass(&source(s), Some(101)), None);
-        assert_eq!(index.list(ETH0).pass(&source(s), None), None);
+        assert_eq!(index.list(11).pass(&source(s), Vlan::NONE), Some(3));
+        assert_eq!(index.list(ETH0).pass(&source(s), Vlan::tag(102)), Some(3));
+        assert_eq!(index.list(ETH0).pass(&source(s), Vlan::tag(101)), None);
+        assert_eq!(index.list(ETH0).pass(&source(s), Vlan::NONE), None);
     }
 
     #[test]

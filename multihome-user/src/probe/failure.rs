@@ -43,7 +43,7 @@ impl Failure {
 
     /// What the guard's loader reported. Its outermost message is advice for the daemon's log
     /// (run with --no-ebpf, ...) and is left out when the kernel's own error follows it.
-    pub(super) fn of(err: &anyhow::Error) -> Failure {
+    pub(crate) fn of(err: &anyhow::Error) -> Failure {
         let errno = err
             .chain()
             .find_map(|e| e.downcast_ref::<io::Error>()?.raw_os_error());

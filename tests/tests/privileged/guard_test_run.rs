@@ -8,7 +8,7 @@ use std::{
 };
 
 use multihome::guard::{AttachMode, Guard};
-use multihome_ebpf::{decide, parse, Counters, Egress, Packet, Source, Verdict};
+use multihome_ebpf::{decide, parse, Counters, Egress, Packet, Source, Verdict, Vlan};
 use multihome_tests::guard::*;
 use multihome_tests::netns::{require_root, veth, Netns};
 
@@ -301,7 +301,7 @@ impl Rng {
 /// What the program must do with `frame` on `ifindex`, by the host's own parse and decision:
 /// the verdict, and the uplink whose counters it moves (the entry's; none without an entry).
 fn model(entries: &BTreeMap<IpAddr, Egress>, frame: &[u8], ifindex: u32) -> (Verdict, Option<u32>) {
-    let Some(parsed) = parse(frame, None) else {
+    let Some(parsed) = parse(frame, Vlan::NONE) else {
         return (Verdict::Pass, None);
     };
     let src = match parsed.src {

@@ -12,6 +12,7 @@ mod e2e_egress;
 mod e2e_networkd_reconfigure;
 mod faults;
 mod guard_pins;
+mod guard_refused;
 mod guard_test_run;
 mod guard_traffic;
 mod netlink_roundtrip;

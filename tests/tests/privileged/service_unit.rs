@@ -422,7 +422,10 @@ fn the_daemon_speaks_sd_notify_ready_watchdog_stopping() {
     };
     // READY=1 comes once the first reconcile has installed the rules.
     assert_eq!(next(), "READY=1");
-    assert!(host.sh("ip rule").unwrap().contains("lookup 1001 proto 77"));
+    assert!(host
+        .sh("ip -N rule")
+        .unwrap()
+        .contains("lookup 1001 proto 77"));
     let start = std::time::Instant::now();
     for _ in 0..5 {
         assert_eq!(next(), "WATCHDOG=1");

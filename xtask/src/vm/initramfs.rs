@@ -1,6 +1,8 @@
-//! The guest's initramfs: busybox, the project's binary, the host tools the scenarios drive with
-//! their shared libraries, the kernel modules they need, and the guest scripts of `tests/vm/`.
-//! Rebuilt on every run (a few seconds): nothing stale from an earlier build can be tested.
+//! A cell's initramfs: busybox and the tools the scenarios drive, taken with their shared
+//! libraries from the cell architecture's user space (`userspace`), the project's binary built
+//! for that architecture, the kernel modules the scenarios need, the guest scripts of
+//! `tests/vm/` and the cell's description. Rebuilt on every run (a few seconds): nothing stale
+//! from an earlier build can be tested.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -10,19 +12,24 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 use super::kernel::Kernel;
+use super::userspace::Sysroot;
 use crate::proc;
 
-/// Host tools the guest scripts run, found on the host's PATH and shipped with their libraries.
-/// Debian's busybox-static runs its own applet before any program of the same name (its shell
-/// and its exec-ing applets prefer applets), so the shell is dash and the applets that exec other
-/// programs (nsenter, timeout) are the real ones: `ip` then means iproute2, not busybox's.
+/// Programs the guest scripts run. Busybox runs its own applet before any program of the same
+/// name (its shell and its exec-ing applets prefer applets), so the shell is dash and the
+/// applets that exec other programs (nsenter, unshare, timeout) are the real ones: with
+/// /usr/bin first on PATH, `ip` then means iproute2, not busybox's.
 const TOOLS: &[&str] = &[
-    "dash", "nsenter", "timeout", "ip", "bridge", "tc", "dnsmasq", "dhclient", "bpftool", "nft",
-    "curl", "socat",
+    "dash", "nsenter", "unshare", "timeout", "ip", "bridge", "tc", "dnsmasq", "dhclient",
+    "bpftool", "nft", "curl", "socat",
 ];
 
+/// Where the guest's programs are looked up in the user space.
+const BIN_DIRS: &[&str] = &["/usr/bin", "/usr/sbin", "/bin", "/sbin"];
+
 /// Modules loaded at boot (with their dependencies): the seed's VLANs, the veth trunk and links,
-/// the switch's VLAN-aware bridge, clsact with cls_bpf (6.1 has no TCX), the routers' NAT.
+/// the switch's VLAN-aware bridge, clsact with cls_bpf (kernels before 6.6 have no TCX), the
+/// routers' NAT.
 const MODULES: &[&str] = &[
     "8021q",
     "veth",
@@ -33,63 +40,131 @@ const MODULES: &[&str] = &[
     "nft_masq",
 ];
 
-/// Where the guest's libraries go, indexed in the guest's ld.so.cache (programs started with a
-/// cleared environment, such as dhclient's script, still find them).
-const LIB_DIR: &str = "usr/lib/x86_64-linux-gnu";
+/// What goes into one guest.
+pub(crate) struct Guest<'a> {
+    pub(crate) kernel: &'a Kernel,
+    pub(crate) sysroot: &'a Sysroot,
+    /// The `multihome` binary built for the sysroot's architecture.
+    pub(crate) multihome: &'a Path,
+    /// `/vm/cell.env`: the cell's name and expectations, read by the scenarios.
+    pub(crate) cell_env: String,
+}
 
 /// Builds `out` (an uncompressed newc cpio) from a fresh tree in `tree`.
-pub(super) fn build(kernel: &Kernel, multihome: &Path, tree: &Path, out: &Path) -> Result<()> {
+pub(crate) fn build(guest: &Guest, tree: &Path, out: &Path) -> Result<()> {
     if tree.exists() {
         fs::remove_dir_all(tree).with_context(|| format!("removing {}", tree.display()))?;
     }
-    for dir in [
-        "bin", "sbin", "usr/bin", "usr/sbin", LIB_DIR, "etc", "vm", "root",
-    ] {
+    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "vm", "root"] {
         fs::create_dir_all(tree.join(dir))?;
     }
-    copy(Path::new("/bin/busybox"), &tree.join("bin/busybox"))?;
+    let sysroot = guest.sysroot;
+    copy(&program(sysroot, "busybox")?, &tree.join("bin/busybox"))?;
     // /init and the scripts run under dash (see TOOLS); busybox fills in the small tools.
     std::os::unix::fs::symlink("/usr/bin/dash", tree.join("bin/sh"))?;
     let guest_multihome = tree.join("usr/bin/multihome");
-    // The debug build carries ~100 MB of debug info the guest never reads.
+    // A debug build carries ~100 MB of debug info the guest never reads.
     proc::run(
-        Command::new("strip")
+        Command::new(format!("{}-strip", sysroot.arch.gnu()))
             .arg("--strip-debug")
             .arg("-o")
             .arg(&guest_multihome)
-            .arg(multihome),
+            .arg(guest.multihome),
     )?;
     let mut binaries = vec![guest_multihome];
     for tool in TOOLS {
-        let host = which(tool)?;
         let guest = tree.join("usr/bin").join(tool);
-        copy(&host, &guest)?;
+        copy(&program(sysroot, tool)?, &guest)?;
         binaries.push(guest);
     }
-    let mut libraries = BTreeSet::new();
-    for binary in &binaries {
-        let ldd = proc::stdout_of(Command::new("ldd").arg(binary))?;
-        libraries.extend(parse_ldd(&ldd));
-    }
-    for lib in &libraries {
-        let guest = match lib.to_str() {
-            // The loader's path is written into every binary (PT_INTERP): keep it.
-            Some(p) if p.contains("/ld-linux") => tree.join(p.trim_start_matches('/')),
-            _ => tree
-                .join(LIB_DIR)
-                .join(lib.file_name().context("library without a name")?),
-        };
-        copy(lib, &guest)?;
-    }
-    fs::write(tree.join("etc/ld.so.conf"), format!("/{LIB_DIR}\n"))?;
-    proc::run(Command::new("ldconfig").arg("-r").arg(tree))?;
-    modules(kernel, tree)?;
-    guest_files(tree)?;
+    libraries(sysroot, tree, binaries)?;
+    modules(guest.kernel, tree)?;
+    guest_files(sysroot, tree, &guest.cell_env)?;
     pack(tree, out)
 }
 
-/// Copies the modules and their dependencies into the tree, indexes them for the guest's
-/// modprobe, and lists them in load order in `vm/modules.order`.
+/// A program of the user space, by name.
+fn program(sysroot: &Sysroot, name: &str) -> Result<PathBuf> {
+    BIN_DIRS
+        .iter()
+        .find_map(|dir| sysroot.resolve(&format!("{dir}/{name}")))
+        .with_context(|| {
+            format!(
+                "vm: the {} user space has no `{name}` (see PACKAGES in xtask/src/vm/userspace.rs)",
+                sysroot.arch
+            )
+        })
+}
+
+/// Copies into the tree the dynamic loader and the shared libraries `binaries` need, and what
+/// those need in turn, each where the guest's loader looks for it. The ELF headers are read
+/// with `readelf`, which reads any architecture (`ldd` would have to run the binary).
+fn libraries(sysroot: &Sysroot, tree: &Path, mut todo: Vec<PathBuf>) -> Result<()> {
+    let mut copied = BTreeSet::new();
+    while let Some(binary) = todo.pop() {
+        let headers = proc::stdout_of(
+            Command::new("readelf")
+                .args(["-d", "-l", "-W"])
+                .arg(&binary),
+        )?;
+        let (interp, needed) = parse_readelf(&headers);
+        if let Some(interp) = interp {
+            if copied.insert(interp.clone()) {
+                let from = sysroot.resolve(&interp).with_context(|| {
+                    format!(
+                        "vm: {} wants the loader {interp}, which the {} user space lacks",
+                        binary.display(),
+                        sysroot.arch
+                    )
+                })?;
+                copy(&from, &tree.join(interp.trim_start_matches('/')))?;
+            }
+        }
+        for name in needed {
+            let found = sysroot.library_dirs().into_iter().find_map(|dir| {
+                let path = format!("{dir}/{name}");
+                sysroot.resolve(&path).map(|host| (path, host))
+            });
+            let Some((path, host)) = found else {
+                bail!(
+                    "vm: {} needs {name}, which the {} user space lacks (add its package to \
+                     xtask/src/vm/userspace.rs)",
+                    binary.display(),
+                    sysroot.arch
+                );
+            };
+            if copied.insert(path.clone()) {
+                let guest = tree.join(path.trim_start_matches('/'));
+                copy(&host, &guest)?;
+                todo.push(guest);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The program interpreter and the needed libraries of `readelf -d -l -W` output:
+/// "[Requesting program interpreter: /lib/ld-linux-aarch64.so.1]" and
+/// "0x0000000000000001 (NEEDED)   Shared library: [libc.so.6]".
+pub(crate) fn parse_readelf(out: &str) -> (Option<String>, Vec<String>) {
+    let bracketed = |l: &str, tag: &str| {
+        let rest = l.split_once(tag)?.1;
+        Some(rest.split(']').next()?.trim().to_string())
+    };
+    let interp = out
+        .lines()
+        .find_map(|l| bracketed(l, "[Requesting program interpreter:"));
+    let needed = out
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| bracketed(l, "Shared library: ["))
+        .collect();
+    (interp, needed)
+}
+
+/// Copies the modules and their dependencies into the tree (decompressed: the guest's busybox
+/// insmod reads plain `.ko`), indexes them for the guest's modprobe, and lists them in load
+/// order in `vm/modules.order`.
 fn modules(kernel: &Kernel, tree: &Path) -> Result<()> {
     let mut order: Vec<String> = Vec::new();
     for module in MODULES {
@@ -109,28 +184,61 @@ fn modules(kernel: &Kernel, tree: &Path) -> Result<()> {
             }
         }
     }
+    let mut loaded = Vec::new();
     for path in &order {
         let rel = path.trim_start_matches('/');
-        copy(&kernel.root.join(rel), &tree.join(rel))?;
+        let (plain, decompress) = uncompressed(rel);
+        let to = tree.join(plain);
+        match decompress {
+            None => copy(&kernel.root.join(rel), &to)?,
+            Some(tool) => {
+                if let Some(dir) = to.parent() {
+                    fs::create_dir_all(dir)?;
+                }
+                let file = fs::File::create(&to)?;
+                proc::run(
+                    Command::new(tool)
+                        .arg("-dc")
+                        .arg(kernel.root.join(rel))
+                        .stdout(file),
+                )?;
+            }
+        }
+        loaded.push(format!("/{plain}"));
     }
     let modules_dir = format!("lib/modules/{}", kernel.abi);
-    for index in [
-        "modules.builtin",
-        "modules.builtin.modinfo",
-        "modules.order",
-    ] {
-        copy(
-            &kernel.root.join(&modules_dir).join(index),
-            &tree.join(&modules_dir).join(index),
-        )?;
+    for index in ["modules.builtin", "modules.builtin.modinfo"] {
+        let from = kernel.root.join(&modules_dir).join(index);
+        if from.exists() {
+            copy(&from, &tree.join(&modules_dir).join(index))?;
+        }
     }
+    // depmod orders modules.dep by it; the kernel's own lists compressed names.
+    let order: Vec<&str> = loaded
+        .iter()
+        .filter_map(|p| p.strip_prefix(&format!("/{modules_dir}/")))
+        .collect();
+    fs::write(
+        tree.join(&modules_dir).join("modules.order"),
+        order.join("\n") + "\n",
+    )?;
     proc::run(Command::new("depmod").arg("-b").arg(tree).arg(&kernel.abi))?;
-    fs::write(tree.join("vm/modules.order"), order.join("\n") + "\n")?;
+    fs::write(tree.join("vm/modules.order"), loaded.join("\n") + "\n")?;
     Ok(())
 }
 
-/// The guest scripts and the few /etc files the tools look up.
-fn guest_files(tree: &Path) -> Result<()> {
+/// A module's path without its compression suffix, and the tool that decompresses it.
+pub(crate) fn uncompressed(path: &str) -> (&str, Option<&'static str>) {
+    for (suffix, tool) in [(".xz", "xz"), (".zst", "zstd"), (".gz", "gzip")] {
+        if let Some(plain) = path.strip_suffix(suffix) {
+            return (plain, Some(tool));
+        }
+    }
+    (path, None)
+}
+
+/// The guest scripts, the cell's description and the few /etc files the tools look up.
+fn guest_files(sysroot: &Sysroot, tree: &Path, cell_env: &str) -> Result<()> {
     let scripts = proc::workspace_root().join("tests/vm");
     for entry in fs::read_dir(&scripts).with_context(|| format!("reading {}", scripts.display()))? {
         let path = entry?.path();
@@ -138,10 +246,14 @@ fn guest_files(tree: &Path) -> Result<()> {
         copy(&path, &tree.join("vm").join(name))?;
     }
     copy(&tree.join("vm/init"), &tree.join("init"))?;
+    fs::write(tree.join("vm/cell.env"), cell_env)?;
     fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
     fs::write(tree.join("etc/group"), "root:x:0:\n")?;
-    for file in ["etc/protocols", "etc/services"] {
-        copy(&Path::new("/").join(file), &tree.join(file))?;
+    for file in ["/etc/protocols", "/etc/services"] {
+        let from = sysroot
+            .resolve(file)
+            .with_context(|| format!("the user space has no {file} (netbase)"))?;
+        copy(&from, &tree.join(file.trim_start_matches('/')))?;
     }
     Ok(())
 }
@@ -178,36 +290,9 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A tool's path on the host, from PATH plus the sbin directories a non-login root may lack.
-fn which(tool: &str) -> Result<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-        .map(|dir| Path::new(dir).join(tool))
-        .find(|p| p.is_file())
-        .with_context(|| format!("vm: `{tool}` is not installed: run `cargo xtask setup`"));
-    found
-}
-
-/// The libraries `ldd` lists: "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and the
-/// loader "/lib64/ld-linux-x86-64.so.2 (0x...)"; the kernel's vDSO has no file and is skipped.
-pub(super) fn parse_ldd(out: &str) -> Vec<PathBuf> {
-    out.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let path = match l.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next()?,
-                None => l.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
-}
-
 /// The module files of `modprobe --show-depends` ("insmod /ROOT/lib/modules/.../x.ko "), in
 /// load order, as paths below `root` ("/lib/modules/.../x.ko"); "builtin x" lines need nothing.
-pub(super) fn parse_show_depends(out: &str, root: &Path) -> Vec<String> {
+pub(crate) fn parse_show_depends(out: &str, root: &Path) -> Vec<String> {
     let root = root.to_string_lossy();
     out.lines()
         .filter_map(|l| l.trim().strip_prefix("insmod "))
@@ -220,20 +305,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ldd_lines_give_libraries_and_the_loader() {
-        let out = "\tlinux-vdso.so.1 (0x00007ffc)\n\
-                   \tlibelf.so.1 => /lib/x86_64-linux-gnu/libelf.so.1 (0x00007f)\n\
-                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\
-                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+    fn readelf_gives_the_loader_and_the_needed_libraries() {
+        let out = "Program Headers:\n  INTERP 0x000238 ...\n\
+                   \x20     [Requesting program interpreter: /lib/ld-linux-aarch64.so.1]\n\
+                   Dynamic section at offset 0x1 contains 30 entries:\n\
+                   \x20 Tag        Type                         Name/Value\n\
+                   \x20 0x0000000000000001 (NEEDED)             Shared library: [libelf.so.1]\n\
+                   \x20 0x0000000000000001 (NEEDED)             Shared library: [libc.so.6]\n\
+                   \x20 0x000000000000000e (SONAME)             Library soname: [libbpf.so.1]\n";
+        let (interp, needed) = parse_readelf(out);
+        assert_eq!(interp.as_deref(), Some("/lib/ld-linux-aarch64.so.1"));
+        assert_eq!(needed, ["libelf.so.1", "libc.so.6"]);
+        // A static binary (busybox-static) has neither.
         assert_eq!(
-            parse_ldd(out),
-            vec![
-                PathBuf::from("/lib/x86_64-linux-gnu/libelf.so.1"),
-                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
-                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
-            ]
+            parse_readelf("There is no dynamic section in this file.\n"),
+            (None, vec![])
         );
-        assert!(parse_ldd("\tstatically linked\n").is_empty());
     }
 
     #[test]
@@ -248,5 +335,15 @@ mod tests {
                 "/lib/modules/6.1.0-56-amd64/kernel/net/8021q/8021q.ko",
             ]
         );
+    }
+
+    #[test]
+    fn compressed_modules_are_named_without_their_suffix() {
+        assert_eq!(
+            uncompressed("lib/modules/6.12/kernel/net/8021q/8021q.ko.xz"),
+            ("lib/modules/6.12/kernel/net/8021q/8021q.ko", Some("xz"))
+        );
+        assert_eq!(uncompressed("x/veth.ko.zst"), ("x/veth.ko", Some("zstd")));
+        assert_eq!(uncompressed("x/veth.ko"), ("x/veth.ko", None));
     }
 }

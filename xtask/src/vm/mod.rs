@@ -1,94 +1,323 @@
-//! `cargo xtask vm`: tier 4, the seed's exact topology (802.1Q VLANs on one NIC) in a Debian 12
-//! kernel under qemu, since the build machines' kernel has no 802.1Q and has TCX (6.1 has not,
-//! so the guard's clsact path runs for real there). The guest scripts are in `tests/vm/`.
+//! `cargo xtask vm`: tier 4, the seed's exact topology (802.1Q VLANs on one NIC) in Debian
+//! kernels under qemu, since the build machines' kernel has no 802.1Q. A matrix of cells
+//! (`cell`): Debian 11's 5.10 (an early point release and the newest), Debian 12's 6.1 and
+//! Debian 13's 6.12 on amd64, 6.1 and 6.12 on arm64, each with the guard's attach path of that
+//! kernel (clsact before 6.6, TCX after). The guest scripts are in `tests/vm/`.
 
+mod apt;
+mod cell;
 mod initramfs;
 mod kernel;
 mod qemu;
+mod userspace;
 
-use std::path::PathBuf;
+use std::collections::btree_map::{BTreeMap, Entry};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 
+use crate::arch::Arch;
 use crate::proc::{self, OperatorError};
+use crate::{build, run as cargo_run};
 
+use cell::Cell;
 pub(crate) use qemu::Accel;
 
-/// The guest's time limit: TCG on a loaded 2-core machine is slow, but a hung guest must not
-/// hang CI.
-const DEFAULT_TIMEOUT_S: u64 = 600;
+/// A guest's time limit: TCG on a loaded 2-core machine is slow (arm64 more so), but a hung
+/// guest must not hang CI.
+const DEFAULT_TIMEOUT_S: u64 = 900;
 
-pub(crate) fn run(accel: Accel, timeout_s: Option<u64>) -> Result<()> {
+/// What `cargo xtask vm` was asked for.
+pub(crate) struct Options {
+    pub(crate) kernel: Option<String>,
+    pub(crate) arch: Option<Arch>,
+    pub(crate) accel: Accel,
+    pub(crate) timeout_s: Option<u64>,
+    /// Guests booted at the same time.
+    pub(crate) jobs: usize,
+}
+
+/// A cell ready to boot.
+struct Prepared {
+    cell: Cell,
+    kernel: kernel::Kernel,
+    initrd: PathBuf,
+    log: PathBuf,
+    preparation: Duration,
+}
+
+/// How one cell went.
+struct Outcome {
+    cell: Cell,
+    /// The kernel booted, `5.10.0-30-amd64 (5.10.218-1)`, if the cell got that far.
+    kernel: Option<String>,
+    passed: u32,
+    failed: u32,
+    /// Why the cell failed, if it did.
+    error: Option<String>,
+    preparation: Duration,
+    guest: Duration,
+}
+
+pub(crate) fn run(options: &Options) -> Result<()> {
     if !proc::is_root() {
         return Err(OperatorError(
-            "vm: downloading the kernel and building the initramfs need root: run as root".into(),
+            "vm: downloading the kernels and building the initramfs need root: run as root".into(),
         )
         .into());
     }
+    let cells = cell::select(options.kernel.as_deref(), options.arch)?;
     let start = Instant::now();
-    let target = target_dir();
+    let target = cargo_run::target_dir()?;
     let cache = target.join("vm-cache");
     let work = target.join("vm");
     std::fs::create_dir_all(&work)?;
-    proc::run(&mut proc::cargo(["build", "--workspace"]))?;
-    let kernel = kernel::fetch(&cache)?;
-    let initrd = work.join("initramfs.cpio");
-    initramfs::build(
-        &kernel,
-        &target.join("debug/multihome"),
-        &work.join("root"),
-        &initrd,
-    )?;
-    let prepared = start.elapsed();
-    println!(
-        "vm: kernel {}, initramfs {} MB ready in {:.1} s; booting ({accel:?})",
-        kernel.abi,
-        std::fs::metadata(&initrd)?.len() >> 20,
-        prepared.as_secs_f64()
-    );
-    let log = work.join("console.log");
-    let timeout = Duration::from_secs(timeout_s.unwrap_or(DEFAULT_TIMEOUT_S));
-    let boot = qemu::boot(&kernel.vmlinuz(), &initrd, accel, timeout, &log)?;
-    let guest = start.elapsed() - prepared;
-    let (passed, failed) = boot.tally();
-    // The libtest-style line lets `cargo xtask test` add the guest's checks to its total.
-    println!(
-        "test result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out; \
-         finished in {:.2}s",
-        if failed == 0 { "ok" } else { "FAILED" },
-        guest.as_secs_f64()
-    );
-    println!(
-        "vm: wall time {:.1} s (preparation {:.1} s, guest {:.1} s); console log {}",
-        start.elapsed().as_secs_f64(),
-        prepared.as_secs_f64(),
-        guest.as_secs_f64(),
-        log.display()
-    );
-    if boot.timed_out {
-        bail!(
-            "vm: the guest did not finish within {} s and was killed (console log above)",
-            timeout.as_secs()
+    let _lock = lock(&work)?;
+    let names: Vec<String> = cells.iter().map(Cell::name).collect();
+    println!("vm: {} cell(s): {}", cells.len(), names.join(", "));
+
+    // Downloads and builds one after the other (they share the caches and the CPUs); a cell
+    // that cannot be prepared fails, and the others still run.
+    let mut binaries: BTreeMap<Arch, PathBuf> = BTreeMap::new();
+    let mut sysroots: BTreeMap<Arch, userspace::Sysroot> = BTreeMap::new();
+    let mut ready = Vec::new();
+    let mut outcomes = Vec::new();
+    for cell in cells {
+        let began = Instant::now();
+        match prepare(&cell, &cache, &work, &mut binaries, &mut sysroots) {
+            Ok(mut prepared) => {
+                prepared.preparation = began.elapsed();
+                ready.push(prepared);
+            }
+            Err(err) => outcomes.push(Outcome {
+                cell,
+                kernel: None,
+                passed: 0,
+                failed: 1,
+                error: Some(format!("cannot be prepared: {err:#}")),
+                preparation: began.elapsed(),
+                guest: Duration::ZERO,
+            }),
+        }
+    }
+
+    let timeout = Duration::from_secs(options.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S));
+    outcomes.extend(boot_all(
+        &ready,
+        options.accel,
+        timeout,
+        options.jobs.max(1),
+    ));
+    outcomes.sort_by_key(|o| names.iter().position(|n| *n == o.cell.name()));
+
+    // The libtest-style lines let `cargo xtask test` add the guests' checks to its total.
+    for o in &outcomes {
+        println!(
+            "test result: {}. {} passed; {} failed; 0 ignored; 0 measured; 0 filtered out; \
+             finished in {:.2}s",
+            if o.failed == 0 { "ok" } else { "FAILED" },
+            o.passed,
+            o.failed,
+            o.guest.as_secs_f64()
         );
     }
-    match boot.result {
-        None => bail!("vm: the guest ended without a VM-RESULT line (console log above)"),
-        Some(_) if !boot.failures.is_empty() => {
-            bail!(
-                "vm: {} check(s) failed:\n{}",
-                boot.failures.len(),
-                boot.failures.join("\n")
+    println!(
+        "vm: {:<18} {:<36} {:>7} {:>7} {:>8} {:>8} {:>8}",
+        "cell", "kernel", "passed", "failed", "prep", "guest", "wall"
+    );
+    for o in &outcomes {
+        println!(
+            "vm: {:<18} {:<36} {:>7} {:>7} {:>6.1} s {:>6.1} s {:>6.1} s{}",
+            o.cell.name(),
+            o.kernel.as_deref().unwrap_or("-"),
+            o.passed,
+            o.failed,
+            o.preparation.as_secs_f64(),
+            o.guest.as_secs_f64(),
+            (o.preparation + o.guest).as_secs_f64(),
+            o.error
+                .as_ref()
+                .map(|e| format!("  FAILED: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "vm: wall time {:.1} s for {} cell(s), {} at a time; console logs in {}",
+        start.elapsed().as_secs_f64(),
+        outcomes.len(),
+        options.jobs.max(1),
+        work.display()
+    );
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.error.is_some())
+        .map(|o| format!("{}: {}", o.cell.name(), o.error.as_deref().unwrap_or("")))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "vm: {} cell(s) failed:\n{}",
+            failed.len(),
+            failed.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// Holds `work` for this run: a second `cargo xtask vm` in the same checkout would overwrite
+/// the cells' initramfs and console logs under the first one's guests.
+fn lock(work: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::create(work.join(".lock"))?;
+    // SAFETY: flock on a descriptor we own; the lock goes with the file.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(OperatorError(format!(
+            "vm: another `cargo xtask vm` runs in this checkout ({} is locked): wait for it",
+            work.display()
+        ))
+        .into());
+    }
+    Ok(file)
+}
+
+/// Fetches and builds what `cell` boots: its kernel, its architecture's user space and
+/// `multihome` (each built once per run), and its initramfs.
+fn prepare(
+    cell: &Cell,
+    cache: &Path,
+    work: &Path,
+    binaries: &mut BTreeMap<Arch, PathBuf>,
+    sysroots: &mut BTreeMap<Arch, userspace::Sysroot>,
+) -> Result<Prepared> {
+    println!("vm: == preparing {}", cell.name());
+    let multihome = once(binaries, cell.arch, || build::binary(cell.arch, false))?.clone();
+    let kernel = kernel::fetch(cache, cell)?;
+    let sysroot = once(sysroots, cell.arch, || userspace::fetch(cache, cell.arch))?;
+    let dir = work.join(cell.slug());
+    std::fs::create_dir_all(&dir)?;
+    let initrd = dir.join("initramfs.cpio");
+    let guest = initramfs::Guest {
+        kernel: &kernel,
+        sysroot,
+        multihome: &multihome,
+        cell_env: cell_env(cell, &kernel),
+    };
+    initramfs::build(&guest, &dir.join("root"), &initrd)?;
+    println!(
+        "vm: {}: kernel {} ({}), BTF {}, initramfs {} MB",
+        cell.name(),
+        kernel.abi,
+        kernel.version,
+        if kernel.has("CONFIG_DEBUG_INFO_BTF") {
+            "yes"
+        } else {
+            "no"
+        },
+        std::fs::metadata(&initrd)?.len() >> 20,
+    );
+    Ok(Prepared {
+        cell: *cell,
+        kernel,
+        initrd,
+        log: dir.join("console.log"),
+        preparation: Duration::ZERO,
+    })
+}
+
+/// The value for `key`, made (and kept) on first use.
+fn once<T>(map: &mut BTreeMap<Arch, T>, key: Arch, make: impl FnOnce() -> Result<T>) -> Result<&T> {
+    Ok(match map.entry(key) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => e.insert(make()?),
+    })
+}
+
+/// `/vm/cell.env`, sourced by the scenarios: the cell and what the guard must do there.
+fn cell_env(cell: &Cell, kernel: &kernel::Kernel) -> String {
+    format!(
+        "CELL='{}'\nKERNEL_ABI='{}'\nATTACH='{}'\n",
+        cell.name(),
+        kernel.abi,
+        cell.line.attach.name()
+    )
+}
+
+/// Boots the prepared cells, `jobs` at a time, each console streamed with the cell's name.
+fn boot_all(ready: &[Prepared], accel: Accel, timeout: Duration, jobs: usize) -> Vec<Outcome> {
+    let queue = Mutex::new(ready.iter());
+    let outcomes = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(ready.len()) {
+            scope.spawn(|| {
+                while let Some(prepared) = queue.lock().map(|mut q| q.next()).ok().flatten() {
+                    let outcome = boot_one(prepared, accel, timeout);
+                    if let Ok(mut all) = outcomes.lock() {
+                        all.push(outcome);
+                    }
+                }
+            });
+        }
+    });
+    outcomes.into_inner().unwrap_or_default()
+}
+
+fn boot_one(prepared: &Prepared, accel: Accel, timeout: Duration) -> Outcome {
+    let cell = prepared.cell;
+    let began = Instant::now();
+    println!("vm: == booting {} ({accel:?})", cell.name());
+    let boot = qemu::boot(
+        cell.arch,
+        &prepared.kernel.vmlinuz(),
+        &prepared.initrd,
+        accel,
+        timeout,
+        &format!("vm[{}]| ", cell.name()),
+        &prepared.log,
+    );
+    let guest = began.elapsed();
+    let kernel = Some(format!(
+        "{} ({})",
+        prepared.kernel.abi, prepared.kernel.version
+    ));
+    let (passed, failed, error) = match boot {
+        Err(err) => (0, 1, Some(format!("{err:#}"))),
+        Ok(boot) => {
+            let (passed, failed) = boot.tally();
+            (
+                passed,
+                failed,
+                verdict(&boot, timeout).err().map(|e| e.to_string()),
             )
         }
-        Some(v) if v.passed == 0 => bail!("vm: the guest ran no checks"),
-        Some(_) => Ok(()),
+    };
+    Outcome {
+        cell,
+        kernel,
+        passed,
+        failed,
+        error: error.map(|e| format!("{e} (console log {})", prepared.log.display())),
+        preparation: prepared.preparation,
+        guest,
     }
 }
 
-/// Cargo's target directory (CARGO_TARGET_DIR or the workspace's `target/`): the kernel cache
-/// lives there, so `cargo clean` drops it with the rest.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| proc::workspace_root().join("target"), PathBuf::from)
+/// Whether a boot passed: it finished in time, with a summary, with checks, none failed.
+fn verdict(boot: &qemu::Boot, timeout: Duration) -> Result<()> {
+    if boot.timed_out {
+        return Err(anyhow!(
+            "the guest did not finish within {} s and was killed",
+            timeout.as_secs()
+        ));
+    }
+    match boot.result {
+        None => Err(anyhow!("the guest ended without a VM-RESULT line")),
+        Some(_) if !boot.failures.is_empty() => Err(anyhow!(
+            "{} check(s) failed: {}",
+            boot.failures.len(),
+            boot.failures.join("; ")
+        )),
+        Some(v) if v.passed == 0 => Err(anyhow!("the guest ran no checks")),
+        Some(_) => Ok(()),
+    }
 }

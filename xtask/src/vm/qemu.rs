@@ -10,7 +10,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+
+use crate::arch::Arch;
 
 /// How the guest is accelerated: TCG everywhere by default (nested KVM crashes guests on the
 /// build machines); KVM only when asked for.
@@ -21,18 +23,18 @@ pub(crate) enum Accel {
 }
 
 /// What one boot produced.
-pub(super) struct Boot {
+pub(crate) struct Boot {
     /// The scenarios' `VM-RESULT:` counts, if the guest got that far.
-    pub result: Option<Verdict>,
+    pub(crate) result: Option<Verdict>,
     /// `VM-CHECK FAIL` lines (also from before the scenarios' summary).
-    pub failures: Vec<String>,
-    pub timed_out: bool,
+    pub(crate) failures: Vec<String>,
+    pub(crate) timed_out: bool,
 }
 
 impl Boot {
     /// Passed and failed checks; a guest that hung or ended without its summary counts as one
     /// more failure, so the run's total never reads as clean.
-    pub(super) fn tally(&self) -> (u32, u32) {
+    pub(crate) fn tally(&self) -> (u32, u32) {
         let (passed, failed) = self.result.map_or((0, 0), |v| (v.passed, v.failed));
         let failed = failed.max(u32::try_from(self.failures.len()).unwrap_or(u32::MAX));
         let incomplete = self.result.is_none() || self.timed_out;
@@ -42,21 +44,25 @@ impl Boot {
 
 /// The guest's own count of its checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Verdict {
-    pub passed: u32,
-    pub failed: u32,
+pub(crate) struct Verdict {
+    pub(crate) passed: u32,
+    pub(crate) failed: u32,
 }
 
-/// Boots `vmlinuz` with `initrd`, streaming the console to stdout and to `log`.
-pub(super) fn boot(
+/// Boots `vmlinuz` with `initrd` on `arch`'s emulator, streaming the console to stdout (each
+/// line after `prefix`) and to `log`.
+pub(crate) fn boot(
+    arch: Arch,
     vmlinuz: &Path,
     initrd: &Path,
     accel: Accel,
     timeout: Duration,
+    prefix: &str,
     log: &Path,
 ) -> Result<Boot> {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(args(accel))
+    let qemu = arch.qemu().0;
+    let mut cmd = Command::new(qemu);
+    cmd.args(args(arch, accel)?)
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
@@ -65,7 +71,7 @@ pub(super) fn boot(
         .stdout(Stdio::piped());
     let mut child = cmd
         .spawn()
-        .context("cannot start qemu-system-x86_64 (run `cargo xtask setup`)")?;
+        .with_context(|| format!("cannot start {qemu} (run `cargo xtask setup`)"))?;
     let stdout = child.stdout.take().context("qemu has no stdout pipe")?;
     let (tx, rx) = mpsc::channel();
     let reader = thread::spawn(move || {
@@ -86,7 +92,7 @@ pub(super) fn boot(
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_string();
-                println!("vm| {line}");
+                println!("{prefix}{line}");
                 writeln!(log, "{line}")?;
                 if let Some(verdict) = parse_result(&line) {
                     boot.result = Some(verdict);
@@ -110,9 +116,26 @@ pub(super) fn boot(
 }
 
 /// qemu's arguments besides the kernel and initramfs: no NIC (traffic stays inside the guest),
-/// the serial console on stdout, and no reboot, so a panic ends qemu at once.
-fn args(accel: Accel) -> Vec<&'static str> {
-    let mut args = vec![
+/// the serial console on stdout, and no reboot, so a panic ends qemu at once. arm64 boots on
+/// qemu's `virt` board with a Cortex-A72 (a Raspberry Pi 4's CPU), its console on the PL011.
+fn args(arch: Arch, accel: Accel) -> Result<Vec<String>> {
+    let (machine, console): (&[&str], &str) = match arch {
+        Arch::Amd64 => (&[], "ttyS0"),
+        Arch::Arm64 => (&["-M", "virt"], "ttyAMA0"),
+    };
+    let cpu = match (accel, arch) {
+        (Accel::Kvm, arch) if arch != Arch::host() => {
+            bail!(
+                "vm: KVM runs {} guests only; {arch} runs under TCG",
+                Arch::host()
+            )
+        }
+        (Accel::Kvm, _) => ["-accel", "kvm", "-cpu", "host"],
+        (Accel::Tcg, Arch::Amd64) => ["-accel", "tcg", "-cpu", "max"],
+        (Accel::Tcg, Arch::Arm64) => ["-accel", "tcg", "-cpu", "cortex-a72"],
+    };
+    let append = format!("console={console} panic=-1 loglevel=4 rdinit=/init");
+    let args = machine.iter().copied().chain(cpu).chain([
         "-m",
         "1024",
         "-smp",
@@ -127,17 +150,13 @@ fn args(accel: Accel) -> Vec<&'static str> {
         "stdio",
         "-no-reboot",
         "-append",
-        "console=ttyS0 panic=-1 loglevel=4 rdinit=/init",
-    ];
-    args.extend(match accel {
-        Accel::Tcg => ["-accel", "tcg", "-cpu", "max"],
-        Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
-    });
-    args
+        &append,
+    ]);
+    Ok(args.map(str::to_string).collect())
 }
 
 /// The counts of the guest's summary line, `VM-RESULT: 12 passed, 0 failed`.
-pub(super) fn parse_result(line: &str) -> Option<Verdict> {
+pub(crate) fn parse_result(line: &str) -> Option<Verdict> {
     let rest = line.split_once("VM-RESULT:")?.1;
     let (passed, failed) = rest.split_once(',')?;
     Some(Verdict {
@@ -185,9 +204,22 @@ mod tests {
 
     #[test]
     fn tcg_is_the_default_and_no_nic_is_given() {
-        let tcg = args(Accel::Tcg);
-        assert!(tcg.windows(2).any(|w| w == ["-accel", "tcg"]));
-        assert!(tcg.windows(2).any(|w| w == ["-nic", "none"]));
-        assert!(args(Accel::Kvm).windows(2).any(|w| w == ["-accel", "kvm"]));
+        for arch in Arch::ALL {
+            let tcg = args(arch, Accel::Tcg).unwrap();
+            assert!(tcg.windows(2).any(|w| w == ["-accel", "tcg"]));
+            assert!(tcg.windows(2).any(|w| w == ["-nic", "none"]));
+        }
+        let kvm = args(Arch::host(), Accel::Kvm).unwrap();
+        assert!(kvm.windows(2).any(|w| w == ["-accel", "kvm"]));
+    }
+
+    #[test]
+    fn arm64_boots_the_virt_board_with_a_cortex_a72_on_its_pl011() {
+        let arm = args(Arch::Arm64, Accel::Tcg).unwrap();
+        assert!(arm.windows(2).any(|w| w == ["-M", "virt"]));
+        assert!(arm.windows(2).any(|w| w == ["-cpu", "cortex-a72"]));
+        assert!(arm.iter().any(|a| a.starts_with("console=ttyAMA0 ")));
+        let foreign = Arch::ALL.into_iter().find(|&a| a != Arch::host()).unwrap();
+        assert!(args(foreign, Accel::Kvm).is_err());
     }
 }
