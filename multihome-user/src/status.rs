@@ -134,9 +134,14 @@ fn steering_inputs(
             .is_ok_and(|id| guard::steering::attached(&owned.pin_dir, id)),
         root: root.path.display().to_string(),
         slices,
+        // A slice the map steers belongs to an uplink this status was not told about (the
+        // daemon's own list may be longer): its sockets are marked, not refused.
         unknown: cgroup2::children(&root.path)
             .into_iter()
             .filter(|name| !known.contains(name))
+            .filter(|name| {
+                cgroup2::id(&root.path.join(name)).map_or(true, |id| !steered.contains_key(&id))
+            })
             .collect(),
         counters,
         host,
