@@ -21,8 +21,8 @@ use crate::privileges::{self, CAP_BPF};
 use crate::steer::{self, cgroup2, Root};
 use crate::Fatal;
 
-/// How often a move into a fresh scope is tried again: the daemon may remove an empty scope
-/// just made (it cannot tell it from one whose processes all ended).
+/// How often a move into a fresh scope is tried again: the daemon leaves an empty scope alone
+/// while its exec process lives, but an operator's `cleanup` may remove it just after mkdir.
 const JOIN_ATTEMPTS: usize = 5;
 
 pub(crate) fn main(args: ExecArgs) -> Result<ExitCode, Fatal> {

@@ -100,13 +100,46 @@ impl Root {
     }
 
     /// Removes the exec scopes no process is left in (`multihome exec` hands its process to
-    /// the command and cannot do it itself); the paths removed.
+    /// the command and cannot do it itself); the paths removed. A scope whose `multihome exec`
+    /// process still lives is not yet populated but about to be (it made the directory and is
+    /// moving in): it stays. When that process ends (it became CMD), the scope's events wake
+    /// the daemon again.
     pub(crate) fn collect_exec_scopes(&self) -> Vec<PathBuf> {
         self.exec_scopes()
             .into_iter()
-            .filter(|scope| !cgroup2::populated(scope) && std::fs::remove_dir(scope).is_ok())
+            .filter(|scope| {
+                !cgroup2::populated(scope)
+                    && !exec_scope_pid(scope).is_some_and(process_lives)
+                    && std::fs::remove_dir(scope).is_ok()
+            })
             .collect()
     }
+}
+
+/// The process id an exec scope is named for.
+fn exec_scope_pid(scope: &Path) -> Option<u32> {
+    scope
+        .file_name()?
+        .to_str()?
+        .strip_prefix(EXEC_SCOPE_PREFIX)?
+        .strip_suffix(EXEC_SCOPE_SUFFIX)?
+        .parse()
+        .ok()
+}
+
+/// A zombie is dead: the scope empties when CMD exits, before its parent reaps it.
+fn process_lives(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .is_some_and(|stat| running_state(&stat))
+}
+
+/// Whether a `/proc/PID/stat` line is a process's that has not exited (state after the
+/// command's closing parenthesis: not Z, zombie, or X, dead).
+fn running_state(stat: &str) -> bool {
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| !matches!(state, "Z" | "X"))
 }
 
 /// The name of the scope `multihome exec` with process id `pid` makes.
@@ -115,9 +148,7 @@ pub(crate) fn exec_scope_name(pid: u32) -> String {
 }
 
 fn is_exec_scope(name: &str) -> bool {
-    name.strip_prefix(EXEC_SCOPE_PREFIX)
-        .and_then(|rest| rest.strip_suffix(EXEC_SCOPE_SUFFIX))
-        .is_some_and(|pid| pid.parse::<u32>().is_ok())
+    exec_scope_pid(Path::new(name)).is_some()
 }
 
 /// What the steering map should hold: each slice of a configured uplink, with the uplink's mark.
@@ -285,6 +316,16 @@ mod tests {
             wanted(&config, &slices),
             BTreeMap::from([(10, 0x6d68_0007), (11, 0x6d68_03e9)])
         );
+    }
+
+    #[test]
+    fn a_zombie_no_longer_holds_its_exec_scope() {
+        assert!(running_state("42 (multihome) S 1 42 42 0 -1"));
+        assert!(running_state("42 (a) b) R 1"));
+        assert!(!running_state("42 (curl) Z 1 42 42 0 -1"));
+        assert!(!running_state("42 (x) X 1"));
+        assert!(!running_state(""));
+        assert!(process_lives(std::process::id()));
     }
 
     #[test]

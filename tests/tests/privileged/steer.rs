@@ -170,8 +170,14 @@ fn scratch(host: &Netns) -> PathBuf {
 
 /// A local service in the host namespace: `socat` answering `reply` on `listen`.
 fn local_service(host: &Netns, listen: &str, reply: &str) -> Process {
-    host.spawn(&["socat", listen, &format!("SYSTEM:echo {reply}")])
-        .unwrap()
+    // A datagram server reads the request before it answers: otherwise socat may still be
+    // writing it to the finished `echo` (EPIPE) and exit before it sent the answer.
+    let answer = if listen.starts_with("UDP") {
+        format!("SYSTEM:read _; echo {reply}")
+    } else {
+        format!("SYSTEM:echo {reply}")
+    };
+    host.spawn(&["socat", listen, &answer]).unwrap()
 }
 
 #[test]
@@ -229,6 +235,23 @@ fn exec_steers_every_kind_of_program_and_keeps_local_traffic() {
         exec(host, "wan2", &["sh", "-c", "exit 7"]).status.code(),
         Some(7)
     );
+    // The daemon removes the exec scopes once their commands are gone (and never one whose
+    // exec is still moving in: every exec above found its scope).
+    let slice = host.cgroup_root().join("multihome-wan2.slice");
+    let scopes = || -> Vec<String> {
+        std::fs::read_dir(&slice)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("exec-"))
+            .collect()
+    };
+    wait_for(
+        "the emptied exec scopes to be removed",
+        Duration::from_secs(5),
+        || scopes().is_empty().then_some(()),
+        || format!("{:?}", scopes()),
+    );
 
     // Loopback, a DNS stub on 127.0.0.53, the host's own addresses (another uplink's too) and
     // the uplink's own subnet stay reachable.
@@ -255,17 +278,31 @@ fn exec_steers_every_kind_of_program_and_keeps_local_traffic() {
     // for the answer (a client's end of input would close the connection first).
     let client = |target: &str| {
         let script = if target.starts_with("UDP") {
-            format!("echo ? | socat -T 2 - {target}")
+            // -t 2: after its input ends socat waits 2 s (not the default 0.5 s) for the
+            // answer, which a loaded machine's forked echo can take.
+            format!("echo ? | socat -t 2 -T 2 - {target}")
         } else {
             format!("socat -T 2 -u {target} -")
         };
         exec(host, "wan2", &["sh", "-c", &script])
     };
+    // Every listener is bound before the first probe (socat starts them concurrently: the
+    // UDP one may come last).
+    let listening = || host.sh("ss -Hltun").unwrap_or_default();
+    let bound = [
+        "127.0.0.1:8080".to_owned(),
+        "[::1]:8080".to_owned(),
+        format!("{wan1}:8081"),
+        "127.0.0.53:53".to_owned(),
+    ];
     wait_for(
-        "the local services",
+        "the local services to listen",
         Duration::from_secs(5),
-        || client("TCP4:127.0.0.1:8080").status.success().then_some(()),
-        || show(&client("TCP4:127.0.0.1:8080")),
+        || {
+            let now = listening();
+            bound.iter().all(|b| now.contains(b.as_str())).then_some(())
+        },
+        listening,
     );
     for (target, reply) in [
         ("TCP4:127.0.0.1:8080".to_owned(), "loopback"),
