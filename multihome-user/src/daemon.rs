@@ -192,13 +192,24 @@ fn start_steering(config: &Config, args: &RunArgs, guard: &mut Guard) -> Option<
     match started {
         Ok(steering) => Some(steering),
         Err(err) => {
+            log::debug!("steering cannot start: {err:#}");
             log::warn!(
-                "steering programs onto uplinks is off (multihome exec will refuse): {err:#} \
-                 (--no-steer silences this)"
+                "steering programs onto uplinks is off (multihome exec will refuse): {} \
+                 (--no-steer silences this)",
+                one_line(&err)
             );
             None
         }
     }
+}
+
+/// An error on one line: its own message and the kernel's reason (for a refused program the
+/// verifier's last word, not its whole log).
+fn one_line(err: &anyhow::Error) -> String {
+    if err.chain().count() == 1 {
+        return err.to_string();
+    }
+    format!("{err}: {}", Failure::of(err).reason)
 }
 
 /// Looks at the steering root again after a change below it (or on the watchdog's audit).

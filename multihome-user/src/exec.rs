@@ -72,6 +72,14 @@ fn steered_slice(root: &Root, pin_dir: &Path, uplink: &str) -> Result<std::path:
              an uplink (without --no-steer, with this --cgroup-root and --pin-dir)?"
         ))
     };
+    if steering::links(pin_dir).is_empty() && PinnedMaps::open(pin_dir).is_ok() {
+        return Err(Fatal::usage(format!(
+            "uplink {uplink} is not steered: multihome runs (its maps are pinned in {}) but \
+             steers no program onto an uplink; its log says why (`multihome check` shows whether \
+             cgroup2 and the hook are there)",
+            pin_dir.display()
+        )));
+    }
     let id = cgroup2::id(&slice)
         .map_err(|e| not_steered(format!("cannot find its slice {}: {e}", slice.display())))?;
     let root_id = root

@@ -151,18 +151,32 @@ impl Guard {
     /// every IPv4/IPv6 socket created below `root` is then marked from the steering map, or
     /// refused. Replaces an earlier run's attachment.
     pub(crate) fn attach_steering(&mut self, root: &Path, root_id: u64) -> Result<()> {
-        let program: &mut CgroupSock = self
-            .ebpf
+        self.load_steering()?;
+        let pin_dir = self.pin_dir.clone();
+        steering::attach(self.steering_program()?, &pin_dir, root, root_id)
+    }
+
+    /// Loads the steering program unless it is loaded: a kernel without the cgroup hook
+    /// (CONFIG_CGROUP_BPF) refuses it here, before anything is attached or created.
+    pub(crate) fn load_steering(&mut self) -> Result<()> {
+        let program = self.steering_program()?;
+        if program.fd().is_err() {
+            program.load().map_err(|e| {
+                anyhow::Error::new(e).context(
+                    "the kernel refused the steering program (cgroup/sock_create, which needs \
+                     CONFIG_CGROUP_BPF)",
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn steering_program(&mut self) -> Result<&mut CgroupSock> {
+        self.ebpf
             .program_mut(STEER_PROGRAM_NAME)
             .ok_or_else(|| anyhow!("the embedded object has no program {STEER_PROGRAM_NAME}"))?
             .try_into()
-            .context("the embedded steering program is not a cgroup/sock program")?;
-        if program.fd().is_err() {
-            program.load().map_err(|e| {
-                anyhow::Error::new(e).context("the kernel refused the steering program")
-            })?;
-        }
-        steering::attach(program, &self.pin_dir, root, root_id)
+            .context("the embedded steering program is not a cgroup/sock program")
     }
 
     /// How later [`Self::attach`] calls hook a device (`check` tries each way in turn).

@@ -36,13 +36,25 @@ pub(crate) struct Root {
 }
 
 impl Root {
-    /// `arg` as given when absolute, else below the cgroup2 mount point.
+    /// `arg` as given when absolute, else below the cgroup2 mount point; refused when it is
+    /// not in a cgroup2 file system.
     pub(crate) fn locate(arg: &Path) -> Result<Root> {
         let path = if arg.is_absolute() {
             arg.to_path_buf()
         } else {
             cgroup2::mount_point()?.join(arg)
         };
+        if !cgroup2::is_cgroup2(&path) {
+            let mounted = match cgroup2::mount_point() {
+                Ok(at) => format!("cgroup2 is mounted at {}", at.display()),
+                Err(_) => "no cgroup2 file system is mounted".to_owned(),
+            };
+            anyhow::bail!(
+                "the steering root {} (--cgroup-root, MULTIHOME_CGROUP_ROOT) is not in a cgroup2 \
+                 file system ({mounted}): give a cgroup below it",
+                path.display()
+            );
+        }
         Ok(Root { path })
     }
 
@@ -209,11 +221,29 @@ impl Steering {
         guard: &mut crate::guard::Guard,
     ) -> Result<Steering> {
         let uplinks: Vec<String> = config.uplinks.iter().map(|u| u.name.clone()).collect();
+        // A kernel without the hook refuses the program before a directory is made.
+        guard.load_steering()?;
+        let existed = root.path.exists();
+        let started = Self::attach(config, &root, pin_dir, guard, uplinks);
+        if started.is_err() && !existed {
+            // Nothing left behind by a steering that did not start.
+            remove_tree(&root);
+        }
+        started
+    }
+
+    fn attach(
+        config: &Config,
+        root: &Root,
+        pin_dir: &Path,
+        guard: &mut crate::guard::Guard,
+        uplinks: Vec<String>,
+    ) -> Result<Steering> {
         root.prepare(uplinks.iter().map(String::as_str))?;
         let maps = PinnedMaps::open(pin_dir)?;
-        let watch = watch::Watch::new(&root).context("cannot watch the steering root")?;
+        let watch = watch::Watch::new(root).context("cannot watch the steering root")?;
         let steering = Steering {
-            root,
+            root: root.clone(),
             pin_dir: pin_dir.to_path_buf(),
             uplinks,
             config: config.clone(),

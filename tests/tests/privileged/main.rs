@@ -21,3 +21,4 @@ mod operations;
 mod reconciler;
 mod service_unit;
 mod steer;
+mod steer_unavailable;
