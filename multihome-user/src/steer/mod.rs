@@ -140,7 +140,7 @@ fn exec_scope_pid(scope: &Path) -> Option<u32> {
 }
 
 /// A zombie is dead: the scope empties when CMD exits, before its parent reaps it.
-fn process_lives(pid: u32) -> bool {
+pub(crate) fn process_lives(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .is_some_and(|stat| running_state(&stat))
