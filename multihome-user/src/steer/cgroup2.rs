@@ -58,33 +58,14 @@ fn unescape(field: &str) -> String {
     out
 }
 
-/// The file system magic of cgroup2 (`CGROUP2_SUPER_MAGIC`, include/uapi/linux/magic.h).
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-
-/// Whether `dir`, or the nearest of its ancestors that exists (a root not made yet), is in a
-/// cgroup2 file system: a path in a cgroup v1 hierarchy or a plain directory cannot hold the
-/// steering program.
-pub(crate) fn is_cgroup2(dir: &Path) -> bool {
-    dir.ancestors()
-        .find(|d| d.exists())
-        .is_some_and(|d| statfs_type(d).is_ok_and(|t| t == CGROUP2_SUPER_MAGIC))
-}
-
-fn statfs_type(dir: &Path) -> io::Result<i64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: statfs fills the zeroed struct it is given; the path is a valid C string.
-    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    #[allow(
-        clippy::unnecessary_cast,
-        reason = "f_type is i64 on x86_64 and aarch64 glibc but not on every target"
-    )]
-    Ok(buf.f_type as i64)
+/// Whether `dir` lies in the cgroup2 hierarchy mounted at `mount` (a path in a cgroup v1
+/// hierarchy or a plain directory cannot hold the steering program). Nothing is mounted below
+/// a cgroup2 mount, so the path tells; `..` is not followed.
+pub(crate) fn is_below(dir: &Path, mount: &Path) -> bool {
+    dir.starts_with(mount)
+        && !dir
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
 }
 
 /// A cgroup's id, as the kernel's helpers give it: the directory's inode number on cgroup2
@@ -157,6 +138,16 @@ pub(crate) fn create(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_steering_root_must_be_below_the_cgroup2_mount() {
+        let mount = Path::new("/sys/fs/cgroup/unified");
+        assert!(is_below(&mount.join("multihome.slice"), mount));
+        assert!(is_below(mount, mount));
+        assert!(!is_below(Path::new("/sys/fs/cgroup/systemd/x"), mount));
+        assert!(!is_below(Path::new("/tmp/x"), mount));
+        assert!(!is_below(&mount.join("../systemd/x"), mount));
+    }
 
     #[test]
     fn finds_cgroup2_wherever_it_is_mounted() {

@@ -44,10 +44,11 @@ impl Root {
         } else {
             cgroup2::mount_point()?.join(arg)
         };
-        if !cgroup2::is_cgroup2(&path) {
-            let mounted = match cgroup2::mount_point() {
-                Ok(at) => format!("cgroup2 is mounted at {}", at.display()),
-                Err(_) => "no cgroup2 file system is mounted".to_owned(),
+        let mount = cgroup2::mount_point().ok();
+        if !mount.as_ref().is_some_and(|m| cgroup2::is_below(&path, m)) {
+            let mounted = match &mount {
+                Some(at) => format!("cgroup2 is mounted at {}", at.display()),
+                None => "no cgroup2 file system is mounted".to_owned(),
             };
             anyhow::bail!(
                 "the steering root {} (--cgroup-root, MULTIHOME_CGROUP_ROOT) is not in a cgroup2 \
