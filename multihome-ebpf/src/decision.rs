@@ -79,6 +79,17 @@ pub fn decide(packet: &Packet, entry: Option<&Egress>) -> Verdict {
     }
 }
 
+/// Whether a packet carrying a steering mark may leave here: only through its own uplink (the
+/// uplink's device, or its parent in a frame of the uplink's). `uplink` is the marks map's
+/// entry for the mark; without one (the uplink has no device now) it may leave nowhere. A marked
+/// packet elsewhere is dropped, never redirected: its socket was routed by the uplink's rules,
+/// and a missing rule (deleted by another manager) must not turn into traffic through the wrong
+/// line.
+#[inline(always)]
+pub fn marked_passes(packet: &Packet, uplink: Option<&Egress>) -> bool {
+    uplink.is_some_and(|uplink| on_its_uplink(packet, uplink))
+}
+
 /// The explicit next hop for a redirected packet (see [`Verdict::Redirect`]): the entry's gateway
 /// for an IPv6 destination outside the source address's prefix, else `None`. Link-local and
 /// multicast destinations are on-link by definition; an all-zero gateway is unknown.
@@ -291,6 +302,57 @@ mod tests {
         ];
         for (name, packet, entry, want) in cases {
             assert_eq!(decide(packet, entry.as_ref()), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn marked_packets_leave_through_their_uplink_only() {
+        let cases: &[(&str, Packet, Option<Egress>, bool)] = &[
+            (
+                "own device",
+                packet(WAN2, None, MAC2),
+                Some(plain_uplink()),
+                true,
+            ),
+            (
+                "another uplink",
+                packet(WAN1, None, MAC2),
+                Some(plain_uplink()),
+                false,
+            ),
+            (
+                "uplink without device",
+                packet(WAN2, None, MAC2),
+                None,
+                false,
+            ),
+            (
+                "parent, own tag",
+                packet(ETH0, Some(102), MAC_ETH0),
+                Some(vlan_child(102)),
+                true,
+            ),
+            (
+                "parent, a sibling's tag",
+                packet(ETH0, Some(101), MAC_ETH0),
+                Some(vlan_child(102)),
+                false,
+            ),
+            (
+                "parent, untagged",
+                packet(ETH0, None, MAC_ETH0),
+                Some(vlan_child(102)),
+                false,
+            ),
+            (
+                "macvlan parent, child's MAC",
+                packet(ETH0, None, MAC2),
+                Some(macvlan_child()),
+                true,
+            ),
+        ];
+        for (name, packet, entry, want) in cases {
+            assert_eq!(marked_passes(packet, entry.as_ref()), *want, "{name}");
         }
     }
 

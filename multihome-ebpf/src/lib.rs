@@ -8,9 +8,11 @@ pub mod frame;
 pub mod maps;
 pub mod own_sources;
 pub mod source_filter;
+pub mod steer;
 
-pub use decision::{decide, Packet, Verdict};
+pub use decision::{decide, marked_passes, Packet, Verdict};
 pub use frame::{parse, Frame, FrameBytes, Source, Vlan};
 pub use maps::{CounterSlot, Counters, Egress, SrcV4, SrcV6};
 pub use own_sources::OwnSources;
 pub use source_filter::SourceFilter;
+pub use steer::{SteerCounters, SteerTarget};

@@ -7,6 +7,10 @@ pub const MAP_SRC_V6: &str = "SRC_V6";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_OWN_SOURCES: &str = "OWN_SOURCES";
 pub const MAP_SOURCE_FILTER: &str = "SOURCE_FILTER";
+/// Steering (`crate::steer`): cgroup id -> mark, mark -> its uplink's device, their counters.
+pub const MAP_STEER: &str = "STEER";
+pub const MAP_MARKS: &str = "MARKS";
+pub const MAP_STEER_COUNTERS: &str = "STEER_COUNTERS";
 
 /// Capacity of each source map: a few addresses for each of hundreds of uplinks.
 pub const MAX_SOURCES: u32 = 4096;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde::Serialize;
@@ -18,7 +18,8 @@ use crate::model::Family;
 use crate::netlink;
 use crate::ownership::{self, GuardState};
 use crate::plan::Scope;
-use crate::probe::{self, verdict, Probe};
+use crate::probe::{self, verdict, Probe, Step};
+use crate::steer::{cgroup2, Root};
 use crate::view::KernelView;
 use crate::{privileges, status, Fatal};
 
@@ -191,6 +192,8 @@ struct Report<'a> {
     kernel: Kernel,
     /// The probe's verdict on the guard, one line (the text form's `guard:` line).
     guard: &'a str,
+    /// Whether programs can be steered onto an uplink (the text form's `steer:` line).
+    steer: Steer,
     probe: &'a Probe,
     /// The uplinks checked; none means the host only.
     uplinks: Vec<&'a str>,
@@ -198,6 +201,60 @@ struct Report<'a> {
     findings: &'a [Finding],
     /// No findings; the exit status is 0 exactly then.
     ok: bool,
+}
+
+/// What steering needs: cgroup2, found in mountinfo, and the kernel attaching the steering
+/// program to a cgroup.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+struct Steer {
+    /// Where cgroup2 is mounted (from /proc/self/mountinfo); null when it is not.
+    cgroup2: Option<String>,
+    /// The steering root (`--cgroup-root`), when it is in cgroup2.
+    root: Option<String>,
+    /// The steering program attached to a throw-away cgroup beside the root (and detached).
+    attaches: bool,
+    /// One line.
+    summary: String,
+}
+
+/// What the operator loses without steering, said with each reason.
+const WITHOUT_STEERING: &str =
+    "multihome exec and the uplink slices refuse; the guard and the rules are unaffected";
+
+/// Steering's verdict from where cgroup2 is, where the root is (or why it cannot be) and the
+/// probe's steering step. Pure.
+fn steer(cgroup2: Option<&Path>, root: &Result<PathBuf, String>, probe: &Probe) -> Steer {
+    let summary = match (cgroup2, root) {
+        (None, _) => format!(
+            "unavailable: no cgroup2 file system is mounted (none in /proc/self/mountinfo): \
+             {WITHOUT_STEERING}"
+        ),
+        (Some(_), Err(why)) => format!("unavailable: {why}: {WITHOUT_STEERING}"),
+        (Some(at), Ok(root)) => match &probe.steer {
+            Step::Ok => format!(
+                "cgroup2 at {}; the steering program (cgroup/sock_create) attaches: multihome \
+                 exec and the uplink slices below {} work",
+                at.display(),
+                root.display()
+            ),
+            Step::Failed(f) => format!(
+                "unavailable: cgroup2 at {}, but the steering program (cgroup/sock_create) does \
+                 not attach: {}: {WITHOUT_STEERING}",
+                at.display(),
+                f.reason
+            ),
+            Step::Skipped => format!(
+                "not checked: cgroup2 at {}, but the guard's probe stopped first",
+                at.display()
+            ),
+        },
+    };
+    Steer {
+        cgroup2: cgroup2.map(|p| p.display().to_string()),
+        root: root.as_ref().ok().map(|p| p.display().to_string()),
+        attaches: cgroup2.is_some() && root.is_ok() && probe.steer.ok(),
+        summary,
+    }
 }
 
 #[derive(Serialize)]
@@ -231,13 +288,21 @@ pub(crate) fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
     };
     let host = gather(config.as_ref(), &view, priority, protocol);
     let kernel = kernel();
-    let probe = probe::run();
+    let cgroup2 = cgroup2::mount_point().ok();
+    let root = Root::locate(&args.owned.cgroup_root)
+        .map(|root| root.path)
+        .map_err(|e| format!("{e:#}"));
+    // The probe's throw-away cgroup goes beside the root: an ancestor's program that forbids
+    // attaching below it would stop the daemon there too.
+    let probe = probe::run(root.as_ref().ok().and_then(|r| r.parent()));
+    let steer = steer(cgroup2.as_deref(), &root, &probe);
     let mut verdict = verdict::verdict(&probe, privileges::effective(), kernel.btf);
     verdict.findings.extend(findings(&host));
     let report = Report {
         version: 1,
         kernel,
         guard: &verdict.summary,
+        steer,
         probe: &probe,
         uplinks: config
             .iter()
@@ -262,13 +327,14 @@ pub(crate) fn main(args: CheckArgs) -> Result<ExitCode, Fatal> {
 }
 
 /// The text form: what was checked and what works, the notes, then one line per finding with
-/// its fix. Each line starts with a fixed word (`kernel:`, `guard:`, `uplinks:`, `note:`) or is
+/// its fix. Each line starts with a fixed word (`kernel:`, `guard:`, `steer:`, `uplinks:`,
+/// `note:`) or is
 /// a finding, so that scripts can grep for them.
 fn text(report: &Report) -> String {
     let k = &report.kernel;
     let mut out = format!(
-        "kernel: {} {}\nguard: {}\n",
-        k.release, k.machine, report.guard
+        "kernel: {} {}\nguard: {}\nsteer: {}\n",
+        k.release, k.machine, report.guard, report.steer.summary
     );
     if report.uplinks.is_empty() {
         out.push_str(
@@ -435,7 +501,10 @@ mod tests {
             protocol: 4,
             src: None,
             oif: None,
+            fwmark: None,
             table: Some(254),
+            suppress_prefix_len: None,
+            unreachable: false,
             other_selectors: false,
         });
         let mut route = view.routes[0];
@@ -507,6 +576,58 @@ mod tests {
     }
 
     #[test]
+    fn steering_says_what_is_missing_on_one_line() {
+        let at = Path::new("/sys/fs/cgroup/unified");
+        let root: Result<PathBuf, String> = Ok(at.join("multihome.slice"));
+        let works = Probe {
+            steer: Step::Ok,
+            ..Probe::default()
+        };
+        let found = steer(Some(at), &root, &works);
+        assert!(found.attaches);
+        assert_eq!(found.cgroup2.as_deref(), Some("/sys/fs/cgroup/unified"));
+        assert_eq!(
+            found.summary,
+            "cgroup2 at /sys/fs/cgroup/unified; the steering program (cgroup/sock_create) \
+             attaches: multihome exec and the uplink slices below \
+             /sys/fs/cgroup/unified/multihome.slice work"
+        );
+        let none = steer(None, &Err("no cgroup2".to_owned()), &Probe::default());
+        assert_eq!(
+            (none.cgroup2, none.root, none.attaches),
+            (None, None, false)
+        );
+        assert!(none.summary.starts_with(
+            "unavailable: no cgroup2 file system is mounted (none in /proc/self/mountinfo): "
+        ));
+        let refused = Probe {
+            steer: Step::Failed(crate::probe::Failure {
+                reason: "cannot attach (Operation not permitted, EPERM)".to_owned(),
+                errno: Some("EPERM".to_owned()),
+                kind: crate::probe::Kind::Other,
+            }),
+            ..Probe::default()
+        };
+        let summary = steer(Some(at), &root, &refused).summary;
+        assert!(
+            summary.contains("does not attach: cannot attach (Operation not permitted, EPERM): "),
+            "{summary}"
+        );
+        let outside = steer(
+            Some(at),
+            &Err("the steering root /tmp/x is not".to_owned()),
+            &works,
+        );
+        assert!(outside
+            .summary
+            .starts_with("unavailable: the steering root /tmp/x is not: "));
+        assert!(!outside.attaches && outside.root.is_none());
+        for s in [summary, outside.summary, none.summary] {
+            assert!(s.ends_with(WITHOUT_STEERING) && !s.contains('\n'), "{s}");
+        }
+    }
+
+    #[test]
     fn the_text_form_has_a_line_per_fact_and_per_finding() {
         let kernel = || Kernel {
             release: "6.1.0-37-arm64".to_owned(),
@@ -519,10 +640,17 @@ mod tests {
         }];
         let notes = ["n".to_owned()];
         let probe = Probe::default();
+        let steering = || Steer {
+            cgroup2: None,
+            root: None,
+            attaches: false,
+            summary: "unavailable".to_owned(),
+        };
         let report = Report {
             version: 1,
             kernel: kernel(),
             guard: "loads",
+            steer: steering(),
             probe: &probe,
             uplinks: vec!["wan1", "wan2"],
             notes: &notes,
@@ -531,10 +659,12 @@ mod tests {
         };
         assert_eq!(
             text(&report),
-            "kernel: 6.1.0-37-arm64 aarch64\nguard: loads\nuplinks: wan1 wan2\nnote: n\np: f\n"
+            "kernel: 6.1.0-37-arm64 aarch64\nguard: loads\nsteer: unavailable\nuplinks: wan1 \
+             wan2\nnote: n\np: f\n"
         );
         let alone = Report {
             kernel: kernel(),
+            steer: steering(),
             uplinks: vec![],
             notes: &[],
             findings: &[],

@@ -1,5 +1,6 @@
-//! `multihome cleanup`: removes every object carrying multihome's protocol, the guard's
-//! attachments and its pins, and says what it removed. Running it twice removes nothing twice.
+//! `multihome cleanup`: removes every object carrying multihome's protocol, the guard's and the
+//! steering's attachments, the pins, and the steering root's empty cgroups, and says what it
+//! removed. Running it twice removes nothing twice.
 //!
 //! `--orphaned` (the unit's `OnFailure=`, through multihome-cleanup.service) removes only what
 //! a daemon of this network namespace left for a successor that never came: it reads each
@@ -22,6 +23,7 @@ use crate::ownership::{owned, GuardState};
 use crate::plan::Scope;
 use crate::privileges::{self, CAP_NET_ADMIN};
 use crate::runtime;
+use crate::steer::{self, Root};
 use crate::{guard, Fatal};
 
 pub(crate) fn main(args: CleanupArgs) -> Result<ExitCode, Fatal> {
@@ -35,7 +37,14 @@ pub(crate) fn main(args: CleanupArgs) -> Result<ExitCode, Fatal> {
     if args.orphaned {
         return orphaned();
     }
-    let removed = runtime::block_on(remove_everything(protocol, &args.owned.pin_dir))?;
+    let mut removed = runtime::block_on(remove_everything(protocol, &args.owned.pin_dir))?;
+    if let Ok(root) = Root::locate(&args.owned.cgroup_root) {
+        removed.extend(
+            steer::remove_tree(&root)
+                .into_iter()
+                .map(|dir| format!("cgroup {}", dir.display())),
+        );
+    }
     if removed.is_empty() {
         println!(
             "nothing to remove: no routes or rules with protocol {protocol}, no guard pinned at {}",
@@ -76,10 +85,13 @@ fn orphaned() -> Result<ExitCode, Fatal> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Removes the rules and routes with `protocol` and the guard pinned under `pin_dir`; one line
-/// per object removed.
+/// Removes the steering, the rules and routes with `protocol` and the guard pinned under
+/// `pin_dir`; one line per object removed. Steering first: once its program is detached no
+/// socket is marked, then the rules go (the catch-all last) and the marks' uplinks with the
+/// guard.
 pub(crate) async fn remove_everything(protocol: u8, pin_dir: &Path) -> anyhow::Result<Vec<String>> {
-    let mut removed = remove_routing(protocol).await?;
+    let mut removed = guard::steering::detach_all(pin_dir)?;
+    removed.extend(remove_routing(protocol).await?);
     removed.extend(guard::remove_all(pin_dir)?);
     Ok(removed)
 }

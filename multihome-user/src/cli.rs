@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{DEFAULT_PIN_DIR, DEFAULT_PRIORITY, DEFAULT_PROTOCOL, DEFAULT_TABLE_BASE};
 use crate::netlink::DEFAULT_RECEIVE_BUFFER;
+use crate::steer::DEFAULT_ROOT;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +42,8 @@ pub(crate) enum Command {
     Reload(ReloadArgs),
     /// Check the kernel, privileges and the host's settings, with the fix for each finding.
     Check(CheckArgs),
+    /// Run a command (and all it starts) with its traffic steered onto one uplink.
+    Exec(ExecArgs),
     /// Write the man pages or shell completions (used by `cargo xtask install`).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -81,6 +84,10 @@ pub(crate) struct Owned {
     /// Where the guard's maps and attachments are pinned (bpffs).
     #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
     pub(crate) pin_dir: PathBuf,
+    /// The steering root: the cgroup holding a slice per uplink (multihome-UPLINK.slice);
+    /// relative to the cgroup2 mount point unless absolute.
+    #[arg(long, default_value = DEFAULT_ROOT, value_name = "CGROUP", env = "MULTIHOME_CGROUP_ROOT")]
+    pub(crate) cgroup_root: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +107,10 @@ pub(crate) struct RunArgs {
     /// Guard only: do not install tables and rules.
     #[arg(long)]
     pub(crate) no_rules: bool,
+    /// Do not steer programs onto uplinks (no cgroup hook, no fwmark rules): `multihome exec`
+    /// and the uplink slices then refuse to run.
+    #[arg(long)]
+    pub(crate) no_steer: bool,
     /// Leave rules, routes and the guard in place on SIGTERM/SIGINT, whatever stops it (the
     /// next start adopts them; `multihome cleanup` removes them).
     #[arg(long)]
@@ -174,6 +185,23 @@ pub(crate) struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct ExecArgs {
+    /// The uplink to steer the command onto (one `multihome run` was given).
+    #[arg(value_name = "UPLINK")]
+    pub(crate) uplink: String,
+    /// The command and its arguments.
+    #[arg(
+        value_name = "CMD",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub(crate) command: Vec<std::ffi::OsString>,
+    #[command(flatten)]
+    pub(crate) owned: Owned,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct GenerateArgs {
     #[command(subcommand)]
     pub(crate) what: Generated,
@@ -236,5 +264,22 @@ mod tests {
         assert_eq!(run.gateways, ["wan2=192.168.0.254"]);
         assert!(run.no_ebpf && run.keep_on_exit && !run.no_rules);
         assert_eq!(run.uplinks, ["wan1", "wan2=1102"]);
+    }
+
+    #[test]
+    fn exec_passes_the_command_on_untouched() {
+        for argv in [
+            &["multihome", "exec", "wan2", "--", "curl", "-v", "--", "x"][..],
+            &["multihome", "exec", "wan2", "curl", "-v", "--", "x"][..],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Exec(exec) = cli.command else {
+                panic!("not exec")
+            };
+            assert_eq!(exec.uplink, "wan2");
+            assert_eq!(exec.command, ["curl", "-v", "--", "x"], "{argv:?}");
+            assert_eq!(exec.owned.cgroup_root, PathBuf::from("multihome.slice"));
+        }
+        assert!(Cli::try_parse_from(["multihome", "exec", "wan2"]).is_err());
     }
 }

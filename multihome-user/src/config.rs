@@ -8,12 +8,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
+use multihome_ebpf::steer::mark_of_table;
+
 use crate::model::{RT_TABLE_DEFAULT, RT_TABLE_LOCAL, RT_TABLE_MAIN, RT_TABLE_UNSPEC};
 
 /// Tables default to `table_base + position` (1-based), so the first uplink gets 1001.
 pub(crate) const DEFAULT_TABLE_BASE: u32 = 1000;
-/// `from` rules at P, `oif` rules at P+1: before `main` (32766), after `local` (0).
+/// `from` rules at P, `oif` rules at P+1: before `main` (32766), after `local` (0); the
+/// steering rules take P-4 to P-1 (see `plan::steering`).
 pub const DEFAULT_PRIORITY: u32 = 1000;
+/// The steering rules sit this far below P: the lowest priority P may have is this plus one.
+pub(crate) const STEERING_RULES: u32 = 4;
 /// The routing protocol number marking everything multihome owns (`multihome` in rt_protos.d).
 pub(crate) const DEFAULT_PROTOCOL: u8 = 77;
 /// Where the guard's maps and attachments are pinned: a directory of the bpf filesystem.
@@ -88,7 +93,7 @@ pub(crate) fn protocol(value: u32) -> Result<u8, ConfigError> {
 /// Validates the priority of the `from` rules (the `oif` rules take the next one, and both must
 /// come before the main table's rule); also used by `check`, which takes `--priority` too.
 pub(crate) fn priority(value: u32) -> Result<u32, ConfigError> {
-    if value == 0 || value.saturating_add(1) >= MAIN_RULE_PRIORITY {
+    if value <= STEERING_RULES || value.saturating_add(1) >= MAIN_RULE_PRIORITY {
         return Err(ConfigError::Priority(value));
     }
     Ok(value)
@@ -114,6 +119,9 @@ pub(crate) struct Params {
     pub(crate) protocol: u32,
     pub(crate) rules: bool,
     pub(crate) ebpf: bool,
+    /// Steer the sockets of the uplinks' cgroups (`multihome exec`, slices): the daemon turns
+    /// it on once its cgroup hook is attached, so the default is off.
+    pub(crate) steer: bool,
 }
 
 impl Default for Params {
@@ -126,6 +134,7 @@ impl Default for Params {
             protocol: DEFAULT_PROTOCOL.into(),
             rules: true,
             ebpf: true,
+            steer: false,
         }
     }
 }
@@ -150,6 +159,8 @@ pub(crate) struct Config {
     pub(crate) rules: bool,
     /// Load the eBPF guard (off with `--no-ebpf`: rules only).
     pub(crate) ebpf: bool,
+    /// Steering rules and marks for `multihome exec` and the uplink slices (needs both layers).
+    pub(crate) steer: bool,
     pub(crate) table_base: u32,
     /// Positions in `uplinks` by name and by table, so that a pass that looks at a few uplinks
     /// finds them without walking the list (it would grow with the number of uplinks).
@@ -167,6 +178,7 @@ impl Config {
             protocol,
             rules,
             ebpf,
+            steer,
         } = params;
         if uplinks.is_empty() {
             return Err(ConfigError::NoUplinks);
@@ -195,6 +207,14 @@ impl Config {
                 return Err(ConfigError::SharedTable {
                     table,
                     first,
+                    second: spec.name,
+                });
+            }
+            let mark = mark_of_table(table);
+            if let Some(first) = built.iter().find(|u| mark_of_table(u.table) == mark) {
+                return Err(ConfigError::SharedMark {
+                    mark,
+                    first: first.name.clone(),
                     second: spec.name,
                 });
             }
@@ -232,6 +252,7 @@ impl Config {
             protocol,
             rules,
             ebpf,
+            steer: steer && rules && ebpf,
             table_base,
         })
     }
@@ -351,9 +372,18 @@ pub(crate) enum ConfigError {
         second: String,
     },
     #[error(
-        "--priority {0} is invalid: use 1 to 32764 (rules use P and P+1, before main at 32766)"
+        "--priority {0} is invalid: use 5 to 32764 (rules use P-4 to P+1, before main at 32766)"
     )]
     Priority(u32),
+    #[error(
+        "uplinks {first} and {second} would share the steering mark {mark:#x} (their tables \
+         agree in the low 16 bits): give one of them another table"
+    )]
+    SharedMark {
+        mark: u32,
+        first: String,
+        second: String,
+    },
     #[error("--protocol {0} is invalid: use 5 to 254 (0-4 are the kernel's own)")]
     Protocol(u32),
     #[error("invalid --gateway {0:?}: write IFNAME=ADDR")]
@@ -570,6 +600,14 @@ mod tests {
                 },
                 vec![uplink("a", 252), uplink("b", 256)],
             ),
+            (
+                "the lowest priority that leaves room for the steering rules",
+                Params {
+                    priority: 5,
+                    ..params(&["a=252", "b=256"])
+                },
+                vec![uplink("a", 252), uplink("b", 256)],
+            ),
         ];
         for (what, params, want) in cases {
             let (priority, protocol, table_base) =
@@ -670,6 +708,23 @@ mod tests {
                     ..params(&["a"])
                 },
                 ConfigError::Priority(0),
+            ),
+            (
+                "steering rules would reach priority 0",
+                Params {
+                    priority: 4,
+                    ..params(&["a"])
+                },
+                ConfigError::Priority(4),
+            ),
+            (
+                "tables that share a steering mark",
+                params(&["a=1001", "b=66537"]),
+                ConfigError::SharedMark {
+                    mark: 0x6d68_03e9,
+                    first: "a".into(),
+                    second: "b".into(),
+                },
             ),
             (
                 "oif rule would reach main",

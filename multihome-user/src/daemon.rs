@@ -31,6 +31,7 @@ use crate::reconcile::{Kernel, Reconciler};
 use crate::runtime;
 use crate::signals::{self, Signal, Signals};
 use crate::status;
+use crate::steer::{Root, Steering};
 use crate::stop::{self, Verdict};
 use crate::Fatal;
 
@@ -83,6 +84,7 @@ fn config_from(args: &RunArgs) -> Result<Config, ConfigError> {
         protocol: args.owned.protocol,
         rules: !args.no_rules,
         ebpf: !args.no_ebpf,
+        steer: false,
     })
 }
 
@@ -117,6 +119,11 @@ async fn run(mut config: Config, args: &RunArgs, mut signals: Signals) -> Result
     // A guard that could not load is said once (by `load_guard`); from then on the daemon runs
     // as with --no-ebpf, so no pass plans guard operations that would fail and be retried.
     config.ebpf = guard.is_some();
+    let mut steering = match guard.as_mut() {
+        Some(guard) if config.rules && !args.no_steer => start_steering(&config, args, guard),
+        _ => None,
+    };
+    config.steer = steering.is_some();
     let mut guard_log = guard.as_mut().and_then(Guard::take_log);
     let guard_log_fd = match guard_log.as_ref().and_then(|log| log.fd().ok()) {
         // SAFETY: an OwnedFd stays open, on the same description, for as long as it lives,
@@ -130,6 +137,8 @@ async fn run(mut config: Config, args: &RunArgs, mut signals: Signals) -> Result
     let running = uplink_names(&config);
     let mut reconciler = Reconciler::new(config, Kernel::new(netlink, guard), view);
     reconciler.pass().await?;
+    // The slices are mapped once their rules are there (`Steering::start`).
+    refresh_steering(steering.as_mut(), &mut reconciler);
     notify("READY=1");
     log::info!("running: {running}");
     let mut watchdog = notify::Watchdog::new();
@@ -156,6 +165,14 @@ async fn run(mut config: Config, args: &RunArgs, mut signals: Signals) -> Result
                 // The watchdog's wake-up doubles as the guard's audit, where a timer of our
                 // own would wake an idle daemon.
                 reconciler.audit();
+                refresh_steering(steering.as_mut(), &mut reconciler);
+            }
+            changed = steering_changed(steering.as_ref()) => {
+                if let Err(err) = changed {
+                    log::warn!("watching the steering root: {err}");
+                }
+                refresh_steering(steering.as_mut(), &mut reconciler);
+                continue;
             }
             _ = sleep_until_or_never(wake_at) => reconciler.tick(),
             // The guard's moves from clsact to TCX, one per turn, between everything else.
@@ -195,6 +212,11 @@ async fn run(mut config: Config, args: &RunArgs, mut signals: Signals) -> Result
         }
         Verdict::Remove(why) => {
             log::info!("stopping ({stopped_by}): {why}");
+            // Steering first: once the program is detached no socket gets a mark, then the
+            // rules go (the catch-all last).
+            if let Some(steering) = steering {
+                steering.stop()?;
+            }
             reconciler.teardown().await?;
             instance.set_left(Left::Removed);
         }
@@ -229,6 +251,52 @@ async fn reload(
         client.answer(&lines, outcome.failed == 0).await;
     }
     Ok(())
+}
+
+/// Starts steering programs onto the uplinks, or says once why it cannot (no cgroup2, a kernel
+/// without the hook) and carries on without: `multihome exec` then refuses to run.
+fn start_steering(config: &Config, args: &RunArgs, guard: &mut Guard) -> Option<Steering> {
+    let started = Root::locate(&args.owned.cgroup_root)
+        .and_then(|root| Steering::start(config, root, &args.owned.pin_dir, guard));
+    match started {
+        Ok(steering) => Some(steering),
+        Err(err) => {
+            log::debug!("steering cannot start: {err:#}");
+            log::warn!(
+                "steering programs onto uplinks is off (multihome exec will refuse): {} \
+                 (--no-steer silences this)",
+                one_line(&err)
+            );
+            None
+        }
+    }
+}
+
+/// An error on one line: its own message and the kernel's reason (for a refused program the
+/// verifier's last word, not its whole log).
+fn one_line(err: &anyhow::Error) -> String {
+    if err.chain().count() == 1 {
+        return err.to_string();
+    }
+    format!("{err}: {}", Failure::of(err).reason)
+}
+
+/// Looks at the steering root again after a change below it (or on the watchdog's audit).
+fn refresh_steering(steering: Option<&mut Steering>, reconciler: &mut Reconciler<Kernel>) {
+    let (Some(steering), Some(guard)) = (steering, reconciler.effects_mut().guard_mut()) else {
+        return;
+    };
+    if let Err(err) = steering.refresh(guard) {
+        log::warn!("steering: {err:#}");
+    }
+}
+
+/// Waits for a change below the steering root; never without steering.
+async fn steering_changed(steering: Option<&Steering>) -> std::io::Result<()> {
+    match steering {
+        Some(steering) => steering.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Loads the guard, or explains once why it cannot and carries on with rules only.

@@ -1,17 +1,18 @@
 //! `diff`: the ops that turn what multihome owns into what it wants, in a safe order.
 //!
-//! Additions first (entries, guard, table routes, rules), removals after in reverse (rules,
-//! routes, entries, guard): a rule never points at an empty table, the guard covers every
-//! window, and a renumbered address keeps working until its replacement is in place. Entries
-//! come before attachments so that a device hooked by an earlier instance's program (an
-//! outdated one, whose maps may be an older layout's) gets this instance's only once its maps
-//! hold the entries. Only objects in `owned` can be deleted, so nothing foreign is ever
-//! touched.
+//! Additions first (entries, steering marks, guard, table routes, rules), removals after in
+//! reverse (rules, routes, marks, entries, guard): a rule never points at an empty table, the
+//! guard covers every window, and a renumbered address keeps working until its replacement is in
+//! place. Entries and marks come before attachments so that a device hooked by an earlier
+//! instance's program (an outdated one, whose maps may be an older layout's) gets this
+//! instance's only once its maps hold them. Among the rules, the steering catch-all comes first
+//! and goes last. Only objects in `owned` can be deleted, so nothing foreign is ever touched.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::model::{Family, Op, Route, State};
+use crate::model::{Family, Op, Route, Rule, State};
+use crate::plan::is_catch_all;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -26,26 +27,34 @@ pub(crate) fn diff(desired: &State, owned: &State) -> Vec<Op> {
             .map(|(&addr, &entry)| Op::PutEntry(addr, entry)),
     );
     ops.extend(
+        desired
+            .marks
+            .iter()
+            .filter(|(mark, entry)| owned.marks.get(mark) != Some(entry))
+            .map(|(&mark, &entry)| Op::PutMark(mark, entry)),
+    );
+    ops.extend(
         (desired.guarded.iter())
             .filter(|i| !owned.guarded.contains(i) || owned.outdated.contains(i))
             .map(|&i| Op::Attach(i)),
     );
     ops.extend(route_replacements(desired, owned).map(Op::ReplaceRoute));
-    ops.extend(
-        desired
-            .rules
-            .difference(&owned.rules)
-            .cloned()
-            .map(Op::AddRule),
-    );
+    // The steering catch-all first in and last out: a marked socket never meets a rule set
+    // without it.
+    let mut added: Vec<Rule> = desired.rules.difference(&owned.rules).cloned().collect();
+    added.sort_by_key(|rule| !is_catch_all(rule));
+    ops.extend(added.into_iter().map(Op::AddRule));
+    let mut removed: Vec<Rule> = owned.rules.difference(&desired.rules).cloned().collect();
+    removed.sort_by_key(is_catch_all);
+    ops.extend(removed.into_iter().map(Op::DelRule));
+    ops.extend(stale_routes(desired, owned).map(Op::DelRoute));
     ops.extend(
         owned
-            .rules
-            .difference(&desired.rules)
-            .cloned()
-            .map(Op::DelRule),
+            .marks
+            .keys()
+            .filter(|mark| !desired.marks.contains_key(mark))
+            .map(|&mark| Op::DelMark(mark)),
     );
-    ops.extend(stale_routes(desired, owned).map(Op::DelRoute));
     ops.extend(
         owned
             .entries

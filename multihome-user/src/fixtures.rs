@@ -136,7 +136,10 @@ pub(crate) fn rule(src: &str, table: u32) -> Rule {
         protocol: 77,
         src: Some((ip(src), 32)),
         oif: None,
+        fwmark: None,
         table: Some(table),
+        suppress_prefix_len: None,
+        unreachable: false,
         other_selectors: false,
     }
 }

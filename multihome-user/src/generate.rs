@@ -55,6 +55,7 @@ mod tests {
             [
                 "multihome-check.1",
                 "multihome-cleanup.1",
+                "multihome-exec.1",
                 "multihome-reload.1",
                 "multihome-run.1",
                 "multihome-status.1",

@@ -14,6 +14,7 @@ mod dbus;
 mod defaults;
 mod diff;
 mod error;
+mod exec;
 #[cfg(test)]
 mod fixtures;
 mod generate;
@@ -34,6 +35,7 @@ mod report;
 mod runtime;
 mod signals;
 mod status;
+mod steer;
 mod stop;
 pub mod view;
 
@@ -60,6 +62,7 @@ pub fn main() -> ExitCode {
         Command::Cleanup(args) => cleanup::main(args),
         Command::Reload(args) => reload::main(args),
         Command::Check(args) => check::main(args),
+        Command::Exec(args) => exec::main(args),
         Command::Generate(args) => generate::main(args),
     };
     match result {

@@ -13,19 +13,21 @@ use crate::model::{Route, State};
 use crate::plan::Scope;
 use crate::view::KernelView;
 
-/// The guard's part of what multihome owns: its map entries and the devices it is attached to
-/// (by ifindex), as read from the maps and pins (or kept current by the reconciler since).
+/// The guard's part of what multihome owns: its map entries, the steering marks' uplinks, and
+/// the devices it is attached to (by ifindex), as read from the maps and pins (or kept current
+/// by the reconciler since).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct GuardState {
     pub(crate) entries: BTreeMap<IpAddr, Egress>,
+    pub(crate) marks: BTreeMap<u32, Egress>,
     pub(crate) guarded: BTreeSet<u32>,
     /// Of `guarded`, those hooked by another program than this instance's.
     pub(crate) outdated: BTreeSet<u32>,
 }
 
 /// What multihome owns within `scope`: its routes and rules in the scope's tables (with
-/// `Scope::All`, every one that carries `protocol`, wherever it is), and of the guard's entries
-/// and attachments those bound to the scope's devices.
+/// `Scope::All`, every one that carries `protocol`, wherever it is), and of the guard's entries,
+/// marks and attachments those bound to the scope's devices.
 pub(crate) fn owned(view: &KernelView, protocol: u8, scope: &Scope, guard: &GuardState) -> State {
     State {
         routes: view
@@ -43,6 +45,10 @@ pub(crate) fn owned(view: &KernelView, protocol: u8, scope: &Scope, guard: &Guar
         entries: (guard.entries.iter())
             .filter(|(_, egress)| scope.has_device(egress.uplink_ifindex))
             .map(|(&addr, &egress)| (addr, egress))
+            .collect(),
+        marks: (guard.marks.iter())
+            .filter(|(_, egress)| scope.has_device(egress.uplink_ifindex))
+            .map(|(&mark, &egress)| (mark, egress))
             .collect(),
         guarded: in_scope(scope, &guard.guarded),
         outdated: in_scope(scope, &guard.outdated),

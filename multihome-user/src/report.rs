@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use multihome_ebpf::Counters;
+use multihome_ebpf::{steer::mark_of_table, Counters, SteerCounters, SteerTarget};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -24,8 +24,55 @@ pub(crate) struct Report {
     /// Whether the guard's maps are pinned (it is loaded, or was left by `--keep-on-exit`).
     pub(crate) guard_pinned: bool,
     pub(crate) uplinks: Vec<UplinkReport>,
+    /// Steering programs onto uplinks; null when it is off (not attached, or no cgroup2).
+    pub(crate) steering: Option<SteeringReport>,
     /// True when every uplink is healthy: `status` exits 0 only then.
     pub(crate) healthy: bool,
+}
+
+/// The host's side of steering: the root, the rules the uplinks share, what was refused.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub(crate) struct SteeringReport {
+    /// The steering root's cgroup directory.
+    pub(crate) root: String,
+    /// The steering program is attached to it.
+    pub(crate) attached: bool,
+    /// The shared rules (per family: `main` without defaults, the catch-all `unreachable`).
+    pub(crate) rules: Presence,
+    /// Sockets refused because their cgroup is in no uplink's slice.
+    pub(crate) sockets_refused: u64,
+    /// Marked packets dropped whose uplink had no device.
+    pub(crate) marked_dropped: u64,
+    /// Directories below the root that are no configured uplink's slice (their sockets are
+    /// refused).
+    pub(crate) unknown: Vec<String>,
+}
+
+/// One uplink's steering: its slice, what runs in it, its counters.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub(crate) struct UplinkSteering {
+    /// The socket mark, hex.
+    pub(crate) mark: String,
+    /// The slice's cgroup directory.
+    pub(crate) slice: String,
+    pub(crate) cgroup_id: Option<u64>,
+    /// The steering map has the slice's entry.
+    pub(crate) mapped: bool,
+    /// Sockets the slice's entry marked since it was written.
+    pub(crate) sockets: u64,
+    /// Processes in the slice and below.
+    pub(crate) processes: usize,
+    /// The cgroups in the slice (units, exec scopes) with their processes.
+    pub(crate) units: Vec<SteeredUnit>,
+    /// Marked packets that left through the uplink, and those dropped elsewhere.
+    pub(crate) marked_passed: u64,
+    pub(crate) marked_dropped: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq, Clone)]
+pub(crate) struct SteeredUnit {
+    pub(crate) name: String,
+    pub(crate) processes: usize,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -46,6 +93,8 @@ pub(crate) struct UplinkReport {
     /// "clsact"), or null where it is missing.
     pub(crate) attachments: Vec<Attachment>,
     pub(crate) counters: CounterReport,
+    /// Null when steering is off.
+    pub(crate) steering: Option<UplinkSteering>,
     /// One line: "ok" or what is wrong.
     pub(crate) health: String,
     pub(crate) ok: bool,
@@ -104,6 +153,32 @@ pub(crate) struct Inputs<'a> {
     pub(crate) attach_modes: &'a BTreeMap<u32, String>,
     pub(crate) counters: &'a BTreeMap<u32, Counters>,
     pub(crate) guard_pinned: bool,
+    /// What status read of steering; `None` when it is off.
+    pub(crate) steering: Option<&'a SteeringInputs>,
+}
+
+/// What `status` read of steering from the cgroup tree and the maps.
+#[derive(Debug, Default)]
+pub(crate) struct SteeringInputs {
+    pub(crate) root: String,
+    pub(crate) attached: bool,
+    /// Per uplink name: its slice as found.
+    pub(crate) slices: BTreeMap<String, SliceSeen>,
+    /// Names below the root that are no configured uplink's slice.
+    pub(crate) unknown: Vec<String>,
+    /// Per uplink ifindex.
+    pub(crate) counters: BTreeMap<u32, SteerCounters>,
+    pub(crate) host: SteerCounters,
+}
+
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SliceSeen {
+    pub(crate) path: String,
+    pub(crate) id: Option<u64>,
+    /// The steering map's entry: its mark and sockets.
+    pub(crate) entry: Option<SteerTarget>,
+    pub(crate) processes: usize,
+    pub(crate) units: Vec<SteeredUnit>,
 }
 
 pub(crate) fn report(inputs: &Inputs) -> Report {
@@ -114,12 +189,63 @@ pub(crate) fn report(inputs: &Inputs) -> Report {
         .iter()
         .map(|uplink| uplink_report(inputs, &desired, &assignments, &uplink.name, uplink.table))
         .collect();
+    let steering = inputs.steering.map(|seen| SteeringReport {
+        root: seen.root.clone(),
+        attached: seen.attached,
+        rules: presence(
+            desired
+                .rules
+                .iter()
+                .filter(|r| r.fwmark.is_some() && r.oif.is_none())
+                .filter(|r| {
+                    !inputs
+                        .config
+                        .uplinks
+                        .iter()
+                        .any(|u| r.table == Some(u.table))
+                }),
+            |r| inputs.owned.rules.contains(r),
+            |r| r.to_string(),
+        ),
+        sockets_refused: seen.host.sockets_refused,
+        marked_dropped: seen.host.marked_dropped,
+        unknown: seen.unknown.clone(),
+    });
+    let steering_ok = steering
+        .as_ref()
+        .is_none_or(|s| s.attached && s.rules.missing.is_empty());
     Report {
         version: SCHEMA_VERSION,
         protocol: inputs.config.protocol,
         guard_pinned: inputs.guard_pinned,
-        healthy: uplinks.iter().all(|u| u.ok),
+        healthy: steering_ok && uplinks.iter().all(|u| u.ok),
         uplinks,
+        steering,
+    }
+}
+
+/// An uplink's steering as status found it.
+fn uplink_steering(
+    seen: &SteeringInputs,
+    name: &str,
+    table: u32,
+    ifindex: Option<u32>,
+) -> UplinkSteering {
+    let slice = seen.slices.get(name).cloned().unwrap_or_default();
+    let counters = ifindex
+        .and_then(|i| seen.counters.get(&i))
+        .copied()
+        .unwrap_or_default();
+    UplinkSteering {
+        mark: format!("{:#x}", mark_of_table(table)),
+        slice: slice.path,
+        cgroup_id: slice.id,
+        mapped: slice.entry.is_some_and(|e| e.mark == mark_of_table(table)),
+        sockets: slice.entry.map_or(0, |e| e.sockets),
+        processes: slice.processes,
+        units: slice.units,
+        marked_passed: counters.marked_passed,
+        marked_dropped: counters.marked_dropped,
     }
 }
 
@@ -145,6 +271,9 @@ fn uplink_report(
             entries: Presence::default(),
             attachments: Vec::new(),
             counters: CounterReport::default(),
+            steering: inputs
+                .steering
+                .map(|s| uplink_steering(s, name, table, None)),
             health: "absent: waiting for the device to appear".to_owned(),
             ok: false,
         };
@@ -239,6 +368,12 @@ fn uplink_report(
     if !unattached.is_empty() {
         problems.push(format!("guard not attached to {}", unattached.join(", ")));
     }
+    let steering = inputs
+        .steering
+        .map(|s| uplink_steering(s, name, table, Some(ifindex)));
+    if let Some(steering) = steering.as_ref().filter(|s| !s.mapped) {
+        problems.push(format!("slice {} not steered", steering.slice));
+    }
     UplinkReport {
         name: name.to_owned(),
         state,
@@ -257,6 +392,7 @@ fn uplink_report(
             .copied()
             .unwrap_or_default()
             .into(),
+        steering,
         ok: problems.is_empty(),
         health: if problems.is_empty() {
             "ok".to_owned()
@@ -316,6 +452,7 @@ mod tests {
             attach_modes: &modes,
             counters: &counters,
             guard_pinned: true,
+            steering: None,
         })
     }
 

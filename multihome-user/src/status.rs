@@ -7,14 +7,15 @@ use std::process::ExitCode;
 
 use multihome_ebpf::Counters;
 
-use crate::cli::StatusArgs;
+use crate::cli::{Owned, StatusArgs};
 use crate::config::{self, Config, Params, UplinkSpec};
 use crate::guard::{self, PinnedMaps};
 use crate::model::State;
 use crate::netlink;
 use crate::ownership::{owned, GuardState};
 use crate::plan::Scope;
-use crate::report::{report, Inputs, Report};
+use crate::report::{report, Inputs, Report, SliceSeen, SteeredUnit, SteeringInputs};
+use crate::steer::{cgroup2, Root};
 use crate::view::KernelView;
 use crate::{defaults, Fatal};
 
@@ -23,8 +24,16 @@ pub(crate) fn main(args: StatusArgs) -> Result<ExitCode, Fatal> {
     let view = netlink::snapshot()?;
     let pins = Pins::read(&args.owned.pin_dir)?;
     let owned = owned(&view, protocol, &Scope::All, &pins.guard);
-    let config = infer_config(&args, protocol, &view, &owned, pins.pinned)?;
-    let report = pins.report(&config, &view, &owned);
+    let config = infer_config(&args, protocol, &view, &owned, pins.pinned, pins.steering)?;
+    let steering = match pins.steering && pins.pinned {
+        true => Some(steering_inputs(
+            &config,
+            &args.owned,
+            &PinnedMaps::open(&args.owned.pin_dir)?,
+        )?),
+        false => None,
+    };
+    let report = pins.report(&config, &view, &owned, steering.as_ref());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -46,7 +55,8 @@ pub(crate) fn health_lines(
 ) -> anyhow::Result<Vec<String>> {
     let pins = Pins::read(pin_dir)?;
     let owned = owned(view, config.protocol, &Scope::All, &pins.guard);
-    let report = pins.report(config, view, &owned);
+    // The reload's report leaves the cgroup tree to `status`.
+    let report = pins.report(config, view, &owned, None);
     Ok(report
         .uplinks
         .iter()
@@ -60,6 +70,8 @@ struct Pins {
     guard: GuardState,
     counters: BTreeMap<u32, Counters>,
     attach_modes: BTreeMap<u32, String>,
+    /// The steering program is attached (a link is pinned).
+    steering: bool,
 }
 
 impl Pins {
@@ -69,6 +81,7 @@ impl Pins {
         let mut counters = BTreeMap::new();
         if let Ok(maps) = &maps {
             guard.entries = maps.entries()?;
+            guard.marks = maps.marks()?;
             counters = maps.counters()?;
         }
         let attach_modes: BTreeMap<u32, String> = guard::attachments(pin_dir)
@@ -81,10 +94,17 @@ impl Pins {
             guard,
             counters,
             attach_modes,
+            steering: !guard::steering::links(pin_dir).is_empty(),
         })
     }
 
-    fn report(&self, config: &Config, view: &KernelView, owned: &State) -> Report {
+    fn report(
+        &self,
+        config: &Config,
+        view: &KernelView,
+        owned: &State,
+        steering: Option<&SteeringInputs>,
+    ) -> Report {
         report(&Inputs {
             config,
             view,
@@ -92,6 +112,7 @@ impl Pins {
             attach_modes: &self.attach_modes,
             counters: &self.counters,
             guard_pinned: self.pinned,
+            steering,
         })
     }
 }
@@ -104,6 +125,7 @@ fn infer_config(
     view: &KernelView,
     owned: &State,
     guard_pinned: bool,
+    steer: bool,
 ) -> Result<Config, Fatal> {
     let uplinks = known_uplinks(&args.uplinks, view, owned)?;
     if uplinks.is_empty() {
@@ -118,9 +140,75 @@ fn infer_config(
         protocol: protocol.into(),
         rules: routing_owned || !guard_pinned,
         ebpf: guard_pinned,
+        steer,
         ..Params::default()
     })
     .map_err(Fatal::usage)
+}
+
+/// What the steering root holds and the steering maps say, for the report.
+fn steering_inputs(
+    config: &Config,
+    owned: &Owned,
+    maps: &PinnedMaps,
+) -> Result<SteeringInputs, Fatal> {
+    let root = Root::locate(&owned.cgroup_root)?;
+    let steered = maps.steered()?;
+    let (counters, host) = maps.steer_counters()?;
+    let mut slices = BTreeMap::new();
+    for uplink in &config.uplinks {
+        let path = root.slice(&uplink.name);
+        let id = cgroup2::id(&path).ok();
+        let units: Vec<SteeredUnit> = cgroup2::children(&path)
+            .into_iter()
+            .map(|name| SteeredUnit {
+                processes: processes_below(&path.join(&name)),
+                name,
+            })
+            .collect();
+        slices.insert(
+            uplink.name.clone(),
+            SliceSeen {
+                path: path.display().to_string(),
+                id,
+                entry: id.and_then(|id| steered.get(&id)).copied(),
+                processes: processes_below(&path),
+                units,
+            },
+        );
+    }
+    let known: Vec<String> = config
+        .uplinks
+        .iter()
+        .map(|u| cgroup2::slice_name(&u.name))
+        .collect();
+    Ok(SteeringInputs {
+        attached: root
+            .id()
+            .is_ok_and(|id| guard::steering::attached(&owned.pin_dir, id)),
+        root: root.path.display().to_string(),
+        slices,
+        // A slice the map steers belongs to an uplink this status was not told about (the
+        // daemon's own list may be longer): its sockets are marked, not refused.
+        unknown: cgroup2::children(&root.path)
+            .into_iter()
+            .filter(|name| !known.contains(name))
+            .filter(|name| {
+                cgroup2::id(&root.path.join(name)).map_or(true, |id| !steered.contains_key(&id))
+            })
+            .collect(),
+        counters,
+        host,
+    })
+}
+
+/// The processes in cgroup `dir` and below.
+fn processes_below(dir: &std::path::Path) -> usize {
+    cgroup2::processes(dir).len()
+        + cgroup2::children(dir)
+            .iter()
+            .map(|child| processes_below(&dir.join(child)))
+            .sum::<usize>()
 }
 
 /// The uplinks `status` and `check` look at: those `given`, else $MULTIHOME_UPLINKS or the
@@ -243,6 +331,51 @@ fn table(report: &Report) -> String {
     }
     if !report.guard_pinned {
         out.push_str("guard: not loaded (no pinned maps)\n");
+    }
+    if let Some(s) = &report.steering {
+        out.push_str(&format!(
+            "steering: {} ({}), shared rules {}/{}, {} sockets refused, {} marked packets \
+             without an uplink dropped\n",
+            s.root,
+            if s.attached {
+                "attached"
+            } else {
+                "NOT attached"
+            },
+            s.rules.present,
+            s.rules.wanted,
+            s.sockets_refused,
+            s.marked_dropped,
+        ));
+        for name in &s.unknown {
+            out.push_str(&format!(
+                "steering: {name} is no uplink's slice: its sockets are refused\n"
+            ));
+        }
+    }
+    for u in &report.uplinks {
+        let Some(s) = &u.steering else { continue };
+        let units: Vec<String> = s
+            .units
+            .iter()
+            .map(|unit| format!("{} ({})", unit.name, unit.processes))
+            .collect();
+        out.push_str(&format!(
+            "{}: {} mark {}{}: {} sockets, {} processes{}; marked packets {} out, {} dropped\n",
+            u.name,
+            s.slice,
+            s.mark,
+            if s.mapped { "" } else { " (NOT steered)" },
+            s.sockets,
+            s.processes,
+            if units.is_empty() {
+                String::new()
+            } else {
+                format!(" in {}", units.join(", "))
+            },
+            s.marked_passed,
+            s.marked_dropped,
+        ));
     }
     out
 }

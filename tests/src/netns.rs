@@ -71,14 +71,23 @@ impl Netns {
         dir
     }
 
+    /// The steering root (`--cgroup-root`) of a daemon in this namespace: cgroups are shared
+    /// by every namespace, so each gets its own, removed with the namespace.
+    pub fn cgroup_root(&self) -> PathBuf {
+        cgroup_root_of(&self.name)
+    }
+
     /// A command that will run inside the namespace, with `RUNTIME_DIRECTORY` naming the
-    /// namespace's [`Self::runtime_dir`] (a daemon started there claims it there).
+    /// namespace's [`Self::runtime_dir`] (a daemon started there claims it there); a
+    /// `multihome` among them steers below the namespace's own cgroup root
+    /// (MULTIHOME_CGROUP_ROOT).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.path().display()))
             .arg("--")
             .arg(program)
-            .env("RUNTIME_DIRECTORY", self.runtime_dir());
+            .env("RUNTIME_DIRECTORY", self.runtime_dir())
+            .env("MULTIHOME_CGROUP_ROOT", self.cgroup_root());
         cmd
     }
 
@@ -259,6 +268,38 @@ fn runtime_dir_of(name: &str) -> PathBuf {
 
 const RUNTIME_SUFFIX: &str = "-run";
 
+/// Where the cgroup2 hierarchy is mounted (from mountinfo: /sys/fs/cgroup/unified on hybrid
+/// hosts, /sys/fs/cgroup on unified ones).
+pub fn cgroup2_mount() -> PathBuf {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let fields: Vec<&str> = mount.split(' ').collect();
+            (fs.starts_with("cgroup2 ") && fields.get(3) == Some(&"/"))
+                .then(|| PathBuf::from(fields[4]))
+        })
+        .expect("no cgroup2 hierarchy is mounted: the steering tests need one")
+}
+
+fn cgroup_root_of(name: &str) -> PathBuf {
+    cgroup2_mount().join(format!("{name}.slice"))
+}
+
+/// Removes the cgroup `dir` and its descendants (children first); those still holding a
+/// process stay.
+pub fn remove_cgroup_tree(dir: &std::path::Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
 /// Kills what runs in a namespace and deletes it, with the guard pins a killed daemon left
 /// (they would keep its programs loaded).
 fn remove(name: &str) {
@@ -284,22 +325,33 @@ fn remove(name: &str) {
     let _ = run(Command::new("ip").args(["netns", "del", name]));
     let _ = fs::remove_dir_all(pin_dir_of(name));
     let _ = fs::remove_dir_all(runtime_dir_of(name));
+    remove_cgroup_tree(&cgroup_root_of(name));
 }
 
 /// Deletes namespaces (and pin directories) of this prefix whose creating process is gone.
 fn sweep_leftovers() {
     let temp = std::env::temp_dir();
-    for dir in [Path::new("/run/netns"), Path::new("/sys/fs/bpf"), &temp] {
+    let cgroups = cgroup2_mount();
+    for dir in [
+        Path::new("/run/netns"),
+        Path::new("/sys/fs/bpf"),
+        &temp,
+        &cgroups,
+    ] {
         let Ok(entries) = fs::read_dir(dir) else {
             continue;
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            // In the temporary directory only runtime directories: remove() takes them with
-            // their namespace's name.
+            // In the temporary directory only runtime directories, in the cgroup tree only
+            // steering roots: remove() takes them with their namespace's name.
             let name = match name.strip_suffix(RUNTIME_SUFFIX) {
                 Some(ns) if dir == temp => ns.to_owned(),
                 _ if dir == temp => continue,
+                _ if dir == cgroups => match name.strip_suffix(".slice") {
+                    Some(ns) => ns.to_owned(),
+                    None => continue,
+                },
                 _ => name,
             };
             let Some(pid) = name

@@ -31,6 +31,7 @@ const FILES: &[&str] = &[
     "/usr/share/fish/vendor_completions.d/multihome.fish",
     "/usr/share/man/man1/multihome-check.1.gz",
     "/usr/share/man/man1/multihome-cleanup.1.gz",
+    "/usr/share/man/man1/multihome-exec.1.gz",
     "/usr/share/man/man1/multihome-reload.1.gz",
     "/usr/share/man/man1/multihome-run.1.gz",
     "/usr/share/man/man1/multihome-status.1.gz",

@@ -353,6 +353,7 @@ mod tests {
         "usr/share/fish/vendor_completions.d/multihome.fish",
         "usr/share/man/man1/multihome-check.1",
         "usr/share/man/man1/multihome-cleanup.1",
+        "usr/share/man/man1/multihome-exec.1",
         "usr/share/man/man1/multihome-reload.1",
         "usr/share/man/man1/multihome-run.1",
         "usr/share/man/man1/multihome-status.1",

@@ -35,6 +35,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "binutils", // tier 4: strips multihome's debug info, readelf finds the guests' libraries
     "dpkg-dev", // package: dpkg-shlibdeps and dpkg-gencontrol write the control file
     "lintian",  // package tier: the packages' policy check
+    "golang-go", // tier 3: a Go program (no libc sockets) steered by `multihome exec`
+    "gcc",      // tier 3: builds the LD_PRELOAD socket shim the steering test compares with
+    "libc6-dev", // tier 3: the shim's headers (dlfcn.h, sys/socket.h)
+    "busybox-static", // tier 3: the steering test's static binary (wget without libc sockets)
 ];
 
 /// The Debian packages for nightly's LLVM major `llvm` on a `host` machine: the common ones,

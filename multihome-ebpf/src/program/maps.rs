@@ -2,13 +2,15 @@
 //! counter updates.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
 use multihome_ebpf::{
     maps::{MAX_SOURCES, MAX_UPLINKS},
     own_sources::OWN_SOURCES_DEVICES,
-    CounterSlot, Egress, OwnSources, Source, SourceFilter, SrcV4, SrcV6,
+    steer::MAX_STEERED,
+    CounterSlot, Egress, OwnSources, Source, SourceFilter, SrcV4, SrcV6, SteerCounters,
+    SteerTarget,
 };
 
 #[btf_map]
@@ -84,5 +86,55 @@ pub(crate) fn count(slot: u16, counter: Counter, bytes: u64) {
         }
         Counter::RedirectFailed => c.redirect_failed += 1,
         Counter::DroppedTooBig => c.dropped_too_big += 1,
+    }
+}
+
+/// Steered cgroups: cgroup id -> the mark their sockets get (`multihome_ebpf::steer`). Per CPU,
+/// so that each CPU counts its own sockets without an atomic operation; user space writes the
+/// same mark for every CPU.
+#[btf_map]
+static STEER: PerCpuHashMap<u64, SteerTarget, { MAX_STEERED as usize }> = PerCpuHashMap::new();
+
+/// Each steering mark's uplink, as a source entry describes it (device, parent, VLAN id, MAC).
+#[btf_map]
+static MARKS: HashMap<u32, Egress, { MAX_UPLINKS as usize }> = HashMap::new();
+
+#[btf_map]
+static STEER_COUNTERS: PerCpuArray<SteerCounters, { MAX_UPLINKS as usize }> = PerCpuArray::new();
+
+/// This CPU's steering entry of cgroup `id`; the program counts its sockets through the
+/// pointer.
+#[inline(always)]
+pub(crate) fn steer_target(id: u64) -> Option<*mut SteerTarget> {
+    STEER.get_ptr_mut(id)
+}
+
+/// The uplink of steering mark `mark`.
+#[inline(always)]
+pub(crate) fn marked_uplink(mark: u32) -> Option<&'static Egress> {
+    // SAFETY: as for `lookup`: entries are replaced whole.
+    unsafe { MARKS.get(mark) }
+}
+
+/// Which steering counter to bump.
+#[derive(Clone, Copy)]
+pub(crate) enum SteerCounter {
+    MarkedPassed,
+    MarkedDropped,
+    SocketRefused,
+}
+
+/// Bumps `counter` in steering counters slot `slot` (0: the host's) on this CPU.
+#[inline(always)]
+pub(crate) fn count_steer(slot: u16, counter: SteerCounter) {
+    let Some(c) = STEER_COUNTERS.get_ptr_mut(u32::from(slot)) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot is only written by this CPU, and the program is not preempted.
+    let c = unsafe { &mut *c };
+    match counter {
+        SteerCounter::MarkedPassed => c.marked_passed += 1,
+        SteerCounter::MarkedDropped => c.marked_dropped += 1,
+        SteerCounter::SocketRefused => c.sockets_refused += 1,
     }
 }

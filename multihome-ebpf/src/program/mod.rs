@@ -3,6 +3,7 @@
 
 mod maps;
 mod skb;
+mod steer;
 
 use aya_ebpf::{
     bindings::{bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1, TC_ACT_UNSPEC},
@@ -11,9 +12,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
-use multihome_ebpf::{decide, parse, Egress, Packet, Verdict};
+use multihome_ebpf::{
+    decide, marked_passes, parse, steer::is_steering_mark, Egress, Frame, Packet, Verdict,
+};
 
-use maps::Counter;
+use maps::{Counter, SteerCounter};
 use skb::Skb;
 
 // From uapi pkt_cls.h (aya's bindings give them different integer types on different hosts).
@@ -32,6 +35,12 @@ pub(crate) fn multihome_guard(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn guard(ctx: &TcContext) -> i32 {
     let skb = Skb::new(ctx);
+    // A steered socket's packet first: its uplink decides, whatever its source (see
+    // `multihome_ebpf::marked_passes`). Unmarked packets pay one load and a compare.
+    let mark = skb.mark();
+    if is_steering_mark(mark) {
+        return steered(&skb, mark);
+    }
     let Some(frame) = parse(&skb, skb.accelerated_vlan()) else {
         return TC_ACT_UNSPEC;
     };
@@ -50,7 +59,33 @@ fn guard(ctx: &TcContext) -> i32 {
     let Some(entry) = maps::lookup(&frame.src) else {
         return TC_ACT_UNSPEC;
     };
-    let packet = Packet {
+    let packet = packet(&frame, &skb, ifindex);
+    execute(ctx, &skb, decide(&packet, Some(entry)), entry)
+}
+
+/// A packet with steering mark `mark`: passed on its uplink, dropped anywhere else. It parses
+/// the frame itself rather than share the parse with the source path: a frame kept across this
+/// branch's lookups had its addresses' unset bytes (an IPv4 `Source`) spilled to the stack, and
+/// the verifier refuses reading a register nothing wrote.
+#[inline(always)]
+fn steered(skb: &Skb, mark: u32) -> i32 {
+    let uplink = maps::marked_uplink(mark);
+    let slot = uplink.map_or(0, |u| u.counter_slot);
+    let passes = parse(skb, skb.accelerated_vlan())
+        .is_some_and(|frame| marked_passes(&packet(&frame, skb, skb.ifindex()), uplink));
+    if passes {
+        maps::count_steer(slot, SteerCounter::MarkedPassed);
+        TC_ACT_UNSPEC
+    } else {
+        maps::count_steer(slot, SteerCounter::MarkedDropped);
+        TC_ACT_SHOT
+    }
+}
+
+/// What the decision knows of the packet leaving through `ifindex`.
+#[inline(always)]
+fn packet(frame: &Frame, skb: &Skb, ifindex: u32) -> Packet {
+    Packet {
         ifindex,
         vlan: frame.vlan,
         src_mac: frame.src_mac,
@@ -58,8 +93,7 @@ fn guard(ctx: &TcContext) -> i32 {
         dst: frame.dst,
         l3_len: frame.l3_len,
         gso: skb.is_gso(),
-    };
-    execute(ctx, &skb, decide(&packet, Some(entry)), entry)
+    }
 }
 
 /// Carries out a verdict and counts it in the entry's uplink's counters slot.

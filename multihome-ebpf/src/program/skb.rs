@@ -34,6 +34,12 @@ impl<'a> Skb<'a> {
         self.raw().ifindex
     }
 
+    /// The packet's mark: its socket's, for a steered one.
+    #[inline(always)]
+    pub(crate) fn mark(&self) -> u32 {
+        self.raw().mark
+    }
+
     /// The id of a tag the kernel holds outside the packet bytes, if any.
     #[inline(always)]
     pub(crate) fn accelerated_vlan(&self) -> Vlan {

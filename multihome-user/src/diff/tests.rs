@@ -13,13 +13,15 @@ pub(crate) const PROTO: u8 = 77;
 pub(crate) fn rank(op: &Op) -> u8 {
     match op {
         Op::PutEntry(..) => 0,
-        Op::Attach(_) => 1,
-        Op::ReplaceRoute(_) => 2,
-        Op::AddRule(_) => 3,
-        Op::DelRule(_) => 4,
-        Op::DelRoute(_) => 5,
-        Op::DelEntry(_) => 6,
-        Op::Detach(_) => 7,
+        Op::PutMark(..) => 1,
+        Op::Attach(_) => 2,
+        Op::ReplaceRoute(_) => 3,
+        Op::AddRule(_) => 4,
+        Op::DelRule(_) => 5,
+        Op::DelRoute(_) => 6,
+        Op::DelMark(_) => 7,
+        Op::DelEntry(_) => 8,
+        Op::Detach(_) => 9,
     }
 }
 
@@ -51,6 +53,7 @@ fn state(routes: &[Route], rules: &[Rule], entries: &[(&str, Egress)], guarded: 
         routes: routes.iter().copied().collect(),
         rules: rules.iter().cloned().collect(),
         entries: entries.iter().map(|(a, e)| (ip(a), *e)).collect(),
+        marks: Default::default(),
         guarded: guarded.iter().copied().collect(),
         outdated: Default::default(),
     }
@@ -160,15 +163,66 @@ fn diffs_of_states() {
         ),
     ];
     for (what, desired, owned, want) in cases {
-        let ops = diff(&desired, &owned);
+        check_diff(what, &desired, &owned, &want);
+    }
+}
+
+fn check_diff(what: &str, desired: &State, owned: &State, want: &[Op]) {
+    {
+        let ops = diff(desired, owned);
         assert_eq!(ops, want, "{what}");
         let deleted_ok = ops.iter().all(|op| match op {
             Op::DelRoute(r) => owned.routes.contains(r),
             Op::DelRule(r) => owned.rules.contains(r),
             Op::DelEntry(a) => owned.entries.contains_key(a),
             Op::Detach(i) => owned.guarded.contains(i),
+            Op::DelMark(m) => owned.marks.contains_key(m),
             _ => true,
         });
         assert!(deleted_ok, "{what}: deletes only what is owned");
     }
+}
+
+/// The steering catch-all is added before every other rule and removed after every other; the
+/// marks' uplinks come with the guard's entries and go with them.
+#[test]
+fn steering_in_order() {
+    let config = crate::fixtures::config_with(
+        &["vlan101", "vlan102"],
+        crate::config::Params {
+            steer: true,
+            ..crate::config::Params::default()
+        },
+    );
+    let desired = plan(&config, &seed());
+    let catch_alls: Vec<Rule> = (desired.rules.iter())
+        .filter(|r| crate::plan::is_catch_all(r))
+        .cloned()
+        .collect();
+    assert_eq!(catch_alls.len(), 2, "one per family");
+    let ops = diff(&desired, &State::default());
+    let added: Vec<&Rule> = (ops.iter())
+        .filter_map(|op| match op {
+            Op::AddRule(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        added[..2].iter().all(|r| crate::plan::is_catch_all(r)),
+        "{added:#?}"
+    );
+    assert!(ops.iter().any(|op| matches!(op, Op::PutMark(..))));
+    let removed = diff(&State::default(), &desired);
+    let deleted: Vec<&Rule> = (removed.iter())
+        .filter_map(|op| match op {
+            Op::DelRule(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert!(deleted[deleted.len() - 2..]
+        .iter()
+        .all(|r| crate::plan::is_catch_all(r)));
+    let ranks: Vec<u8> = removed.iter().map(rank).collect();
+    assert!(ranks.is_sorted(), "{removed:#?}");
+    check_diff("steering from scratch", &desired, &State::default(), &ops);
 }

@@ -234,7 +234,7 @@ fn update_link(pin: &Path, program: &SchedClassifier) -> Result<()> {
 /// detach it only when bpffs frees the pin's inode, after an RCU grace period: `cleanup` or a
 /// detach could return while the program still runs on the device. No pin, or a link that is
 /// detached already, is not an error.
-fn detach_link(path: &Path) -> Result<()> {
+pub(super) fn detach_link(path: &Path) -> Result<()> {
     #[repr(C)]
     struct LinkDetach {
         link_fd: u32,
@@ -253,7 +253,44 @@ fn detach_link(path: &Path) -> Result<()> {
     }
 }
 
-fn remove_pin(path: &Path) -> Result<()> {
+/// The cgroup a cgroup link pinned at `path` is attached to (`bpf_link_info.cgroup.cgroup_id`):
+/// 0 once that cgroup was removed (the link is then defunct), `None` without such a pin.
+pub(super) fn link_cgroup_id(path: &Path) -> Result<Option<u64>> {
+    /// The leading fields of `struct bpf_link_info` and its `cgroup` arm.
+    #[repr(C)]
+    #[derive(Default)]
+    struct LinkInfo {
+        kind: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        cgroup_id: u64,
+        attach_type: u32,
+        _pad2: u32,
+    }
+    #[repr(C)]
+    struct GetInfo {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let Some(link) = open_pin(path)? else {
+        return Ok(None);
+    };
+    let mut info = LinkInfo::default();
+    let get = GetInfo {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: size_of::<LinkInfo>() as u32,
+        info: &raw mut info as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &get)
+        .with_context(|| format!("cannot read the link pinned at {}", path.display()))?;
+    Ok(Some(info.cgroup_id))
+}
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+pub(super) fn remove_pin(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("cannot remove the pin {}", path.display()))

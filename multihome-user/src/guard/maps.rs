@@ -8,14 +8,18 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray, PerCpuValues};
+use aya::maps::{
+    Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray, PerCpuHashMap, PerCpuValues,
+};
 use multihome_ebpf::{
     maps::{
-        MAP_COUNTERS, MAP_OWN_SOURCES, MAP_SOURCE_FILTER, MAP_SRC_V4, MAP_SRC_V6, MAX_SOURCES,
-        MAX_UPLINKS,
+        MAP_COUNTERS, MAP_MARKS, MAP_OWN_SOURCES, MAP_SOURCE_FILTER, MAP_SRC_V4, MAP_SRC_V6,
+        MAP_STEER, MAP_STEER_COUNTERS, MAX_SOURCES, MAX_UPLINKS,
     },
     own_sources::OWN_SOURCES_DEVICES,
-    CounterSlot, Counters, Egress, OwnSources, SourceFilter, SrcV4, SrcV6,
+    steer::MAX_STEERED,
+    CounterSlot, Counters, Egress, OwnSources, SourceFilter, SrcV4, SrcV6, SteerCounters,
+    SteerTarget,
 };
 
 use super::{
@@ -27,6 +31,8 @@ const EGRESS_LEN: usize = size_of::<Egress>();
 const SLOT_LEN: usize = size_of::<CounterSlot>();
 const OWN_LEN: usize = size_of::<OwnSources>();
 const FILTER_LEN: usize = size_of::<SourceFilter>();
+const TARGET_LEN: usize = size_of::<SteerTarget>();
+const STEER_COUNTERS_LEN: usize = size_of::<SteerCounters>();
 
 /// The maps' values as aya sees them: byte arrays, cast to the shared `#[repr(C)]` types with
 /// bytemuck (aya's own `Pod` cannot be implemented for another crate's types).
@@ -34,6 +40,9 @@ type Sources<const K: usize> = HashMap<MapData, [u8; K], [u8; EGRESS_LEN]>;
 type CounterMap = PerCpuArray<MapData, [u8; SLOT_LEN]>;
 type OwnSourcesMap = Array<MapData, [u8; OWN_LEN]>;
 type FilterMap = Array<MapData, [u8; FILTER_LEN]>;
+type MarkMap = HashMap<MapData, u32, [u8; EGRESS_LEN]>;
+type SteerMap = PerCpuHashMap<MapData, u64, [u8; TARGET_LEN]>;
+type SteerCounterMap = PerCpuArray<MapData, [u8; STEER_COUNTERS_LEN]>;
 
 /// What a map pinned under a given name must look like to be reused by a new program.
 pub(super) struct Shape {
@@ -44,8 +53,8 @@ pub(super) struct Shape {
     pub(crate) max_entries: u32,
 }
 
-/// The maps the program uses, in the order of `multihome_ebpf::maps`.
-pub(super) const SHAPES: [Shape; 5] = [
+/// The maps the programs use, in the order of `multihome_ebpf::maps`.
+pub(super) const SHAPES: [Shape; 8] = [
     Shape {
         name: MAP_SRC_V4,
         map_type: MapType::Hash,
@@ -81,6 +90,27 @@ pub(super) const SHAPES: [Shape; 5] = [
         value_size: FILTER_LEN as u32,
         max_entries: 1,
     },
+    Shape {
+        name: MAP_STEER,
+        map_type: MapType::PerCpuHash,
+        key_size: size_of::<u64>() as u32,
+        value_size: TARGET_LEN as u32,
+        max_entries: MAX_STEERED,
+    },
+    Shape {
+        name: MAP_MARKS,
+        map_type: MapType::Hash,
+        key_size: size_of::<u32>() as u32,
+        value_size: EGRESS_LEN as u32,
+        max_entries: MAX_UPLINKS,
+    },
+    Shape {
+        name: MAP_STEER_COUNTERS,
+        map_type: MapType::PerCpuArray,
+        key_size: size_of::<u32>() as u32,
+        value_size: STEER_COUNTERS_LEN as u32,
+        max_entries: MAX_UPLINKS,
+    },
 ];
 
 impl Shape {
@@ -110,6 +140,9 @@ pub struct PinnedMaps {
     counters: CounterMap,
     own_sources: OwnSourcesMap,
     filter: FilterMap,
+    marks: MarkMap,
+    steer: SteerMap,
+    steer_counters: SteerCounterMap,
     /// Uplink ifindex -> its counters slot, read from the map when first needed (only writing
     /// an entry needs it) and kept current by this process, the map's only writer.
     slots: Option<BTreeMap<u32, u16>>,
@@ -127,6 +160,9 @@ impl PinnedMaps {
             counters: open(pin_dir, MAP_COUNTERS)?,
             own_sources: open(pin_dir, MAP_OWN_SOURCES)?,
             filter: open(pin_dir, MAP_SOURCE_FILTER)?,
+            marks: open(pin_dir, MAP_MARKS)?,
+            steer: open(pin_dir, MAP_STEER)?,
+            steer_counters: open(pin_dir, MAP_STEER_COUNTERS)?,
             slots: None,
             shortcuts: None,
         })
@@ -264,6 +300,102 @@ impl PinnedMaps {
         Ok(entries)
     }
 
+    /// Sets the uplink of steering mark `mark` (its packets are counted in the uplink's slot).
+    pub fn put_mark(&mut self, mark: u32, egress: &Egress) -> Result<()> {
+        let egress = Egress {
+            counter_slot: self.slot_for(egress.uplink_ifindex)?,
+            ..*egress
+        };
+        self.marks
+            .insert(mark, bytemuck::cast::<_, [u8; EGRESS_LEN]>(egress), 0)
+            .with_context(|| format!("cannot write the uplink of steering mark {mark:#x}"))
+    }
+
+    /// Forgets steering mark `mark`; an absent one is not an error.
+    pub fn remove_mark(&mut self, mark: u32) -> Result<()> {
+        ignore_missing(self.marks.remove(&mark))
+            .with_context(|| format!("cannot remove steering mark {mark:#x}"))
+    }
+
+    /// Every steering mark's uplink, without its counters slot.
+    pub fn marks(&self) -> Result<BTreeMap<u32, Egress>> {
+        let mut marks = BTreeMap::new();
+        for item in self.marks.iter() {
+            let (mark, value) = item.context("cannot read the steering marks")?;
+            let egress: Egress = bytemuck::cast(value);
+            marks.insert(
+                mark,
+                Egress {
+                    counter_slot: 0,
+                    ..egress
+                },
+            );
+        }
+        Ok(marks)
+    }
+
+    /// Steers the sockets of cgroup `id` (and of its descendants without an entry of their
+    /// own) with `mark`; its socket count starts at 0.
+    pub fn put_steered(&mut self, id: u64, mark: u32) -> Result<()> {
+        let target: [u8; TARGET_LEN] = bytemuck::cast(SteerTarget {
+            mark,
+            ..SteerTarget::default()
+        });
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let values = PerCpuValues::try_from(vec![target; cpus])?;
+        self.steer
+            .insert(id, values, 0)
+            .with_context(|| format!("cannot steer cgroup {id}"))
+    }
+
+    /// Stops steering cgroup `id`; an absent entry is not an error.
+    pub fn remove_steered(&mut self, id: u64) -> Result<()> {
+        ignore_missing(self.steer.remove(&id))
+            .with_context(|| format!("cannot remove the steering of cgroup {id}"))
+    }
+
+    /// Every steered cgroup: its mark and the sockets marked for it, summed over CPUs.
+    pub fn steered(&self) -> Result<BTreeMap<u64, SteerTarget>> {
+        let mut steered = BTreeMap::new();
+        for item in self.steer.iter() {
+            let (id, per_cpu) = item.context("cannot read the steered cgroups")?;
+            let mut sum = SteerTarget::default();
+            for value in per_cpu.iter() {
+                let target: SteerTarget = bytemuck::cast(*value);
+                sum.mark = target.mark;
+                sum.sockets += target.sockets;
+            }
+            steered.insert(id, sum);
+        }
+        Ok(steered)
+    }
+
+    /// The steering counters per uplink ifindex, and the host's (slot 0: refused sockets,
+    /// packets of marks without an uplink), summed over CPUs.
+    pub fn steer_counters(&self) -> Result<(BTreeMap<u32, SteerCounters>, SteerCounters)> {
+        let owners: BTreeMap<u16, u32> = self
+            .read_slots()?
+            .into_iter()
+            .map(|(uplink, slot)| (slot, uplink))
+            .collect();
+        let (mut uplinks, mut host) = (BTreeMap::new(), SteerCounters::default());
+        for (slot, item) in self.steer_counters.iter().enumerate() {
+            let per_cpu = item.context("cannot read the steering counters")?;
+            let mut sum = SteerCounters::default();
+            for value in per_cpu.iter() {
+                sum.add(&bytemuck::cast(*value));
+            }
+            match owners.get(&(slot as u16)) {
+                Some(&uplink) => {
+                    uplinks.insert(uplink, sum);
+                }
+                None if slot == 0 => host = sum,
+                None => {}
+            }
+        }
+        Ok((uplinks, host))
+    }
+
     /// Counters per uplink ifindex, summed over CPUs: every slot that names an uplink.
     pub fn counters(&self) -> Result<BTreeMap<u32, Counters>> {
         let mut all = BTreeMap::<u32, Counters>::new();
@@ -355,6 +487,10 @@ impl PinnedMaps {
         self.counters
             .set(u32::from(slot), values, 0)
             .with_context(|| format!("cannot claim a counters slot for if{uplink}"))?;
+        let zero = PerCpuValues::try_from(vec![[0u8; STEER_COUNTERS_LEN]; cpus])?;
+        self.steer_counters
+            .set(u32::from(slot), zero, 0)
+            .with_context(|| format!("cannot claim a steering counters slot for if{uplink}"))?;
         slots.insert(uplink, slot);
         Ok(slot)
     }

@@ -7,6 +7,7 @@ mod attach;
 mod maps;
 mod pins;
 mod shortcuts;
+pub(crate) mod steering;
 mod tc;
 
 use std::{
@@ -19,7 +20,7 @@ use std::{
 use anyhow::{anyhow, Context, Result};
 use aya::{
     include_bytes_aligned,
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    programs::{CgroupSock, SchedClassifier, TestRun, TestRunOptions},
     Ebpf, EbpfLoader,
 };
 
@@ -30,6 +31,8 @@ use pins::Record;
 
 /// The program's name in the object and in the kernel (which keeps 15 characters).
 pub const PROGRAM_NAME: &str = "multihome_guard";
+/// The steering program's (`cgroup/sock_create`).
+pub const STEER_PROGRAM_NAME: &str = "multihome_steer";
 
 /// The TC program, built for the BPF target by build.rs.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multihome-guard"));
@@ -230,6 +233,38 @@ impl Guard {
         self.mine.insert(ifindex);
         self.settled(ifindex);
         Ok(())
+    }
+
+    /// Attaches the steering program to the cgroup `root` (id `root_id`), loading it first:
+    /// every IPv4/IPv6 socket created below `root` is then marked from the steering map, or
+    /// refused. Replaces an earlier run's attachment.
+    pub(crate) fn attach_steering(&mut self, root: &Path, root_id: u64) -> Result<()> {
+        self.load_steering()?;
+        let pin_dir = self.pin_dir.clone();
+        steering::attach(self.steering_program()?, &pin_dir, root, root_id)
+    }
+
+    /// Loads the steering program unless it is loaded: a kernel without the cgroup hook
+    /// (CONFIG_CGROUP_BPF) refuses it here, before anything is attached or created.
+    pub(crate) fn load_steering(&mut self) -> Result<()> {
+        let program = self.steering_program()?;
+        if program.fd().is_err() {
+            program.load().map_err(|e| {
+                anyhow::Error::new(e).context(
+                    "the kernel refused the steering program (cgroup/sock_create, which needs \
+                     CONFIG_CGROUP_BPF)",
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn steering_program(&mut self) -> Result<&mut CgroupSock> {
+        self.ebpf
+            .program_mut(STEER_PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("the embedded object has no program {STEER_PROGRAM_NAME}"))?
+            .try_into()
+            .context("the embedded steering program is not a cgroup/sock program")
     }
 
     /// How later [`Self::attach`] calls hook a device (`check` tries each way in turn).
@@ -458,7 +493,8 @@ impl DerefMut for Guard {
 /// namespace) and removes all pins and the directory: what `multihome cleanup` does. Returns
 /// what it removed, one line each; nothing when nothing was there.
 pub fn remove_all(pin_dir: &Path) -> Result<Vec<String>> {
-    let mut removed = Vec::new();
+    // Steering first: no socket is marked any more before the marks' uplinks go.
+    let mut removed = steering::detach_all(pin_dir)?;
     for (ifindex, kind) in attachments(pin_dir) {
         attach::detach(pin_dir, ifindex)?;
         removed.push(format!("guard attachment ({kind}) on ifindex {ifindex}"));

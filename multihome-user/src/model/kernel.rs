@@ -109,8 +109,9 @@ impl Route {
     }
 }
 
-/// A routing policy rule, reduced to the selectors multihome uses. `other_selectors` marks a rule
-/// that also matches on something else (fwmark, iif, dport, ...): never one of ours as we make them.
+/// A routing policy rule, reduced to the selectors and actions multihome uses. `other_selectors`
+/// marks a rule that also matches on something else (iif, dport, tos, ...) or does something
+/// else (goto, suppress_ifgroup, ...): never one of ours as we make them.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Rule {
     pub family: Family,
@@ -118,8 +119,15 @@ pub struct Rule {
     pub protocol: u8,
     pub src: Option<(IpAddr, u8)>,
     pub oif: Option<String>,
+    /// `fwmark MARK/MASK`: the socket's (or packet's) mark, masked, equals MARK.
+    pub fwmark: Option<(u32, u32)>,
     /// The table looked up, when the action is "lookup table"; `None` for other actions.
     pub table: Option<u32>,
+    /// `suppress_prefixlength N`: a lookup's result is ignored when its prefix is N bits or
+    /// shorter (0: the table's default route is).
+    pub suppress_prefix_len: Option<u8>,
+    /// The action is `unreachable` (the lookup fails with ENETUNREACH); `table` is then `None`.
+    pub unreachable: bool,
     pub other_selectors: bool,
 }
 
@@ -176,12 +184,21 @@ impl fmt::Display for Rule {
         if let Some(oif) = &self.oif {
             write!(f, " oif {oif}")?;
         }
+        match self.fwmark {
+            Some((mark, u32::MAX)) => write!(f, " fwmark {mark:#x}")?,
+            Some((mark, mask)) => write!(f, " fwmark {mark:#x}/{mask:#x}")?,
+            None => {}
+        }
         if self.other_selectors {
             f.write_str(" (and other selectors)")?;
         }
-        match self.table {
-            Some(table) => write!(f, " lookup {table}")?,
-            None => f.write_str(" (not a lookup)")?,
+        match (self.table, self.unreachable) {
+            (Some(table), _) => write!(f, " lookup {table}")?,
+            (None, true) => f.write_str(" unreachable")?,
+            (None, false) => f.write_str(" (not a lookup)")?,
+        }
+        if let Some(len) = self.suppress_prefix_len {
+            write!(f, " suppress_prefixlength {len}")?;
         }
         write!(f, " proto {}", self.protocol)
     }
@@ -223,6 +240,28 @@ mod tests {
                 }
                 .to_string(),
                 "ipv6 rule 1000: from all oif wan (and other selectors) (not a lookup) proto 77",
+            ),
+            (
+                Rule {
+                    src: None,
+                    fwmark: Some((0x6d68_03ea, u32::MAX)),
+                    suppress_prefix_len: Some(0),
+                    ..rule("192.168.0.101", 1002)
+                }
+                .to_string(),
+                "ipv4 rule 1000: from all fwmark 0x6d6803ea lookup 1002 suppress_prefixlength 0 \
+                 proto 77",
+            ),
+            (
+                Rule {
+                    src: None,
+                    fwmark: Some((0x6d68_0000, 0xffff_0000)),
+                    table: None,
+                    unreachable: true,
+                    ..rule("192.168.0.101", 1002)
+                }
+                .to_string(),
+                "ipv4 rule 1000: from all fwmark 0x6d680000/0xffff0000 unreachable proto 77",
             ),
         ];
         for (got, want) in cases {

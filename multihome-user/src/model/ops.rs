@@ -10,13 +10,15 @@ use multihome_ebpf::Egress;
 
 use super::{Route, Rule};
 
-/// Objects multihome owns: routes and rules with its protocol, guard map entries, and the
-/// devices the guard is attached to (by ifindex).
+/// Objects multihome owns: routes and rules with its protocol, guard map entries, the uplink of
+/// each steering mark (`MARKS`, the guard's check of steered packets), and the devices the
+/// guard is attached to (by ifindex).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     pub routes: BTreeSet<Route>,
     pub rules: BTreeSet<Rule>,
     pub entries: BTreeMap<IpAddr, Egress>,
+    pub marks: BTreeMap<u32, Egress>,
     pub guarded: BTreeSet<u32>,
     /// Of `guarded`, the devices hooked by another program than this instance's (an earlier
     /// instance's, maybe of an older release): attached again, which replaces the program in
@@ -25,11 +27,13 @@ pub struct State {
 }
 
 /// One change to the kernel. `diff` emits them in the order they must be applied: the guard's
-/// entries and attachments first, then table routes, then rules; removals in the reverse order,
+/// entries, the steering marks and the attachments first, then table routes, then rules; removals in the reverse order,
 /// so that a rule never points at an empty table and the guard covers every window.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     PutEntry(IpAddr, Egress),
+    /// Where packets with this steering mark may leave: the uplink's device (and parent).
+    PutMark(u32, Egress),
     /// Hook the guard to a device, or hook it again with this instance's program.
     Attach(u32),
     /// Add or replace (NLM_F_REPLACE) the route with this table, destination and prefix length.
@@ -37,6 +41,7 @@ pub enum Op {
     AddRule(Rule),
     DelRule(Rule),
     DelRoute(Route),
+    DelMark(u32),
     DelEntry(IpAddr),
     Detach(u32),
 }
@@ -51,18 +56,14 @@ impl fmt::Display for Op {
                 if let Some(gateway) = gateway(addr, &e.gateway) {
                     write!(f, " via {gateway}")?;
                 }
-                if e.lower_ifindex != 0 {
-                    write!(f, " (parent if{}", e.lower_ifindex)?;
-                    if e.vlan_id != 0 {
-                        write!(f, ", vlan {}", e.vlan_id)?;
-                    }
-                    if e.match_mac != 0 {
-                        write!(f, ", by MAC {}", mac(&e.mac))?;
-                    }
-                    f.write_str(")")?;
-                }
+                parent(f, e)?;
                 write!(f, " mtu {}", e.mtu)
             }
+            Op::PutMark(mark, e) => {
+                write!(f, "steered mark {mark:#x} -> if{}", e.uplink_ifindex)?;
+                parent(f, e)
+            }
+            Op::DelMark(mark) => write!(f, "forget steered mark {mark:#x}"),
             Op::ReplaceRoute(route) => write!(f, "set route {route}"),
             Op::AddRule(rule) => write!(f, "add {rule}"),
             Op::DelRule(rule) => write!(f, "delete {rule}"),
@@ -71,6 +72,21 @@ impl fmt::Display for Op {
             Op::Detach(ifindex) => write!(f, "detach guard from if{ifindex}"),
         }
     }
+}
+
+/// `(parent ifN, vlan N)`, `(parent ifN, by MAC ...)` of a child uplink's entry.
+fn parent(f: &mut fmt::Formatter<'_>, e: &Egress) -> fmt::Result {
+    if e.lower_ifindex == 0 {
+        return Ok(());
+    }
+    write!(f, " (parent if{}", e.lower_ifindex)?;
+    if e.vlan_id != 0 {
+        write!(f, ", vlan {}", e.vlan_id)?;
+    }
+    if e.match_mac != 0 {
+        write!(f, ", by MAC {}", mac(&e.mac))?;
+    }
+    f.write_str(")")
 }
 
 /// The entry's gateway in the family of its address; `None` when unknown (all zero).

@@ -200,7 +200,8 @@ pub(crate) fn route(msg: &RouteMessage) -> Option<Route> {
 }
 
 /// A routing rule. `other_selectors` is set by any selector or action besides
-/// `from`/`oif`/`lookup`, so that such a rule is never taken for one of ours.
+/// `from`/`oif`/`fwmark`/`lookup`/`suppress_prefixlength`/`unreachable`, so that such a rule is
+/// never taken for one of ours.
 pub(crate) fn rule(msg: &RuleMessage) -> Option<Rule> {
     let h = &msg.header;
     let mut r = Rule {
@@ -209,13 +210,17 @@ pub(crate) fn rule(msg: &RuleMessage) -> Option<Rule> {
         protocol: 0,
         src: None,
         oif: None,
+        fwmark: None,
         table: None,
+        suppress_prefix_len: None,
+        unreachable: h.action == RuleAction::Unreachable,
         other_selectors: h.dst_len != 0
             || h.tos != 0
             || h.flags.contains(RuleFlags::Invert)
             || h.action == RuleAction::Goto,
     };
     let mut table = u32::from(h.table);
+    let (mut mark, mut mask) = (0, None);
     for attr in &msg.attributes {
         let other = match attr {
             RuleAttribute::Priority(p) => {
@@ -238,10 +243,22 @@ pub(crate) fn rule(msg: &RuleMessage) -> Option<Rule> {
                 table = *t;
                 false
             }
-            RuleAttribute::SuppressPrefixLen(v) | RuleAttribute::SuppressIfGroup(v) => {
-                *v != RULE_SUPPRESS_UNSET
+            RuleAttribute::FwMark(v) => {
+                mark = *v;
+                false
             }
-            RuleAttribute::FwMark(v) | RuleAttribute::FwMask(v) => *v != 0,
+            RuleAttribute::FwMask(v) => {
+                mask = Some(*v);
+                false
+            }
+            RuleAttribute::SuppressPrefixLen(v) => match u8::try_from(*v) {
+                Ok(len) => {
+                    r.suppress_prefix_len = Some(len);
+                    false
+                }
+                Err(_) => *v != RULE_SUPPRESS_UNSET,
+            },
+            RuleAttribute::SuppressIfGroup(v) => *v != RULE_SUPPRESS_UNSET,
             RuleAttribute::TunId(v) => *v != 0,
             RuleAttribute::L3MDev(v) => *v,
             // Everything else selects or acts on its own: dst, iif, goto, realm, uid range, ip
@@ -250,6 +267,12 @@ pub(crate) fn rule(msg: &RuleMessage) -> Option<Rule> {
             _ => true,
         };
         r.other_selectors |= other;
+    }
+    // The kernel matches `mark & mask == mark`; a mark given alone has the full mask, and a
+    // zero mask (with any mark) matches every packet: no selector.
+    let mask = mask.unwrap_or(if mark != 0 { u32::MAX } else { 0 });
+    if mask != 0 {
+        r.fwmark = Some((mark, mask));
     }
     if h.action == RuleAction::ToTable {
         r.table = Some(table);
@@ -318,10 +341,19 @@ pub(crate) fn rule_message(rule: &Rule) -> Option<RuleMessage> {
     if let Some(oif) = &rule.oif {
         attrs.push(RuleAttribute::Oifname(oif.clone()));
     }
+    if let Some((mark, mask)) = rule.fwmark {
+        attrs.push(RuleAttribute::FwMark(mark));
+        attrs.push(RuleAttribute::FwMask(mask));
+    }
     if let Some(table) = rule.table {
         msg.header.table = header_table(table);
         msg.header.action = RuleAction::ToTable;
         attrs.push(RuleAttribute::Table(table));
+    } else if rule.unreachable {
+        msg.header.action = RuleAction::Unreachable;
+    }
+    if let Some(len) = rule.suppress_prefix_len {
+        attrs.push(RuleAttribute::SuppressPrefixLen(len.into()));
     }
     Some(msg)
 }
@@ -413,7 +445,10 @@ mod tests {
             protocol: 77,
             src: Some((v4("192.168.0.10"), 32)),
             oif: None,
+            fwmark: None,
             table: Some(1001),
+            suppress_prefix_len: None,
+            unreachable: false,
             other_selectors: false,
         };
         vec![
@@ -431,6 +466,26 @@ mod tests {
                 ..base.clone()
             },
             Rule {
+                src: None,
+                fwmark: Some((0x6d68_03e9, u32::MAX)),
+                suppress_prefix_len: Some(0),
+                ..base.clone()
+            },
+            Rule {
+                src: None,
+                fwmark: Some((0x6d68_0000, 0xffff_0000)),
+                table: Some(254),
+                suppress_prefix_len: Some(0),
+                ..base.clone()
+            },
+            Rule {
+                src: None,
+                fwmark: Some((0x6d68_0000, 0xffff_0000)),
+                table: None,
+                unreachable: true,
+                ..base.clone()
+            },
+            Rule {
                 table: None,
                 ..base
             },
@@ -439,16 +494,48 @@ mod tests {
 
     #[test]
     fn rule_round_trips_through_its_message() {
-        for r in rules().into_iter().filter(|r| r.table.is_some()) {
+        for r in rules()
+            .into_iter()
+            .filter(|r| r.table.is_some() || r.unreachable)
+        {
             let msg = rule_message(&r).unwrap();
-            assert_eq!(msg.header.action, RuleAction::ToTable);
+            let action = if r.unreachable {
+                RuleAction::Unreachable
+            } else {
+                RuleAction::ToTable
+            };
+            assert_eq!(msg.header.action, action);
             assert_eq!(rule(&msg), Some(r));
         }
     }
 
     #[test]
+    fn marks_as_the_kernel_dumps_them() {
+        let base = rule_message(&rules()[0]).unwrap();
+        // A mark alone has the full mask; a zero mask selects nothing.
+        let cases = [
+            (vec![RuleAttribute::FwMark(5)], Some((5, u32::MAX))),
+            (
+                vec![RuleAttribute::FwMark(5), RuleAttribute::FwMask(0xff)],
+                Some((5, 0xff)),
+            ),
+            (
+                vec![RuleAttribute::FwMark(0), RuleAttribute::FwMask(0)],
+                None,
+            ),
+        ];
+        for (attrs, want) in cases {
+            let mut msg = base.clone();
+            msg.attributes.extend(attrs);
+            let r = rule(&msg).unwrap();
+            assert_eq!(r.fwmark, want);
+            assert!(!r.other_selectors);
+        }
+    }
+
+    #[test]
     fn rule_without_table_is_a_wildcard_delete() {
-        let msg = rule_message(&rules()[3]).unwrap();
+        let msg = rule_message(rules().last().unwrap()).unwrap();
         assert_eq!(msg.header.action, RuleAction::Unspec);
         assert!(!msg
             .attributes
@@ -461,11 +548,10 @@ mod tests {
         let base = rule_message(&rules()[0]).unwrap();
         let extras = [
             RuleAttribute::Iifname("lo".into()),
-            RuleAttribute::FwMark(1),
             RuleAttribute::Goto(2000),
             RuleAttribute::L3MDev(true),
             RuleAttribute::Destination(v4("198.51.100.0")),
-            RuleAttribute::SuppressPrefixLen(0),
+            RuleAttribute::SuppressIfGroup(1),
         ];
         for extra in extras {
             let mut msg = base.clone();

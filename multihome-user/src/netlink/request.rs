@@ -139,8 +139,8 @@ impl Netlink {
             .collect())
     }
 
-    /// Applies one route or rule operation; the others (Attach, Detach, PutEntry, DelEntry) are
-    /// the guard's and give `Error::NotNetlink`.
+    /// Applies one route or rule operation; the others (Attach, Detach, PutEntry, DelEntry,
+    /// PutMark, DelMark) are the guard's and give `Error::NotNetlink`.
     ///
     /// Idempotent: ReplaceRoute creates or replaces (NLM_F_CREATE|NLM_F_REPLACE: same table,
     /// destination and metric); AddRule of a rule that exists (EEXIST: checked with NLM_F_EXCL,
@@ -159,7 +159,7 @@ impl Netlink {
                 0,
                 true,
             ),
-            Op::AddRule(r) if r.table.is_some() => (
+            Op::AddRule(r) if r.table.is_some() || r.unreachable => (
                 RouteNetlinkMessage::NewRule(convert::rule_message(r).ok_or_else(inexact)?),
                 NLM_F_CREATE | NLM_F_EXCL,
                 false,
@@ -170,9 +170,12 @@ impl Netlink {
                 0,
                 true,
             ),
-            Op::Attach(_) | Op::Detach(_) | Op::PutEntry(..) | Op::DelEntry(_) => {
-                return Err(Error::NotNetlink(op.clone()))
-            }
+            Op::Attach(_)
+            | Op::Detach(_)
+            | Op::PutEntry(..)
+            | Op::DelEntry(_)
+            | Op::PutMark(..)
+            | Op::DelMark(_) => return Err(Error::NotNetlink(op.clone())),
         };
         let request = Request::Apply(op.clone());
         match self.exchange(&request, msg, NLM_F_ACK | flags).await {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use multihome_ebpf::Egress;
+use multihome_ebpf::{steer::mark_of_table, Egress};
 
 use crate::config::{Config, UplinkConfig};
 use crate::model::{
@@ -20,9 +20,11 @@ use crate::view::KernelView;
 mod describe;
 mod index;
 mod scope;
+mod steering;
 
 pub(crate) use describe::{describe, Assignment, Assignments};
 pub(crate) use scope::Scope;
+pub(crate) use steering::is_catch_all;
 
 use index::Index;
 
@@ -52,9 +54,19 @@ fn desired(config: &Config, view: &KernelView, scope: &Scope, present: &[Uplink]
         if config.ebpf {
             uplink.guard(&mut state);
         }
+        if config.steer {
+            state.marks.insert(
+                mark_of_table(uplink.config.table),
+                uplink.device_egress(0, [0; 16]),
+            );
+        }
         if uplink.path(config) == Path::Routed {
             uplink.route(config, &mut state);
         }
+    }
+    // Not an uplink's: a full pass plans (and owns) them.
+    if config.steer && *scope == Scope::All {
+        state.rules.extend(steering::shared_rules(config));
     }
     // A route of someone else's in the slot of one of ours (`ip route replace ... table T` at
     // run time): multihome never overwrites what is not its own. It yields the slot (the
@@ -176,6 +188,17 @@ impl Uplink<'_> {
     }
 
     fn egress(&self, address: &Address) -> Egress {
+        let mut gateway = [0u8; 16];
+        match self.gateway(Family::of(&address.addr)) {
+            Some(IpAddr::V4(v4)) => gateway[..4].copy_from_slice(&v4.octets()),
+            Some(IpAddr::V6(v6)) => gateway = v6.octets(),
+            None => {}
+        }
+        self.device_egress(address.prefix_len, gateway)
+    }
+
+    /// The uplink's device as the guard recognises it (itself, or its frames on its parent).
+    fn device_egress(&self, prefix_len: u8, gateway: [u8; 16]) -> Egress {
         let lower_ifindex = self.lower.map_or(0, |l| l.ifindex);
         // The parent can only tell the uplink's frames apart when the guard is on the parent.
         let (vlan_id, match_mac) = match (self.lower, self.link.kind) {
@@ -183,19 +206,13 @@ impl Uplink<'_> {
             (Some(_), LinkKind::Macvlan) => (0, 1),
             _ => (0, 0),
         };
-        let mut gateway = [0u8; 16];
-        match self.gateway(Family::of(&address.addr)) {
-            Some(IpAddr::V4(v4)) => gateway[..4].copy_from_slice(&v4.octets()),
-            Some(IpAddr::V6(v6)) => gateway = v6.octets(),
-            None => {}
-        }
         Egress {
             uplink_ifindex: self.link.ifindex,
             lower_ifindex,
             mtu: self.link.mtu,
             vlan_id,
             match_mac,
-            prefix_len: address.prefix_len,
+            prefix_len,
             mac: self.link.mac,
             // The guard's map layer assigns the slot when it writes the entry.
             counter_slot: 0,
@@ -225,7 +242,10 @@ impl Uplink<'_> {
                 protocol: config.protocol,
                 src,
                 oif,
+                fwmark: None,
                 table: Some(self.config.table),
+                suppress_prefix_len: None,
+                unreachable: false,
                 other_selectors: false,
             };
             for address in self.distinct_addresses() {
@@ -241,6 +261,11 @@ impl Uplink<'_> {
                 Some(self.link.name.clone()),
                 config.priority + 1,
             ));
+            if config.steer {
+                state
+                    .rules
+                    .extend(steering::uplink_rules(config, family, self.config.table));
+            }
         }
     }
 

@@ -10,14 +10,15 @@ mod sandbox;
 pub(crate) mod verdict;
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use multihome_ebpf::Egress;
 use serde::Serialize;
 
-use crate::guard::{AttachKind, AttachMode, Guard};
+use crate::guard::{steering, AttachKind, AttachMode, Guard};
 use crate::runtime;
+use crate::steer::{self, cgroup2};
 pub(crate) use failure::{Failure, Kind};
 
 /// How one step went.
@@ -70,7 +71,13 @@ pub(crate) struct Probe {
     pub(crate) auto_uses: Option<AttachKind>,
     /// A misrouted packet under BPF_PROG_TEST_RUN: redirected (bpf_redirect_neigh) and counted.
     pub(crate) redirect: Step,
+    /// Loading the steering program (cgroup/sock_create) and attaching it by a link to a
+    /// throw-away cgroup beside the steering root, then detaching it; skipped without cgroup2.
+    pub(crate) steer: Step,
 }
+
+/// The throw-away cgroup of the probe's steering step: `multihome-probe-PID`.
+const PROBE_CGROUP_PREFIX: &str = "multihome-probe-";
 
 /// The scratch devices' names, in the private namespace only.
 const DEVICE: &str = "mhprobe0";
@@ -80,18 +87,30 @@ const MISROUTED_SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 /// From the uapi pkt_cls.h.
 const TC_ACT_REDIRECT: i32 = 7;
 
-/// Runs every step it can and reports each.
-pub(crate) fn run() -> Probe {
+/// Runs every step it can and reports each; the steering step makes its cgroup in
+/// `steer_parent` (none: skipped).
+pub(crate) fn run(steer_parent: Option<&Path>) -> Probe {
     let mut probe = Probe::default();
-    match sandbox::isolated(|| inside(&mut probe)) {
+    // Made and removed here, with the caller's privileges: the probe's thread keeps only the
+    // daemon's capabilities, and a cgroup2 root is often mode 0555 (CAP_DAC_OVERRIDE).
+    let cgroup = steer_parent.map(scratch_cgroup);
+    match sandbox::isolated(|| inside(&mut probe, cgroup.as_ref())) {
         Ok(()) => probe.sandbox = Step::Ok,
         Err(failure) => probe.sandbox = Step::Failed(failure),
+    }
+    if let Some(Ok(dir)) = &cgroup {
+        if let Err(e) = std::fs::remove_dir(dir) {
+            probe.steer = Step::Failed(Failure::os(
+                &format!("cannot remove the probe's cgroup {}", dir.display()),
+                e,
+            ));
+        }
     }
     probe
 }
 
 /// The steps, in the private namespaces.
-fn inside(probe: &mut Probe) {
+fn inside(probe: &mut Probe, steer_cgroup: Option<&Result<PathBuf>>) {
     let (device, peer) = match scratch_devices() {
         Ok(ifindexes) => ifindexes,
         Err(failure) => {
@@ -137,6 +156,11 @@ fn inside(probe: &mut Probe) {
         }
     }
     probe.redirect = Step::of(redirect(&mut guard, device, peer));
+    probe.steer = match steer_cgroup {
+        Some(Ok(dir)) => Step::of(steer(&mut guard, dir, &pin_dir)),
+        Some(Err(e)) => Step::Failed(Failure::of(e)),
+        None => Step::Skipped,
+    };
     if let Err(e) = guard.remove_all() {
         // The private bpffs goes with the namespace anyway.
         log::debug!("removing the probe's pins: {e:#}");
@@ -174,6 +198,37 @@ fn ifindex(name: &str) -> std::io::Result<u32> {
     match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
         0 => Err(std::io::Error::last_os_error()),
         ifindex => Ok(ifindex),
+    }
+}
+
+/// A new empty cgroup in `parent` for the steering step. The cgroup tree is the host's, not
+/// the sandbox's: a probe killed half-way leaves the empty directory (its link goes with the
+/// process), which the next probe removes.
+fn scratch_cgroup(parent: &Path) -> Result<PathBuf> {
+    sweep_probe_cgroups(parent);
+    let dir = parent.join(format!("{PROBE_CGROUP_PREFIX}{}", std::process::id()));
+    cgroup2::create(&dir).with_context(|| format!("cannot create the cgroup {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Attaches the steering program to the cgroup `dir` as the daemon does (a pinned link, in
+/// the private bpffs here), then detaches it.
+fn steer(guard: &mut Guard, dir: &Path, pin_dir: &Path) -> Result<()> {
+    let id = cgroup2::id(dir)?;
+    guard.attach_steering(dir, id)?;
+    steering::detach_all(pin_dir)?;
+    Ok(())
+}
+
+/// Removes the empty cgroups of earlier probes that were killed.
+fn sweep_probe_cgroups(parent: &Path) {
+    for name in cgroup2::children(parent) {
+        let pid = name
+            .strip_prefix(PROBE_CGROUP_PREFIX)
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !steer::process_lives(pid)) {
+            let _ = std::fs::remove_dir(parent.join(name));
+        }
     }
 }
 

@@ -212,6 +212,7 @@ mod tests {
             auto: Step::Ok,
             auto_uses: Some(AttachKind::Tcx),
             redirect: Step::Ok,
+            steer: Step::Ok,
         }
     }
 

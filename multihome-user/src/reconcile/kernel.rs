@@ -24,6 +24,11 @@ impl Kernel {
     pub(crate) fn new(netlink: Netlink, guard: Option<Guard>) -> Kernel {
         Kernel { netlink, guard }
     }
+
+    /// The loaded guard, if any.
+    pub(crate) fn guard_mut(&mut self) -> Option<&mut Guard> {
+        self.guard.as_mut()
+    }
 }
 
 impl Effects for Kernel {
@@ -44,6 +49,8 @@ impl Effects for Kernel {
             (Op::Detach(ifindex), Some(guard)) => guard.detach(*ifindex),
             (Op::PutEntry(addr, egress), Some(guard)) => guard.put_entry(*addr, egress),
             (Op::DelEntry(addr), Some(guard)) => guard.remove_entry(*addr),
+            (Op::PutMark(mark, egress), Some(guard)) => guard.put_mark(*mark, egress),
+            (Op::DelMark(mark), Some(guard)) => guard.remove_mark(*mark),
             (_, None) => bail!("the guard is not loaded"),
         }
     }
@@ -57,6 +64,13 @@ impl Effects for Kernel {
 
     fn guard_hooks(&mut self) -> Hooks {
         self.guard.as_mut().map(Guard::hooks).unwrap_or_default()
+    }
+
+    fn guard_marks(&self) -> anyhow::Result<BTreeMap<u32, Egress>> {
+        match &self.guard {
+            Some(guard) => guard.marks(),
+            None => Ok(BTreeMap::new()),
+        }
     }
 
     fn restore_pins(&mut self) -> anyhow::Result<()> {

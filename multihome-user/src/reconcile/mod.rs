@@ -58,6 +58,8 @@ pub(crate) trait Effects {
     /// The devices the guard is hooked to, and which run an earlier instance's program, as its
     /// pins and the kernel say.
     fn guard_hooks(&mut self) -> Hooks;
+    /// The steering marks' uplinks, as the guard's map holds them.
+    fn guard_marks(&self) -> anyhow::Result<BTreeMap<u32, Egress>>;
     /// Pins again what someone removed from the pin directory.
     fn restore_pins(&mut self) -> anyhow::Result<()>;
     /// Detaches the guard everywhere and removes its pins; one line per object removed.
@@ -142,6 +144,11 @@ impl<E: Effects> Reconciler<E> {
         };
         reconciler.reread_guard();
         reconciler
+    }
+
+    /// Its effects, for the daemon's steering, which shares the loaded guard.
+    pub(crate) fn effects_mut(&mut self) -> &mut E {
+        &mut self.effects
     }
 
     /// Folds one kernel notification into the view.
@@ -268,6 +275,10 @@ impl<E: Effects> Reconciler<E> {
             Ok(entries) => self.guard.entries = entries,
             Err(err) => log::warn!("reading the guard's map: {err:#}"),
         }
+        match self.effects.guard_marks() {
+            Ok(marks) => self.guard.marks = marks,
+            Err(err) => log::warn!("reading the guard's steering marks: {err:#}"),
+        }
         let hooks = self.effects.guard_hooks();
         self.guard.guarded = hooks.guarded;
         self.guard.outdated = hooks.outdated;
@@ -362,6 +373,12 @@ impl<E: Effects> Reconciler<E> {
             }
             Op::DelEntry(addr) => {
                 state.entries.remove(addr);
+            }
+            Op::PutMark(mark, egress) => {
+                state.marks.insert(*mark, *egress);
+            }
+            Op::DelMark(mark) => {
+                state.marks.remove(mark);
             }
             Op::ReplaceRoute(_) | Op::DelRoute(_) | Op::AddRule(_) | Op::DelRule(_) => {}
         }

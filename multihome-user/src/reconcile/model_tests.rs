@@ -18,6 +18,8 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 use proptest::test_runner::RngAlgorithm;
 
+use multihome_ebpf::steer::mark_of_table;
+
 use super::linger::LINGER;
 use super::sim::Sim;
 use super::Reconciler;
@@ -99,10 +101,12 @@ enum Action {
         gateway: usize,
         metric: u32,
     },
+    /// Someone else's rule from an address, or (marked) one on a steering mark.
     ForeignRule {
         priority: u32,
         address: usize,
         table: usize,
+        marked: bool,
     },
     /// Any rule goes: ours (flushed by an admin, networkd) or someone else's.
     DelRule {
@@ -139,7 +143,7 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (i(), i(), i(), i(), prop_oneof![Just(0u32), Just(1024), Just(5)]).prop_map(
             |(uplink, table, dst, gateway, metric)| Action::ForeignRoute { uplink, table, dst, gateway, metric }
         ),
-        1 => (900u32..1002, i(), i()).prop_map(|(priority, address, table)| Action::ForeignRule { priority, address, table }),
+        1 => (900u32..1002, i(), i(), any::<bool>()).prop_map(|(priority, address, table, marked)| Action::ForeignRule { priority, address, table, marked }),
         2 => i().prop_map(|pick| Action::DelRule { pick }),
         2 => i().prop_map(|pick| Action::DelOurRoute { pick }),
         1 => (i(), any::<bool>()).prop_map(|(uplink, rule)| Action::Leftover { uplink, rule }),
@@ -306,19 +310,29 @@ fn world_events(action: &Action, sim: &Sim, next_ifindex: &mut u32) -> Vec<Event
             priority,
             address,
             table,
+            marked,
         } => {
             let addr = ip(ADDRESSES[address % ADDRESSES.len()]
                 .split('/')
                 .next()
                 .unwrap());
             let family = Family::of(&addr);
+            let table = TABLES[table % TABLES.len()];
+            let (src, fwmark) = if marked {
+                (None, Some((mark_of_table(table), u32::MAX)))
+            } else {
+                (Some((addr, if addr.is_ipv4() { 32 } else { 128 })), None)
+            };
             vec![Event::NewRule(Rule {
                 family,
                 priority,
                 protocol: RTPROT_STATIC,
-                src: Some((addr, if addr.is_ipv4() { 32 } else { 128 })),
+                src,
                 oif: None,
-                table: Some(TABLES[table % TABLES.len()]),
+                fwmark,
+                table: Some(table),
+                suppress_prefix_len: None,
+                unreachable: false,
                 other_selectors: false,
             })]
         }
@@ -342,7 +356,10 @@ fn world_events(action: &Action, sim: &Sim, next_ifindex: &mut u32) -> Vec<Event
             protocol: PROTO,
             src: Some((ip("192.168.0.100"), 32)),
             oif: None,
+            fwmark: None,
             table: Some(LEFTOVER_TABLE),
+            suppress_prefix_len: None,
+            unreachable: false,
             other_selectors: false,
         })],
         Action::Leftover {
@@ -388,7 +405,8 @@ fn only_ours(op: &Op, owned: &State) -> bool {
         Op::DelRule(r) => r.protocol == PROTO && owned.rules.contains(r),
         Op::DelEntry(addr) => owned.entries.contains_key(addr),
         Op::Detach(ifindex) => owned.guarded.contains(ifindex),
-        Op::Attach(_) | Op::PutEntry(..) => true,
+        Op::DelMark(mark) => owned.marks.contains_key(mark),
+        Op::Attach(_) | Op::PutEntry(..) | Op::PutMark(..) => true,
     }
 }
 
@@ -436,8 +454,19 @@ fn owned_is_the_plan_but_lingering(owned: &State, plan: &State, before: &State) 
     let planned_there = plan.entries.keys().all(|a| owned.entries.contains_key(a));
     lingering_ok
         && planned_there
-        && (&owned.routes, &owned.rules, &owned.guarded, &owned.outdated)
-            == (&plan.routes, &plan.rules, &plan.guarded, &plan.outdated)
+        && (
+            &owned.routes,
+            &owned.rules,
+            &owned.marks,
+            &owned.guarded,
+            &owned.outdated,
+        ) == (
+            &plan.routes,
+            &plan.rules,
+            &plan.marks,
+            &plan.guarded,
+            &plan.outdated,
+        )
 }
 
 /// Plays `steps` from the seed under `config`.
@@ -526,6 +555,17 @@ fn check(config: &Config, steps: &[Step], pass: Pass) -> Result<(), TestCaseErro
     Ok(())
 }
 
+/// The daemon's configuration with its cgroup hook attached: steering rules and marks planned.
+fn steered() -> Config {
+    config_with(
+        &["vlan101", "vlan102", "vlan103"],
+        crate::config::Params {
+            steer: true,
+            ..crate::config::Params::default()
+        },
+    )
+}
+
 fn steps() -> impl Strategy<Value = Vec<Step>> {
     let step = (prop::collection::vec(action(), 1..4), any::<bool>())
         .prop_map(|(actions, wait)| Step { actions, wait });
@@ -544,13 +584,13 @@ proptest! {
 
     #[test]
     fn every_history_converges_to_the_plan(steps in steps()) {
-        check(&config(&["vlan101", "vlan102", "vlan103"]), &steps, Pass::Full)?;
+        check(&steered(), &steps, Pass::Full)?;
     }
 
     /// A pass over the uplinks the events touched does what a full pass does.
     #[test]
     fn a_pass_over_what_changed_is_a_full_pass(steps in steps()) {
-        check(&config(&["vlan101", "vlan102", "vlan103"]), &steps, Pass::Touched)?;
+        check(&steered(), &steps, Pass::Touched)?;
     }
 }
 
@@ -563,7 +603,8 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
-    /// Guard-only and rules-only runs own half as much; the same laws hold.
+    /// Guard-only and rules-only runs own half as much, and without steering neither marks nor
+    /// their rules; the same laws hold.
     #[test]
     fn every_history_converges_in_either_mode(steps in steps(), ebpf in any::<bool>()) {
         let params = crate::config::Params {

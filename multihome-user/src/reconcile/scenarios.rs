@@ -610,7 +610,13 @@ fn random_event(rng: &mut Rng, sim: &Sim, next_ifindex: &mut u32) -> Option<Even
 
 #[test]
 fn random_histories_converge() {
-    let config = config(&["vlan101", "vlan102", "vlan103"]);
+    let config = config_with(
+        &["vlan101", "vlan102", "vlan103"],
+        crate::config::Params {
+            steer: true,
+            ..crate::config::Params::default()
+        },
+    );
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut seen = std::collections::BTreeSet::new();
     for run in 0..200 {
@@ -635,6 +641,6 @@ fn random_histories_converge() {
     // Every kind of op happened (Detach: the parent once no uplink is left on it).
     assert_eq!(
         seen.into_iter().collect::<Vec<_>>(),
-        [0, 1, 2, 3, 4, 5, 6, 7]
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
     );
 }

@@ -20,7 +20,7 @@ use multihome_ebpf::Egress;
 use super::{Effects, Reconciler};
 use crate::config::Config;
 use crate::guard::Hooks;
-use crate::model::{Event, Op, Route, Rule, State};
+use crate::model::{Event, Op, Route, Rule, State, RT_TABLE_MAIN};
 use crate::ownership::{owned, GuardState};
 use crate::plan::Scope;
 use crate::view::{KernelView, Redump, Touched};
@@ -128,6 +128,14 @@ impl Sim {
                     return Err(format!("{op}: no such entry"));
                 }
             }
+            Op::PutMark(mark, entry) => {
+                self.guard.marks.insert(*mark, *entry);
+            }
+            Op::DelMark(mark) => {
+                if self.guard.marks.remove(mark).is_none() {
+                    return Err(format!("{op}: no such mark"));
+                }
+            }
             Op::ReplaceRoute(route) => self.check_replace(route)?,
             Op::DelRoute(route) => self.check_delete_route(route)?,
             Op::AddRule(rule) => {
@@ -187,10 +195,12 @@ impl Sim {
         Ok(())
     }
 
-    /// Our rules whose table holds no route of their family.
+    /// Our lookup rules whose table (one of ours: not `main`, which the steering rules look up
+    /// without its defaults) holds no route of their family.
     fn rules_without_routes(&self) -> BTreeSet<Rule> {
         (self.kernel.rules.iter())
             .filter(|rule| rule.protocol == self.protocol)
+            .filter(|rule| rule.table.is_some_and(|table| table != RT_TABLE_MAIN))
             .filter(|rule| {
                 !(self.kernel.routes.iter())
                     .any(|r| Some(r.table) == rule.table && r.family() == rule.family)
@@ -207,7 +217,12 @@ fn echo(op: &Op) -> Option<Event> {
         Op::DelRoute(route) => Some(Event::DelRoute(*route)),
         Op::AddRule(rule) => Some(Event::NewRule(rule.clone())),
         Op::DelRule(rule) => Some(Event::DelRule(rule.clone())),
-        Op::Attach(_) | Op::PutEntry(..) | Op::DelEntry(_) | Op::Detach(_) => None,
+        Op::Attach(_)
+        | Op::PutEntry(..)
+        | Op::DelEntry(_)
+        | Op::PutMark(..)
+        | Op::DelMark(_)
+        | Op::Detach(_) => None,
     }
 }
 
@@ -250,6 +265,10 @@ impl Effects for Sim {
             guarded: self.guard.guarded.clone(),
             outdated: self.guard.outdated.clone(),
         }
+    }
+
+    fn guard_marks(&self) -> anyhow::Result<BTreeMap<u32, Egress>> {
+        Ok(self.guard.marks.clone())
     }
 
     fn restore_pins(&mut self) -> anyhow::Result<()> {

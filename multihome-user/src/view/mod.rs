@@ -129,7 +129,12 @@ impl KernelView {
             Op::DelRoute(route) => Event::DelRoute(*route),
             Op::AddRule(rule) => Event::NewRule(rule.clone()),
             Op::DelRule(rule) => Event::DelRule(rule.clone()),
-            Op::Attach(_) | Op::PutEntry(..) | Op::DelEntry(_) | Op::Detach(_) => return,
+            Op::Attach(_)
+            | Op::PutEntry(..)
+            | Op::DelEntry(_)
+            | Op::PutMark(..)
+            | Op::DelMark(_)
+            | Op::Detach(_) => return,
         };
         self.apply(event);
     }

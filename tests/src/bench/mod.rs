@@ -8,5 +8,6 @@ pub mod datapath;
 pub mod misroutes;
 pub mod report;
 pub mod scale;
+pub mod steering;
 pub mod throughput;
 pub mod watch;

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use multihome_tests::bench::{convergence, datapath, misroutes, report::Report, scale, throughput};
+use multihome_tests::bench::{
+    convergence, datapath, misroutes, report::Report, scale, steering, throughput,
+};
 
 struct Args {
     multihome: PathBuf,
@@ -17,9 +19,10 @@ struct Args {
 }
 
 /// The measurements, in the order they run.
-const MEASUREMENTS: [&str; 5] = [
+const MEASUREMENTS: [&str; 6] = [
     "convergence",
     "datapath",
+    "steering",
     "throughput",
     "scale",
     "misroutes",
@@ -128,6 +131,15 @@ fn run(args: &Args) -> Result<Report> {
         eprintln!("mh-bench: datapath cost");
         report.sections.push(datapath::section(&datapath::run()?));
     }
+    if wanted("steering") {
+        eprintln!(
+            "mh-bench: steering hook ({} sockets a run)",
+            steering::SOCKETS
+        );
+        report
+            .sections
+            .push(steering::section(&steering::run(&args.multihome)?));
+    }
     if wanted("throughput") {
         eprintln!("mh-bench: throughput");
         report
@@ -156,7 +168,32 @@ fn run(args: &Args) -> Result<Report> {
     Ok(report)
 }
 
+/// `mh-bench --socket-loop N`: the steering measurement's worker (run by the bench itself, in
+/// and out of a steered cgroup): prints ns per socket and the last socket's mark.
+fn socket_loop(n: &str) -> ExitCode {
+    match n
+        .parse()
+        .map_err(anyhow::Error::from)
+        .and_then(steering::socket_loop)
+    {
+        Ok((ns, mark)) => {
+            println!("{ns:.1} {mark}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mh-bench --socket-loop: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if let [_, flag, n] = argv.as_slice() {
+        if flag == "--socket-loop" {
+            return socket_loop(n);
+        }
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("mh-bench: needs root (namespaces, BPF): run `sudo cargo xtask bench`");

@@ -68,8 +68,10 @@ impl Router {
         let nft = format!(
             "table inet home {{
                 counter echo_udp {{}}
+                counter from_lan {{}}
                 chain forward {{
                     type filter hook forward priority 0;
+                    iifname \"lan\" counter name from_lan
                     iifname \"lan\" udp dport {ECHO_PORT} counter name echo_udp
                 }}
                 chain postrouting {{
@@ -233,9 +235,18 @@ impl Router {
 
     /// UDP datagrams to the echo port this router forwarded from its LAN so far.
     pub fn forwarded_udp(&self) -> Result<u64> {
+        self.counter("echo_udp")
+    }
+
+    /// Packets of any kind (TCP, UDP, ICMP) this router forwarded from its LAN so far.
+    pub fn forwarded(&self) -> Result<u64> {
+        self.counter("from_lan")
+    }
+
+    fn counter(&self, name: &str) -> Result<u64> {
         let out = self
             .ns
-            .run(&["nft", "list", "counter", "inet", "home", "echo_udp"])?;
+            .run(&["nft", "list", "counter", "inet", "home", name])?;
         let mut words = out.split_whitespace();
         words
             .find(|w| *w == "packets")

@@ -71,15 +71,15 @@ const CASES: &[(&[&str], &[&str])] = &[
     ),
     (
         &["run", "--priority", "0", "wan1"],
-        &["--priority 0 is invalid", "use 1 to 32764"],
+        &["--priority 0 is invalid", "use 5 to 32764"],
     ),
     (
         &["run", "--priority", "32766", "wan1"],
-        &["--priority 32766 is invalid", "use 1 to 32764"],
+        &["--priority 32766 is invalid", "use 5 to 32764"],
     ),
     (
         &["run", "--priority", "32765", "wan1"],
-        &["--priority 32765 is invalid", "use 1 to 32764"],
+        &["--priority 32765 is invalid", "use 5 to 32764"],
     ),
     (
         &["run", "--protocol", "0", "wan1"],
@@ -150,7 +150,7 @@ const CASES: &[(&[&str], &[&str])] = &[
     ),
     (
         &["check", "--priority", "0"],
-        &["--priority 0 is invalid", "use 1 to 32764"],
+        &["--priority 0 is invalid", "use 5 to 32764"],
     ),
     (
         &["check", "--protocol", "300"],

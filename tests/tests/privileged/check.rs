@@ -15,7 +15,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use multihome_tests::daemon::{multihome_bin, wait_for};
-use multihome_tests::netns::{require_root, veth, Netns};
+use multihome_tests::netns::{cgroup2_mount, require_root, veth, Netns};
 use multihome_tests::testbed::{Client, Testbed};
 use serde_json::Value;
 
@@ -106,6 +106,24 @@ fn on_this_kernel_the_guard_loads_attaches_by_tcx_and_clsact_and_redirects() {
     let lines = run.lines();
     assert!(lines[0].starts_with("kernel: "), "{lines:#?}");
     assert_eq!(lines[1], GUARD_WORKS, "{lines:#?}");
+    // cgroup2 where mountinfo says (this machine is hybrid: /sys/fs/cgroup/unified), and the
+    // steering program attaches beside the namespace's steering root.
+    let cgroup2 = cgroup2_mount();
+    assert_eq!(
+        lines[2],
+        format!(
+            "steer: cgroup2 at {}; the steering program (cgroup/sock_create) attaches: multihome \
+             exec and the uplink slices below {} work",
+            cgroup2.display(),
+            ns.cgroup_root().display()
+        ),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        probe_cgroups(),
+        Vec::<String>::new(),
+        "the probe's cgroup was left"
+    );
     assert_eq!(
         lines.last(),
         Some(&"no findings: kernel, privileges and host settings suit multihome")
@@ -125,8 +143,91 @@ fn on_this_kernel_the_guard_loads_attaches_by_tcx_and_clsact_and_redirects() {
         assert_eq!(json["probe"][step]["status"], "ok", "{step}: {json:#}");
     }
     assert_eq!(json["probe"]["auto_uses"], "tcx");
+    assert_eq!(json["probe"]["steer"]["status"], "ok", "{json:#}");
+    assert_eq!(
+        (
+            &json["steer"]["cgroup2"],
+            &json["steer"]["root"],
+            &json["steer"]["attaches"]
+        ),
+        (
+            &Value::from(cgroup2.display().to_string()),
+            &Value::from(ns.cgroup_root().display().to_string()),
+            &Value::Bool(true)
+        ),
+        "{json:#}"
+    );
+    assert_eq!(
+        json["steer"]["summary"],
+        lines[2].strip_prefix("steer: ").unwrap()
+    );
     assert_eq!(json["ok"], true);
     assert_eq!(json["findings"], serde_json::json!([]));
+}
+
+/// The cgroups of probes of this process's children left in the cgroup2 root (there should be
+/// none: each probe removes its own).
+fn probe_cgroups() -> Vec<String> {
+    let mine: Vec<String> = fs::read_dir(cgroup2_mount())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("multihome-probe-"))
+        .collect();
+    // Other helpers' checks may be probing right now: only dead probes' cgroups count.
+    mine.into_iter()
+        .filter(|n| {
+            let pid = n.trim_start_matches("multihome-probe-");
+            !std::path::Path::new("/proc").join(pid).exists()
+        })
+        .collect()
+}
+
+#[test]
+fn without_cgroup2_or_outside_it_steering_is_unavailable_and_the_guard_unaffected() {
+    let ns = host();
+    let without = "multihome exec and the uplink slices refuse; the guard and the rules are \
+                   unaffected";
+    // No cgroup2 in the check's mount namespace (a host with cgroup v1 alone).
+    let cgroup2 = cgroup2_mount();
+    let unmounted = format!("umount -l {}", cgroup2.display());
+    let run = check(&ns, &unmounted, "", &[]);
+    assert_eq!(run.code, Some(0), "steering is optional: {}", run.stdout);
+    assert_eq!(run.lines()[1], GUARD_WORKS, "{}", run.stdout);
+    assert_eq!(
+        run.lines()[2],
+        format!(
+            "steer: unavailable: no cgroup2 file system is mounted (none in \
+             /proc/self/mountinfo): {without}"
+        ),
+        "{}",
+        run.stdout
+    );
+    let json = check(&ns, &unmounted, "", &["--json"]).json();
+    assert_eq!(json["steer"]["cgroup2"], Value::Null, "{json:#}");
+    assert_eq!(json["steer"]["attaches"], false, "{json:#}");
+    assert_eq!(json["probe"]["steer"]["status"], "skipped", "{json:#}");
+
+    // A steering root that is not in cgroup2 (a plain directory).
+    let plain = std::env::temp_dir().join(format!("{}-plain", ns.name()));
+    fs::create_dir_all(&plain).unwrap();
+    let outside = format!("export MULTIHOME_CGROUP_ROOT={}", plain.display());
+    let run = check(&ns, &outside, "", &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
+    assert_eq!(
+        run.lines()[2],
+        format!(
+            "steer: unavailable: the steering root {} (--cgroup-root, MULTIHOME_CGROUP_ROOT) is \
+             not in a cgroup2 file system (cgroup2 is mounted at {}): give a cgroup below it: \
+             {without}",
+            plain.display(),
+            cgroup2.display()
+        ),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(fs::read_dir(&plain).unwrap().count(), 0);
+    fs::remove_dir(&plain).unwrap();
 }
 
 #[test]
@@ -230,7 +331,7 @@ fn without_uplinks_check_looks_at_the_host_and_only_at_it() {
     let run = check(&ns, "", "", &[]);
     assert_eq!(run.code, Some(0), "{}", run.stdout);
     assert_eq!(
-        run.lines()[2],
+        run.lines()[3],
         "uplinks: none known (none given, none in MULTIHOME_UPLINKS or /etc/default/multihome, \
          nothing owned): checked the host only"
     );
@@ -302,6 +403,7 @@ fn nothing_is_left_behind_even_when_check_is_killed() {
     );
     // Killed at various points of the probe (from when its thread is in a namespace of its
     // own): whatever it had made goes with that thread's namespaces.
+    let mut killed = Vec::new();
     for delay_ms in [0, 10, 30, 100] {
         let script = "mount -t bpf bpf /sys/fs/bpf
              echo BEFORE >&2; find /sys/fs/bpf -mindepth 1 >&2; echo CHECK >&2
@@ -348,6 +450,17 @@ fn nothing_is_left_behind_even_when_check_is_killed() {
             "killed after {delay_ms} ms: pins left"
         );
         assert_eq!(snapshot(&ns), before, "killed after {delay_ms} ms");
+        killed.push(pid);
+    }
+    // A killed probe may leave its empty cgroup (the tree is the host's): the next one
+    // removes it.
+    assert!(check(&ns, "", "", &["wan1"]).has_line(GUARD_WORKS));
+    let left = probe_cgroups();
+    for pid in killed {
+        assert!(
+            !left.contains(&format!("multihome-probe-{pid}")),
+            "{left:?}"
+        );
     }
 }
 

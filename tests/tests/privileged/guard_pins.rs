@@ -110,8 +110,8 @@ fn a_later_process_finds_maps_counters_and_attachments_and_removes_them() {
     let removed = ns.enter(|| guard::remove_all(pins.path())).unwrap();
     assert_eq!(
         removed.len(),
-        2 + 5,
-        "two attachments, five maps: {removed:?}"
+        2 + 8,
+        "two attachments, eight maps: {removed:?}"
     );
     assert!(!pins.path().exists());
     assert!(ns.enter(|| tcx_programs("wan1")).is_empty());

@@ -21,3 +21,5 @@ mod netns_helpers;
 mod operations;
 mod reconciler;
 mod service_unit;
+mod steer;
+mod steer_unavailable;

@@ -95,7 +95,10 @@ fn desired(oif: u32) -> (Vec<Route>, Vec<Rule>) {
         protocol: PROTO,
         src: Some((ip("192.168.0.10"), 32)),
         oif: None,
+        fwmark: None,
         table: Some(TABLE),
+        suppress_prefix_len: None,
+        unreachable: false,
         other_selectors: false,
     };
     let oif_v4 = Rule {
@@ -265,7 +268,10 @@ fn dump_reflects_what_ip_set_up() {
         protocol: RTPROT_KERNEL,
         src: None,
         oif: None,
+        fwmark: None,
         table: Some(table),
+        suppress_prefix_len: None,
+        unreachable: false,
         other_selectors: false,
     };
     let mut rules = view.rules.clone();
@@ -298,7 +304,18 @@ fn foreign_rule_selectors_are_flagged() {
     let view = block_in(&ns, || async {
         Netlink::connect().unwrap().dump().await.unwrap()
     });
-    for pref in 900..=906 {
+    // fwmark and suppress_prefixlength are modelled (the steering rules use them): read as such.
+    let marked = view.rules.iter().find(|r| r.priority == 900).unwrap();
+    assert_eq!(
+        (marked.fwmark, marked.other_selectors),
+        (Some((7, u32::MAX)), false)
+    );
+    let suppress = view.rules.iter().find(|r| r.priority == 905).unwrap();
+    assert_eq!(
+        (suppress.suppress_prefix_len, suppress.other_selectors),
+        (Some(0), false)
+    );
+    for pref in [901, 902, 903, 904, 906] {
         let rule = view.rules.iter().find(|r| r.priority == pref).unwrap();
         assert!(rule.other_selectors, "{rule:?}");
     }
@@ -566,7 +583,10 @@ fn events_follow_changes_made_with_ip() {
             protocol: PROTO,
             src: Some((ip("192.168.0.10"), 32)),
             oif: None,
+            fwmark: None,
             table: Some(TABLE),
+            suppress_prefix_len: None,
+            unreachable: false,
             other_selectors: false,
         };
         let add = "ip rule add from 192.168.0.10 lookup 1001 pref 1000 proto 77";

@@ -3,6 +3,7 @@
 //! ARP flux) and the journald log format.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
@@ -135,7 +136,8 @@ fn status_reports_health_with_and_without_the_daemon_and_cleanup_removes_everyth
             "192.168.0.1",
             "-",
             "1002",
-            "2/2",
+            // from, oif and the steering's own-subnet and default fwmark lookups.
+            "4/4",
             "2/2",
             "wan2:tcx",
             "0",
@@ -146,15 +148,36 @@ fn status_reports_health_with_and_without_the_daemon_and_cleanup_removes_everyth
         ],
         "{table}"
     );
-    // Columns are aligned: every row's HEALTH starts where the header's does.
+    // Columns are aligned: every row's HEALTH starts where the header's does. The steering
+    // lines follow the table (the root's, then one per uplink).
     let at = table.lines().next().unwrap().find("HEALTH").unwrap();
-    assert!(table.lines().skip(1).all(|l| &l[at..] == "ok"), "{table}");
+    let uplink_rows: Vec<&str> = table.lines().skip(1).take(2).collect();
+    assert!(uplink_rows.iter().all(|l| &l[at..] == "ok"), "{table}");
+    let steering: Vec<&str> = table.lines().skip(3).collect();
+    assert_eq!(steering.len(), 3, "{table}");
+    assert!(
+        steering[0].starts_with("steering: ")
+            && steering[0].contains("(attached), shared rules 4/4"),
+        "{table}"
+    );
+    assert!(
+        steering[2].starts_with("wan2: ")
+            && steering[2].contains("multihome-wan2.slice mark 0x6d6803ea: 0 sockets"),
+        "{table}"
+    );
 
     let (code, report) = status_json(ns, &[]);
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(
         keys(&report),
-        BTreeSet::from(["version", "protocol", "guard_pinned", "uplinks", "healthy"])
+        BTreeSet::from([
+            "version",
+            "protocol",
+            "guard_pinned",
+            "uplinks",
+            "steering",
+            "healthy"
+        ])
     );
     assert_eq!(
         (
@@ -165,6 +188,20 @@ fn status_reports_health_with_and_without_the_daemon_and_cleanup_removes_everyth
         ),
         (&json!(1), &json!(77), &json!(true), &json!(true))
     );
+    let root = ns.cgroup_root();
+    assert_eq!(
+        report["steering"],
+        json!({
+            "root": root.display().to_string(),
+            "attached": true,
+            "rules": {"wanted": 4, "present": 4, "missing": []},
+            "sockets_refused": 0,
+            "marked_dropped": 0,
+            "unknown": []
+        }),
+        "{report:#}"
+    );
+    let slice = root.join("multihome-wan2.slice");
     let wan2 = ns.ifindex("wan2").unwrap();
     let expected = json!({
         "name": "wan2",
@@ -174,13 +211,24 @@ fn status_reports_health_with_and_without_the_daemon_and_cleanup_removes_everyth
         "lower": null,
         "addresses": ["192.168.0.20/24"],
         "gateways": ["192.168.0.1"],
-        "rules": {"wanted": 2, "present": 2, "missing": []},
+        "rules": {"wanted": 4, "present": 4, "missing": []},
         "routes": {"wanted": 2, "present": 2, "missing": []},
         "entries": {"wanted": 1, "present": 1, "missing": []},
         "attachments": [{"device": "wan2", "ifindex": wan2, "mode": "tcx"}],
         "counters": {
             "passed": 0, "redirected": 0, "redirect_failed": 0,
             "bytes_redirected": 0, "dropped_too_big": 0
+        },
+        "steering": {
+            "mark": "0x6d6803ea",
+            "slice": slice.display().to_string(),
+            "cgroup_id": std::fs::metadata(&slice).unwrap().ino(),
+            "mapped": true,
+            "sockets": 0,
+            "processes": 0,
+            "units": [],
+            "marked_passed": 0,
+            "marked_dropped": 0
         },
         "health": "ok",
         "ok": true
@@ -215,7 +263,7 @@ fn status_reports_health_with_and_without_the_daemon_and_cleanup_removes_everyth
     let u = &report["uplinks"][1];
     assert_eq!(u["name"], "wan2", "a flushed uplink is still reported");
     assert_eq!(u["ok"], false);
-    assert_eq!(u["health"], "2 of 2 rules missing");
+    assert_eq!(u["health"], "2 of 4 rules missing");
     assert_eq!(
         u["rules"]["missing"],
         json!(["from 192.168.0.20/32 lookup 1002", "oif wan2 lookup 1002"])
@@ -227,7 +275,7 @@ fn status_reports_health_with_and_without_the_daemon_and_cleanup_removes_everyth
     assert!(
         table
             .lines()
-            .any(|l| l.starts_with("wan2") && l.ends_with("2 of 2 rules missing")),
+            .any(|l| l.starts_with("wan2") && l.ends_with("2 of 4 rules missing")),
         "{table}"
     );
 
@@ -296,10 +344,16 @@ fn status_fails_while_an_uplink_is_absent() {
                 && l.ends_with("absent: waiting for the device to appear")),
         "{table}"
     );
-    // Without it, status can only go by what multihome owns: wan1 alone, healthy.
+    // Without it, status can only go by what multihome owns: wan1 alone, healthy. wan2's
+    // slice is still steered by the daemon (onto wan2's mark, which fails closed while the
+    // device is gone), so status does not call it an unknown slice whose sockets are refused.
     let out = multihome(ns, &["status"]);
-    assert!(out.status.success(), "{}", stdout(&out));
-    assert_eq!(stdout(&out).lines().count(), 2, "{}", stdout(&out));
+    let table = stdout(&out);
+    assert!(out.status.success(), "{table}");
+    let rows = table.lines().take_while(|l| !l.starts_with("steering:"));
+    assert_eq!(rows.count(), 2, "{table}");
+    assert!(!table.lines().any(|l| l.starts_with("wan2")), "{table}");
+    assert!(!table.contains("no uplink's slice"), "{table}");
     std::fs::remove_file(defaults).unwrap();
 }
 

@@ -335,12 +335,14 @@ fn the_daemon_stays_inside_the_syscall_filter_and_address_families() {
         foreign.is_empty() && used_families.contains("AF_NETLINK"),
         "socket families outside RestrictAddressFamilies={families:?}: {used_families:?}"
     );
-    // ProtectProc=invisible, ProcSubset=pid, ProtectSystem=strict with only /sys/fs/bpf
-    // writable: the daemon reads its own /proc entries, kernel BTF, the CPU count and the
-    // dynamic loader's files, and touches nothing else but its pins.
+    // ProtectProc=invisible, ProcSubset=pid, ProtectSystem=strict with only /sys/fs/bpf and
+    // the steering root writable: the daemon reads its own /proc entries, kernel BTF, the CPU
+    // count and the dynamic loader's files, and touches nothing else but its pins and the
+    // steering root (the unit's multihome.slice; the test's own root here).
     let bin = multihome_bin().display().to_string();
     // The claim and the control socket, in what stands in for the unit's RuntimeDirectory=.
     let runtime = host.runtime_dir().display().to_string();
+    let steering_root = host.cgroup_root();
     let outside: Vec<&String> = paths
         .iter()
         .filter(|p| {
@@ -348,6 +350,7 @@ fn the_daemon_stays_inside_the_syscall_filter_and_address_families() {
                 && !p.starts_with(&runtime)
                 && !ALLOWED_PATHS.iter().any(|a| p.starts_with(a))
         })
+        .filter(|p| !std::path::Path::new(p.as_str()).starts_with(&steering_root))
         .collect();
     assert!(
         outside.is_empty(),
