@@ -10,7 +10,10 @@
 #
 # Each check prints `VM-CHECK ok NAME` or `VM-CHECK FAIL NAME: why`; the last line is
 # `VM-RESULT: N passed, M failed`. The cell (xtask/src/vm/cell.rs) is described in /vm/cell.env:
-# CELL (its name), KERNEL_ABI, ATTACH (how the guard attaches on this kernel: tcx or clsact).
+# CELL (its name), KERNEL_ABI, ATTACH (how the guard attaches on this kernel: tcx or clsact),
+# PACKAGE, PACKAGE_VERSION and PACKAGE_SHA256 (the .deb whose files the guest holds, as dpkg
+# unpacks them, and the SHA-256 of its /usr/bin/multihome). Every daemon is started as the
+# package's unit starts it (see `as_unit`).
 # Waits and timeouts are upper bounds sized for TCG on a loaded machine; passing checks do not
 # wait them out.
 
@@ -50,17 +53,55 @@ uplink_json() {
 }
 counter() { uplink_json "$1" | grep -o "\"$2\":[0-9]*" | head -n 1 | cut -d: -f2; }
 modes() { uplink_json "$1" | grep -o '"mode":[^,}]*' | cut -d: -f2 | tr -d '"' | sort | tr '\n' ' '; }
-# multihome's rules and routes (grep: iproute2 before 6.x does not filter rules by protocol).
-owned() { ip rule show | grep 'proto 77'; ip route show table all | grep 'proto 77'; }
-owned_rules() { ip rule show | grep -c 'proto 77'; }
+# multihome's rules and routes (grep: iproute2 before 6.x does not filter rules by protocol),
+# by number or by the name the package's /etc/iproute2/rt_protos.d gives 77.
+OURS='proto (77|multihome)( |$)'
+owned() { ip rule show | grep -E "$OURS"; ip route show table all | grep -E "$OURS"; }
+owned_rules() { ip rule show | grep -Ec "$OURS"; }
 healthy() { multihome status $UPLINKS >/dev/null 2>&1; }
 
-# The daemon's log is shown when a check failed while it ran. DAEMON_WRAPPER, when set, is a
-# command the daemon runs under (the no-BTF scenario's private mount namespace).
+# ---- the package's unit, run as systemd would run it (the guest has no systemd) ----
+UNIT=/lib/systemd/system/multihome.service
+unit_value() { sed -n "s/^$1=//p" "$UNIT"; }
+EXEC_START=$(unit_value ExecStart)
+ENV_FILE=$(unit_value EnvironmentFile)
+ENV_FILE=${ENV_FILE#-} # "-": systemd starts the unit without the file too
+# CapabilityBoundingSet=CAP_NET_ADMIN CAP_BPF as setpriv takes it: -all,+net_admin,+bpf.
+BOUNDING=-all$(for cap in $(unit_value CapabilityBoundingSet); do
+    printf ',+%s' "$(echo "${cap#CAP_}" | tr 'A-Z' 'a-z')"
+done)
+# LimitMEMLOCK= as prlimit takes it; without one the daemon keeps PID 1's limit (the kernel's
+# default), as a service of systemd before 253 does.
+MEMLOCK=$(unit_value LimitMEMLOCK | sed 's/^infinity$/unlimited/')
+cp "$ENV_FILE" /run/multihome.default.shipped
+# as_unit: starts the unit's ExecStart= as systemd does, in the background ($daemon): with the
+# variables of its EnvironmentFile= (`$VAR` split into words), its CapabilityBoundingSet= and
+# its LimitMEMLOCK=. DAEMON_WRAPPER, when set, is a command it runs under (the no-BTF
+# scenario's private mount namespace). Every program in the chain execs the next, so $daemon
+# is the daemon's own pid.
+as_unit() {
+    limits=""
+    [ -z "$MEMLOCK" ] || limits="prlimit --memlock=$MEMLOCK:$MEMLOCK"
+    (
+        set -a
+        . "$ENV_FILE"
+        set +a
+        eval "exec $DAEMON_WRAPPER $limits setpriv --bounding-set=$BOUNDING $EXEC_START"
+    ) >/run/multihome.log 2>&1 &
+    daemon=$!
+}
+# configure OPTION...: the package's /etc/default/multihome as the operator edits it: the
+# cell's uplinks, and these options in MULTIHOME_OPTS.
+configure() {
+    sed "s|^MULTIHOME_OPTS=.*|MULTIHOME_OPTS=\"$*\"|" /run/multihome.default.shipped >"$ENV_FILE"
+    echo "MULTIHOME_UPLINKS=\"$UPLINKS\"" >>"$ENV_FILE"
+}
+
+# The daemon's log is shown when a check failed while it ran.
 start_daemon() {
     failed_before=$failed
-    $DAEMON_WRAPPER multihome run "$@" $UPLINKS >/run/multihome.log 2>&1 &
-    daemon=$!
+    configure "$@"
+    as_unit
     # Until healthy, or until it exits (a guard the kernel refuses under --no-rules, say).
     wait_for 120 sh -c "multihome status $UPLINKS || ! kill -0 $daemon"
     if healthy; then ok "daemon healthy ($*)"; else
@@ -170,6 +211,28 @@ step "baseline without multihome: the seed's problem"
 check "unbound traffic leaves by ISP A" "$ISP_A" "$(caller)"
 check "bound to vlan102's address: black-holed via A" "$ISP_A" "$(caller --interface "host!$ADDR_B")"
 
+step "the package: $PACKAGE as dpkg unpacks it, its unit as systemd starts it"
+check "the guest runs the package's binary" "$PACKAGE_SHA256" "$(sha256sum /usr/bin/multihome | cut -d' ' -f1)"
+check "the binary is the package's version" "multihome ${PACKAGE_VERSION%-*}" "$(multihome --version)"
+check "the unit's ExecStart runs /usr/bin/multihome" "/usr/bin/multihome run --idle-without-uplinks" \
+    "$(echo "$EXEC_START" | cut -d' ' -f1-3)"
+check "the unit's EnvironmentFile is the package's /etc/default/multihome" /etc/default/multihome "$ENV_FILE"
+grep -q '^MULTIHOME_OPTS=' /run/multihome.default.shipped && ok "the shipped configuration sets MULTIHOME_OPTS" ||
+    fail "the shipped configuration sets MULTIHOME_OPTS" "$(cat /run/multihome.default.shipped)"
+# As installed: no uplink named, so the unit's daemon idles, says why, and touches nothing.
+as_unit
+wait_for 60 grep -q "no uplinks configured" /run/multihome.log &&
+    ok "as installed, the unit's daemon idles and says why" ||
+    fail "as installed, the unit's daemon idles and says why" "$(cat /run/multihome.log)"
+kill -0 "$daemon" 2>/dev/null && ok "the idle daemon keeps running" || fail "the idle daemon keeps running" "it exited"
+check "the idle daemon owns nothing" "" "$(owned)"
+check "the idle daemon attached nothing" "" "$(bpftool net show | grep multihome)"
+check "the idle daemon runs with the unit's capabilities alone (NET_ADMIN, PERFMON, BPF)" \
+    000000c000001000 "$(sed -n 's/^CapEff:[[:space:]]*//p' "/proc/$daemon/status")"
+kill -TERM "$daemon"
+wait "$daemon"
+check "the idle daemon exits cleanly on SIGTERM" 0 "$?"
+
 # ---- guard only: rules absent, so the kernel sends vlan102's traffic out untagged eth0 ----
 # lan_name ADDR: which router's LAN echo answers TCP from ADDR to 192.168.0.1 (on-link: the
 # kernel picks eth0's prefix route, metric 0, over the VLANs' 10 and 20).
@@ -258,6 +321,7 @@ ip neigh del 192.168.0.1 dev eth0
 step "scenario 1: the seed's own check, rules and guard"
 start_daemon
 check "rules for both uplinks" 4 "$(owned_rules)"
+check "ip names the rules' protocol from the package's rt_protos.d" 4 "$(ip rule show | grep -c 'proto multihome')"
 check "curl --interface vlan102 answered as ISP B" "$ISP_B" "$(caller --interface vlan102)"
 check "socket bound to vlan102's address answered as ISP B" "$ISP_B" "$(caller --interface "host!$ADDR_B")"
 check "curl --interface vlan101 answered as ISP A" "$ISP_A" "$(caller --interface vlan101)"
@@ -278,7 +342,7 @@ dhclient -4 -sf /vm/dhclient-script -cf /vm/dhclient.conf -lf /run/vlan102.lease
 ADDR_B=$(addr4 vlan102)
 [ -n "$ADDR_B" ] || { cat /run/rb.dnsmasq.log; ip -d addr show vlan102; ns rb ip addr; }
 check "vlan102 renumbered" 192.168.0.101 "$ADDR_B"
-wait_for 40 sh -c "ip route show table all | grep 'proto 77' | grep -q 'default via 192.168.0.254 dev vlan102'" &&
+wait_for 40 sh -c "ip route show table all | grep -E '$OURS' | grep -q 'default via 192.168.0.254 dev vlan102'" &&
     ok "vlan102's table follows the new gateway" ||
     fail "vlan102's table follows the new gateway" "$(owned | tr '\n' ';')"
 wait_for 40 healthy && ok "healthy after renumbering" || fail "healthy after renumbering" "$(multihome status $UPLINKS)"
@@ -292,7 +356,7 @@ step "scenario 4: vlan102 deleted and re-created"
 old_index=$(cat /sys/class/net/vlan102/ifindex)
 stop_dhclient vlan102
 ip link del vlan102
-wait_for 40 sh -c "[ \"\$(ip rule show | grep -c 'proto 77')\" = 2 ]" && ok "vlan102's rules removed with it" ||
+wait_for 40 sh -c "[ \"\$(ip rule show | grep -Ec '$OURS')\" = 2 ]" && ok "vlan102's rules removed with it" ||
     fail "vlan102's rules removed with it" "$(owned | tr '\n' ';')"
 check "vlan101 untouched" "$ISP_A" "$(caller --interface "host!$ADDR_A")"
 uplink vlan102 102 20

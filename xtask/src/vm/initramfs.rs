@@ -1,7 +1,8 @@
 //! A cell's initramfs: busybox and the tools the scenarios drive, taken with their shared
-//! libraries from the cell architecture's user space (`userspace`), the project's binary built
-//! for that architecture, the kernel modules the scenarios need, the guest scripts of
-//! `tests/vm/` and the cell's description. Rebuilt on every run (a few seconds): nothing stale
+//! libraries from the cell architecture's user space (`userspace`), every file of the project's
+//! package for that architecture where dpkg would put it (the binary and unit the scenarios run
+//! are the package's, byte for byte), the kernel modules the scenarios need, the guest scripts
+//! of `tests/vm/` and the cell's description. Rebuilt on every run (a few seconds): nothing stale
 //! from an earlier build can be tested.
 
 use std::collections::BTreeSet;
@@ -13,15 +14,17 @@ use anyhow::{bail, Context, Result};
 
 use super::kernel::Kernel;
 use super::userspace::Sysroot;
+use crate::package::Extracted;
 use crate::proc;
 
 /// Programs the guest scripts run. Busybox runs its own applet before any program of the same
 /// name (its shell and its exec-ing applets prefer applets), so the shell is dash and the
 /// applets that exec other programs (nsenter, unshare, timeout) are the real ones: with
-/// /usr/bin first on PATH, `ip` then means iproute2, not busybox's.
+/// /usr/bin first on PATH, `ip` then means iproute2, not busybox's. setpriv and prlimit start
+/// the daemon with its unit's capability bounding set and memlock limit.
 const TOOLS: &[&str] = &[
-    "dash", "nsenter", "unshare", "timeout", "ip", "bridge", "tc", "dnsmasq", "dhclient",
-    "bpftool", "nft", "curl", "socat",
+    "dash", "nsenter", "unshare", "timeout", "setpriv", "prlimit", "ip", "bridge", "tc", "dnsmasq",
+    "dhclient", "bpftool", "nft", "curl", "socat",
 ];
 
 /// Where the guest's programs are looked up in the user space.
@@ -44,8 +47,8 @@ const MODULES: &[&str] = &[
 pub(crate) struct Guest<'a> {
     pub(crate) kernel: &'a Kernel,
     pub(crate) sysroot: &'a Sysroot,
-    /// The `multihome` binary built for the sysroot's architecture.
-    pub(crate) multihome: &'a Path,
+    /// The package for the sysroot's architecture, unpacked.
+    pub(crate) package: &'a Extracted,
     /// `/vm/cell.env`: the cell's name and expectations, read by the scenarios.
     pub(crate) cell_env: String,
 }
@@ -62,16 +65,16 @@ pub(crate) fn build(guest: &Guest, tree: &Path, out: &Path) -> Result<()> {
     copy(&program(sysroot, "busybox")?, &tree.join("bin/busybox"))?;
     // /init and the scripts run under dash (see TOOLS); busybox fills in the small tools.
     std::os::unix::fs::symlink("/usr/bin/dash", tree.join("bin/sh"))?;
-    let guest_multihome = tree.join("usr/bin/multihome");
-    // A debug build carries ~100 MB of debug info the guest never reads.
+    // As dpkg unpacks it (no maintainer script runs: the guest has no systemd to enable for).
+    let package = &guest.package.root;
     proc::run(
-        Command::new(format!("{}-strip", sysroot.arch.gnu()))
-            .arg("--strip-debug")
-            .arg("-o")
-            .arg(&guest_multihome)
-            .arg(guest.multihome),
+        Command::new("cp")
+            .arg("-a")
+            .arg(package.join("."))
+            .arg(tree),
     )?;
-    let mut binaries = vec![guest_multihome];
+    let binary = guest.package.binary.strip_prefix(package)?;
+    let mut binaries = vec![tree.join(binary)];
     for tool in TOOLS {
         let guest = tree.join("usr/bin").join(tool);
         copy(&program(sysroot, tool)?, &guest)?;
