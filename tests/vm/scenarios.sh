@@ -286,10 +286,54 @@ step "scenario 2 (baseline): the parent device without the guard"
 check "TCP from vlan102's address leaves untagged eth0: lost" "no answer" "$(lan_name "$ADDR_B")"
 check "frame tagged 101 from vlan102's address reaches router A" router-a "$(raw_frame 101 40002 "$MAC_A")"
 
-step "scenario 2: guard only (--no-rules), attached by $ATTACH on $KERNEL_ABI"
-# For information (its verdicts are asserted elsewhere): what `multihome check` says here.
-multihome check $UPLINKS 2>&1 | sed 's/^/VM-INFO: multihome check: /'
+# ---- `multihome check`: what it says must be what the daemon then does ----
+# run_check [WRAPPER...]: runs `multihome check` on the uplinks (under WRAPPER), shows its
+# output as VM-INFO lines, and leaves it in $check_out, its exit status in $check_rc.
+run_check() {
+    check_out=$("$@" multihome check $UPLINKS 2>&1)
+    check_rc=$?
+    echo "$check_out" | sed 's/^/VM-INFO: multihome check: /'
+}
+# The uplinks' findings: every line but the ones of fixed words (docs/operations.md).
+findings() { echo "$check_out" | grep -Ev '^(kernel|guard|uplinks|note|no findings): '; }
+# Clsact works wherever the guard loads; TCX from 6.6.
+case $ATTACH in
+tcx) WAYS="tcx and clsact" ;;
+*) WAYS=clsact ;;
+esac
+GUARD_LINE="guard: loads; attaches by $WAYS (auto uses $ATTACH); redirect helper ok"
+# check_guard LABEL: the guard line, and the note about TCX exactly where TCX is missing.
+check_guard() {
+    check "$1: check's guard line" "$GUARD_LINE" "$(echo "$check_out" | grep '^guard: ')"
+    tcx_note=$(echo "$check_out" | grep -c '^note: tcx: .*; auto uses clsact$')
+    [ "$ATTACH" = tcx ] && want=0 || want=1
+    check "$1: check notes that TCX is missing only where it is" "$want" "$tcx_note"
+}
+
+step "multihome check on $KERNEL_ABI, then the guard only (--no-rules)"
+run_check
+check_guard "check"
+check "check: no note about BTF, which this kernel has" "" "$(echo "$check_out" | grep '^note: .*BTF')"
+check "check: the uplinks checked" "uplinks: $UPLINKS" "$(echo "$check_out" | grep '^uplinks: ')"
+# The seed's two VLANs share a subnet and answer ARP for each other's addresses: two findings,
+# exit 1; then check's own fixes applied, nothing to find, exit 0.
+check "check: exit status 1 with findings" 1 "$check_rc"
+check "check: the findings are the two VLANs' ARP flux" "vlan101 ARP flux, vlan102 ARP flux, " \
+    "$(findings | sed -n 's/^\(vlan10[12]\): .*(ARP flux): .*/\1 ARP flux/p' | tr '\n' ',' | sed 's/,/, /g')"
+check "check: nothing else found" 2 "$(findings | wc -l)"
+arp_before=$(for u in $UPLINKS; do cat /proc/sys/net/ipv4/conf/$u/arp_ignore /proc/sys/net/ipv4/conf/$u/arp_announce; done)
+findings | sed -n 's/.*: \(sysctl -w .*\)$/\1/p' | while read -r fix; do $fix >/dev/null; done
+run_check
+check "check: exit status 0 once its fixes are applied" 0 "$check_rc"
+check "check: no findings then" 1 "$(echo "$check_out" | grep -c '^no findings: ')"
+set -- $arp_before
+for u in $UPLINKS; do
+    sysctl -qw "net.ipv4.conf.$u.arp_ignore=$1" "net.ipv4.conf.$u.arp_announce=$2"
+    shift 2
+done
+CHECK_AUTO=$(echo "$check_out" | sed -n 's/^guard: .*(auto uses \([a-z]*\)).*/\1/p')
 start_daemon --no-rules
+check "the daemon attaches as check said auto would ($CHECK_AUTO)" "$CHECK_AUTO $CHECK_AUTO " "$(modes vlan101)"
 check "vlan101 guard attached by $ATTACH (uplink, parent)" "$ATTACH $ATTACH " "$(modes vlan101)"
 check "vlan102 guard attached by $ATTACH (uplink, parent)" "$ATTACH $ATTACH " "$(modes vlan102)"
 bpftool net show dev eth0 | grep -q "multihome" && ok "bpftool shows the guard on eth0's egress" ||
@@ -382,6 +426,12 @@ stop_daemon
 step "scenario 5: no /sys/kernel/btf (as on Raspberry Pi OS), guard only"
 hidden=$(unshare -m sh -c 'mount -t tmpfs nobtf /sys/kernel/btf && ls -A /sys/kernel/btf')
 check "no BTF: the private namespace hides /sys/kernel/btf" "" "$hidden"
+run_check unshare -m /vm/no-btf
+check_guard "no BTF"
+check "no BTF: check notes that BTF is not needed" \
+    "note: no kernel BTF (/sys/kernel/btf/vmlinux): not needed, the guard loaded without it (it carries its own BTF and uses no CO-RE)" \
+    "$(echo "$check_out" | grep '^note: .*BTF')"
+check "no BTF: no finding about BTF" "" "$(findings | grep BTF)"
 DAEMON_WRAPPER="unshare -m /vm/no-btf"
 start_daemon --no-rules
 DAEMON_WRAPPER=
