@@ -4,13 +4,12 @@
 //! compile first): `install::Layout::debian` stages the files (the one table of what goes
 //! where, shared with `cargo xtask install`), this module adds what Debian policy asks of a
 //! package (stripped binary, gzipped man pages, copyright and changelog), `control` writes the
-//! DEBIAN/ tree (dpkg-shlibdeps and dpkg-gencontrol compute Depends and Installed-Size, the
+//! DEBIAN/ tree (dpkg-gencontrol computes Installed-Size; no Depends, the binary is static; the
 //! maintainer scripts come from dist/debian/), and `dpkg-deb --build` makes the archive.
 //! `--test` then runs the package tier (tests/tests/package.rs) against what was built.
 
 mod control;
 mod docs;
-mod foreign;
 mod fresh;
 
 use std::fs;
@@ -230,6 +229,7 @@ fn build(build: &Build) -> Result<PathBuf> {
     strip(arch, &layout.staged(&layout.binary()))?;
     docs::compress_man_pages(&layout.staged(&layout.man_dir()))?;
     docs::write(&layout, build.release, &docs::crates(arch.triple())?)?;
+    lintian_overrides(&layout)?;
     normalise_permissions(&root)?;
     control::write(&work, &root, arch, build.release)?;
     let deb = build.deb();
@@ -244,6 +244,18 @@ fn build(build: &Build) -> Result<PathBuf> {
     )?;
     fresh::record(&deb, &manifest)?;
     Ok(deb)
+}
+
+/// dist/debian/lintian-overrides where dh_lintian puts a package's overrides: lintian's verdict
+/// on the static binary, with the reason, for whoever lints the package.
+fn lintian_overrides(layout: &Layout) -> Result<()> {
+    let dir = layout.staged(Path::new("/usr/share/lintian/overrides"));
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("multihome");
+    fs::copy(docs::dist("lintian-overrides"), &path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    Ok(())
 }
 
 /// Strips the binary as dh_strip does an executable's (the guard's eBPF object is data inside
