@@ -11,7 +11,7 @@
 # Each check prints `VM-CHECK ok NAME` or `VM-CHECK FAIL NAME: why`; the last line is
 # `VM-RESULT: N passed, M failed`. The cell (xtask/src/vm/cell.rs) is described in /vm/cell.env:
 # CELL (its name), KERNEL_ABI, ATTACH (how the guard attaches on this kernel: tcx or clsact),
-# PACKAGE, PACKAGE_VERSION and PACKAGE_SHA256 (the .deb whose files the guest holds, as dpkg
+# USERSPACE (the Debian release the guest's tools and libraries come from), PACKAGE, PACKAGE_VERSION and PACKAGE_SHA256 (the .deb whose files the guest holds, as dpkg
 # unpacks them, and the SHA-256 of its /usr/bin/multihome). Every daemon is started as the
 # package's unit starts it (see `as_unit`).
 # Waits and timeouts are upper bounds sized for TCG on a loaded machine; passing checks do not
@@ -66,9 +66,19 @@ unit_value() { sed -n "s/^$1=//p" "$UNIT"; }
 EXEC_START=$(unit_value ExecStart)
 ENV_FILE=$(unit_value EnvironmentFile)
 ENV_FILE=${ENV_FILE#-} # "-": systemd starts the unit without the file too
-# CapabilityBoundingSet=CAP_NET_ADMIN CAP_BPF as setpriv takes it: -all,+net_admin,+bpf.
+# CapabilityBoundingSet= as setpriv takes it, by number (-all,+cap_12,...): Debian 11's setpriv
+# (libcap-ng 0.7) has no names for CAP_PERFMON and CAP_BPF (Linux 5.8). A capability missing
+# here fails the daemon's start, loudly.
+cap_number() {
+    case $1 in
+    CAP_NET_ADMIN) echo 12 ;;
+    CAP_PERFMON) echo 38 ;;
+    CAP_BPF) echo 39 ;;
+    *) echo "scenarios.sh: add $1 to cap_number" >&2 ;;
+    esac
+}
 BOUNDING=-all$(for cap in $(unit_value CapabilityBoundingSet); do
-    printf ',+%s' "$(echo "${cap#CAP_}" | tr 'A-Z' 'a-z')"
+    printf ',+cap_%s' "$(cap_number "$cap")"
 done)
 # LimitMEMLOCK= as prlimit takes it; without one the daemon keeps PID 1's limit (the kernel's
 # default), as a service of systemd before 253 does.
@@ -214,6 +224,15 @@ check "bound to vlan102's address: black-holed via A" "$ISP_A" "$(caller --inter
 step "the package: $PACKAGE as dpkg unpacks it, its unit as systemd starts it"
 check "the guest runs the package's binary" "$PACKAGE_SHA256" "$(sha256sum /usr/bin/multihome | cut -d' ' -f1)"
 check "the binary is the package's version" "multihome ${PACKAGE_VERSION%-*}" "$(multihome --version)"
+# The guest's C library is its release's (Debian 11: glibc 2.31, the oldest the package
+# supports); the package's binary is static and needs none of it.
+glibc=$(for lib in /lib/*-linux-gnu/libc.so.6 /usr/lib/*-linux-gnu/libc.so.6; do
+    [ -x "$lib" ] && "$lib" | head -n 1 && break
+done)
+echo "VM-INFO: user space: Debian $USERSPACE, $glibc"
+if [ "$USERSPACE" = bullseye ]; then
+    check "the guest's C library is Debian 11's glibc 2.31" 1 "$(echo "$glibc" | grep -c 'release version 2\.31\.')"
+fi
 check "the unit's ExecStart runs /usr/bin/multihome" "/usr/bin/multihome run --idle-without-uplinks" \
     "$(echo "$EXEC_START" | cut -d' ' -f1-3)"
 check "the unit's EnvironmentFile is the package's /etc/default/multihome" /etc/default/multihome "$ENV_FILE"

@@ -94,7 +94,7 @@ fn program(sysroot: &Sysroot, name: &str) -> Result<PathBuf> {
         .with_context(|| {
             format!(
                 "vm: the {} user space has no `{name}` (see PACKAGES in xtask/src/vm/userspace.rs)",
-                sysroot.arch
+                sysroot.name()
             )
         })
 }
@@ -117,7 +117,7 @@ fn libraries(sysroot: &Sysroot, tree: &Path, mut todo: Vec<PathBuf>) -> Result<(
                     format!(
                         "vm: {} wants the loader {interp}, which the {} user space lacks",
                         binary.display(),
-                        sysroot.arch
+                        sysroot.name()
                     )
                 })?;
                 copy(&from, &tree.join(interp.trim_start_matches('/')))?;
@@ -133,7 +133,7 @@ fn libraries(sysroot: &Sysroot, tree: &Path, mut todo: Vec<PathBuf>) -> Result<(
                     "vm: {} needs {name}, which the {} user space lacks (add its package to \
                      xtask/src/vm/userspace.rs)",
                     binary.display(),
-                    sysroot.arch
+                    sysroot.name()
                 );
             };
             if copied.insert(path.clone()) {

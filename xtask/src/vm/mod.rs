@@ -82,7 +82,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     // Downloads and builds one after the other (they share the caches and the CPUs); a cell
     // that cannot be prepared fails, and the others still run.
     let mut packages: BTreeMap<Arch, Package> = BTreeMap::new();
-    let mut sysroots: BTreeMap<Arch, userspace::Sysroot> = BTreeMap::new();
+    let mut sysroots: BTreeMap<(apt::Suite, Arch), userspace::Sysroot> = BTreeMap::new();
     let mut ready = Vec::new();
     let mut outcomes = Vec::new();
     for cell in cells {
@@ -226,12 +226,15 @@ fn prepare(
     cache: &Path,
     work: &Path,
     packages: &mut BTreeMap<Arch, Package>,
-    sysroots: &mut BTreeMap<Arch, userspace::Sysroot>,
+    sysroots: &mut BTreeMap<(apt::Suite, Arch), userspace::Sysroot>,
 ) -> Result<Prepared> {
     println!("vm: == preparing {}", cell.name());
     let package = once(packages, cell.arch, || unpack_package(cell.arch, work))?;
     let kernel = kernel::fetch(cache, cell)?;
-    let sysroot = once(sysroots, cell.arch, || userspace::fetch(cache, cell.arch))?;
+    let userspace = (cell.line.userspace, cell.arch);
+    let sysroot = once(sysroots, userspace, || {
+        userspace::fetch(cache, cell.line.userspace, cell.arch)
+    })?;
     let dir = work.join(cell.slug());
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initramfs.cpio");
@@ -264,7 +267,11 @@ fn prepare(
 }
 
 /// The value for `key`, made (and kept) on first use.
-fn once<T>(map: &mut BTreeMap<Arch, T>, key: Arch, make: impl FnOnce() -> Result<T>) -> Result<&T> {
+fn once<K: Ord, T>(
+    map: &mut BTreeMap<K, T>,
+    key: K,
+    make: impl FnOnce() -> Result<T>,
+) -> Result<&T> {
     Ok(match map.entry(key) {
         Entry::Occupied(e) => e.into_mut(),
         Entry::Vacant(e) => e.insert(make()?),
@@ -275,11 +282,12 @@ fn once<T>(map: &mut BTreeMap<Arch, T>, key: Arch, make: impl FnOnce() -> Result
 /// package the guest holds.
 fn cell_env(cell: &Cell, kernel: &kernel::Kernel, package: &Package) -> String {
     format!(
-        "CELL='{}'\nKERNEL_ABI='{}'\nATTACH='{}'\nPACKAGE='{}'\nPACKAGE_VERSION='{}'\n\
-         PACKAGE_SHA256='{}'\n",
+        "CELL='{}'\nKERNEL_ABI='{}'\nATTACH='{}'\nUSERSPACE='{}'\nPACKAGE='{}'\n\
+         PACKAGE_VERSION='{}'\nPACKAGE_SHA256='{}'\n",
         cell.name(),
         kernel.abi,
         cell.line.attach.name(),
+        cell.line.userspace.name(),
         package.name,
         package.version,
         package.sha256,
