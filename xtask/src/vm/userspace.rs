@@ -33,6 +33,20 @@ const PACKAGES: &[&str] = &[
     "netbase",         // /etc/protocols, /etc/services
 ];
 
+/// [`PACKAGES`] as apt is asked for them in `suite`. Debian 11's bpftool comes from its point
+/// release (`bpftool/bullseye`): bullseye-security lists a newer build (5.10.262-1) that the
+/// archive mirror used here does not serve (404), while the point release's is everywhere; any
+/// 5.10 bpftool shows clsact attachments alike.
+fn requested(suite: Suite) -> Vec<&'static str> {
+    PACKAGES
+        .iter()
+        .map(|&p| match (suite, p) {
+            (Suite::Bullseye, "bpftool") => "bpftool/bullseye",
+            _ => p,
+        })
+        .collect()
+}
+
 /// An unpacked closure of [`PACKAGES`].
 pub(crate) struct Sysroot {
     pub(crate) root: PathBuf,
@@ -56,7 +70,8 @@ pub(crate) fn fetch(cache: &Path, suite: Suite, arch: Arch) -> Result<Sysroot> {
 
 fn unpack(cache: &Path, apt: &Apt, arch: Arch) -> Result<Sysroot> {
     let suite = apt.suite();
-    let closure = apt.closure(PACKAGES)?;
+    let packages = requested(suite);
+    let closure = apt.closure(&packages)?;
     let manifest = manifest(&closure);
     let root = cache.join(format!(
         "userspace/{}-{arch}-{:016x}",
@@ -72,7 +87,7 @@ fn unpack(cache: &Path, apt: &Apt, arch: Arch) -> Result<Sysroot> {
         closure.len(),
         suite.name()
     );
-    apt.download(PACKAGES)?;
+    apt.download(&packages)?;
     if root.exists() {
         fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
     }
@@ -176,6 +191,13 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debian_11s_bpftool_is_its_point_releases() {
+        assert!(requested(Suite::Bullseye).contains(&"bpftool/bullseye"));
+        assert!(requested(Suite::Trixie).contains(&"bpftool"));
+        assert_eq!(requested(Suite::Trixie), PACKAGES);
+    }
 
     #[test]
     fn the_cache_key_changes_with_any_version() {
