@@ -80,10 +80,30 @@ pub(crate) fn build(guest: &Guest, tree: &Path, out: &Path) -> Result<()> {
         copy(&program(sysroot, tool)?, &guest)?;
         binaries.push(guest);
     }
+    nss_files(sysroot, tree)?;
     libraries(sysroot, tree, binaries)?;
     modules(guest.kernel, tree)?;
     guest_files(sysroot, tree, &guest.cell_env)?;
     pack(tree, out)
+}
+
+/// glibc before 2.34 (Debian 11's 2.31) loads its `files` NSS module with dlopen, which
+/// `readelf` cannot see: without it dnsmasq finds no user `root` in /etc/passwd. Copied where
+/// the user space has it (later glibc has the module built in), with an nsswitch.conf that
+/// names only `files`.
+fn nss_files(sysroot: &Sysroot, tree: &Path) -> Result<()> {
+    fs::create_dir_all(tree.join("etc"))?;
+    fs::write(
+        tree.join("etc/nsswitch.conf"),
+        "passwd: files\ngroup: files\nshadow: files\nhosts: files\n",
+    )?;
+    for dir in sysroot.library_dirs() {
+        let path = format!("{dir}/libnss_files.so.2");
+        if let Some(host) = sysroot.resolve(&path) {
+            return copy(&host, &tree.join(path.trim_start_matches('/')));
+        }
+    }
+    Ok(())
 }
 
 /// A program of the user space, by name.
