@@ -173,7 +173,14 @@ uplink() { # IFNAME VID METRIC: the seed's VLAN device, configured by dhclient
     dhclient -4 -sf /vm/dhclient-script -cf /vm/dhclient.conf -lf "/run/$1.lease" \
         -pf "/run/dhclient.$1.pid" "$1"
 }
-stop_dhclient() { kill "$(cat "/run/dhclient.$1.pid")"; rm -f "/run/$1.lease"; }
+# stop_dhclient IFNAME: until it has exited: a dhclient started on the same pid file while the
+# old one still runs exits at once (Debian 11's does, seen under TCG).
+stop_dhclient() {
+    pid=$(cat "/run/dhclient.$1.pid")
+    kill "$pid"
+    wait_for 20 sh -c "! kill -0 $pid 2>/dev/null" || echo "VM-INFO: dhclient $pid on $1 outlived SIGTERM"
+    rm -f "/run/$1.lease" "/run/dhclient.$1.pid"
+}
 
 step "testbed: switch, routers A and B, internet, the seed's host"
 ip link set lo up
