@@ -10,7 +10,10 @@
 #
 # Each check prints `VM-CHECK ok NAME` or `VM-CHECK FAIL NAME: why`; the last line is
 # `VM-RESULT: N passed, M failed`. The cell (xtask/src/vm/cell.rs) is described in /vm/cell.env:
-# CELL (its name), KERNEL_ABI, ATTACH (how the guard attaches on this kernel: tcx or clsact).
+# CELL (its name), KERNEL_ABI, ATTACH (how the guard attaches on this kernel: tcx or clsact),
+# USERSPACE (the Debian release the guest's tools and libraries come from), PACKAGE, PACKAGE_VERSION and PACKAGE_SHA256 (the .deb whose files the guest holds, as dpkg
+# unpacks them, and the SHA-256 of its /usr/bin/multihome). Every daemon is started as the
+# package's unit starts it (see `as_unit`).
 # Waits and timeouts are upper bounds sized for TCG on a loaded machine; passing checks do not
 # wait them out.
 
@@ -33,17 +36,65 @@ uplink_json() {
 }
 counter() { uplink_json "$1" | grep -o "\"$2\":[0-9]*" | head -n 1 | cut -d: -f2; }
 modes() { uplink_json "$1" | grep -o '"mode":[^,}]*' | cut -d: -f2 | tr -d '"' | sort | tr '\n' ' '; }
-# multihome's rules and routes (grep: iproute2 before 6.x does not filter rules by protocol).
-owned() { ip rule show | grep 'proto 77'; ip route show table all | grep 'proto 77'; }
-owned_rules() { ip rule show | grep -c 'proto 77'; }
+# multihome's rules and routes (grep: iproute2 before 6.x does not filter rules by protocol),
+# by number or by the name the package's /etc/iproute2/rt_protos.d gives 77.
+OURS='proto (77|multihome)( |$)'
+owned() { ip rule show | grep -E "$OURS"; ip route show table all | grep -E "$OURS"; }
+owned_rules() { ip rule show | grep -Ec "$OURS"; }
 healthy() { multihome status $UPLINKS >/dev/null 2>&1; }
 
-# The daemon's log is shown when a check failed while it ran. DAEMON_WRAPPER, when set, is a
-# command the daemon runs under (the no-BTF scenario's private mount namespace).
+# ---- the package's unit, run as systemd would run it (the guest has no systemd) ----
+UNIT=/lib/systemd/system/multihome.service
+unit_value() { sed -n "s/^$1=//p" "$UNIT"; }
+EXEC_START=$(unit_value ExecStart)
+ENV_FILE=$(unit_value EnvironmentFile)
+ENV_FILE=${ENV_FILE#-} # "-": systemd starts the unit without the file too
+# CapabilityBoundingSet= as setpriv takes it, by number (-all,+cap_12,...): Debian 11's setpriv
+# (libcap-ng 0.7) has no names for CAP_PERFMON and CAP_BPF (Linux 5.8). A capability missing
+# here fails the daemon's start, loudly.
+cap_number() {
+    case $1 in
+    CAP_NET_ADMIN) echo 12 ;;
+    CAP_PERFMON) echo 38 ;;
+    CAP_BPF) echo 39 ;;
+    *) echo "scenarios.sh: add $1 to cap_number" >&2 ;;
+    esac
+}
+BOUNDING=-all$(for cap in $(unit_value CapabilityBoundingSet); do
+    printf ',+cap_%s' "$(cap_number "$cap")"
+done)
+# LimitMEMLOCK= as prlimit takes it; without one the daemon keeps PID 1's limit (the kernel's
+# default), as a service of systemd before 253 does.
+MEMLOCK=$(unit_value LimitMEMLOCK | sed 's/^infinity$/unlimited/')
+cp "$ENV_FILE" /run/multihome.default.shipped
+# as_unit: starts the unit's ExecStart= as systemd does, in the background ($daemon): with the
+# variables of its EnvironmentFile= (`$VAR` split into words), its CapabilityBoundingSet= and
+# its LimitMEMLOCK=. DAEMON_WRAPPER, when set, is a command it runs under (the no-BTF
+# scenario's private mount namespace). Every program in the chain execs the next, so $daemon
+# is the daemon's own pid.
+as_unit() {
+    limits=""
+    [ -z "$MEMLOCK" ] || limits="prlimit --memlock=$MEMLOCK:$MEMLOCK"
+    (
+        set -a
+        . "$ENV_FILE"
+        set +a
+        eval "exec $DAEMON_WRAPPER $limits setpriv --bounding-set=$BOUNDING $EXEC_START"
+    ) >/run/multihome.log 2>&1 &
+    daemon=$!
+}
+# configure OPTION...: the package's /etc/default/multihome as the operator edits it: the
+# cell's uplinks, and these options in MULTIHOME_OPTS.
+configure() {
+    sed "s|^MULTIHOME_OPTS=.*|MULTIHOME_OPTS=\"$*\"|" /run/multihome.default.shipped >"$ENV_FILE"
+    echo "MULTIHOME_UPLINKS=\"$UPLINKS\"" >>"$ENV_FILE"
+}
+
+# The daemon's log is shown when a check failed while it ran.
 start_daemon() {
     failed_before=$failed
-    $DAEMON_WRAPPER multihome run "$@" $UPLINKS >/run/multihome.log 2>&1 &
-    daemon=$!
+    configure "$@"
+    as_unit
     # Until healthy, or until it exits (a guard the kernel refuses under --no-rules, say).
     wait_for 120 sh -c "multihome status $UPLINKS || ! kill -0 $daemon"
     if healthy; then ok "daemon healthy ($*)"; else
@@ -105,7 +156,14 @@ uplink() { # IFNAME VID METRIC: the seed's VLAN device, configured by dhclient
     dhclient -4 -sf /vm/dhclient-script -cf /vm/dhclient.conf -lf "/run/$1.lease" \
         -pf "/run/dhclient.$1.pid" "$1"
 }
-stop_dhclient() { kill "$(cat "/run/dhclient.$1.pid")"; rm -f "/run/$1.lease"; }
+# stop_dhclient IFNAME: until it has exited: a dhclient started on the same pid file while the
+# old one still runs exits at once (Debian 11's does, seen under TCG).
+stop_dhclient() {
+    pid=$(cat "/run/dhclient.$1.pid")
+    kill "$pid"
+    wait_for 20 sh -c "! kill -0 $pid 2>/dev/null" || echo "VM-INFO: dhclient $pid on $1 outlived SIGTERM"
+    rm -f "/run/$1.lease" "/run/dhclient.$1.pid"
+}
 
 step "testbed: switch, routers A and B, internet, the seed's host"
 ip link set lo up
@@ -152,6 +210,37 @@ ip -d link show vlan102 | grep -q "vlan protocol 802.1Q id 102" && ok "vlan102 i
 step "baseline without multihome: the seed's problem"
 check "unbound traffic leaves by ISP A" "$ISP_A" "$(caller)"
 check "bound to vlan102's address: black-holed via A" "$ISP_A" "$(caller --interface "host!$ADDR_B")"
+
+step "the package: $PACKAGE as dpkg unpacks it, its unit as systemd starts it"
+check "the guest runs the package's binary" "$PACKAGE_SHA256" "$(sha256sum /usr/bin/multihome | cut -d' ' -f1)"
+check "the binary is the package's version" "multihome ${PACKAGE_VERSION%-*}" "$(multihome --version)"
+# The guest's C library is its release's (Debian 11: glibc 2.31, the oldest the package
+# supports); the package's binary is static and needs none of it.
+glibc=$(for lib in /lib/*-linux-gnu/libc.so.6 /usr/lib/*-linux-gnu/libc.so.6; do
+    [ -x "$lib" ] && "$lib" | head -n 1 && break
+done)
+echo "VM-INFO: user space: Debian $USERSPACE, $glibc"
+if [ "$USERSPACE" = bullseye ]; then
+    check "the guest's C library is Debian 11's glibc 2.31" 1 "$(echo "$glibc" | grep -c 'release version 2\.31\.')"
+fi
+check "the unit's ExecStart runs /usr/bin/multihome" "/usr/bin/multihome run --idle-without-uplinks" \
+    "$(echo "$EXEC_START" | cut -d' ' -f1-3)"
+check "the unit's EnvironmentFile is the package's /etc/default/multihome" /etc/default/multihome "$ENV_FILE"
+grep -q '^MULTIHOME_OPTS=' /run/multihome.default.shipped && ok "the shipped configuration sets MULTIHOME_OPTS" ||
+    fail "the shipped configuration sets MULTIHOME_OPTS" "$(cat /run/multihome.default.shipped)"
+# As installed: no uplink named, so the unit's daemon idles, says why, and touches nothing.
+as_unit
+wait_for 60 grep -q "no uplinks configured" /run/multihome.log &&
+    ok "as installed, the unit's daemon idles and says why" ||
+    fail "as installed, the unit's daemon idles and says why" "$(cat /run/multihome.log)"
+kill -0 "$daemon" 2>/dev/null && ok "the idle daemon keeps running" || fail "the idle daemon keeps running" "it exited"
+check "the idle daemon owns nothing" "" "$(owned)"
+check "the idle daemon attached nothing" "" "$(bpftool net show | grep multihome)"
+check "the idle daemon runs with the unit's capabilities alone (NET_ADMIN, PERFMON, BPF)" \
+    000000c000001000 "$(sed -n 's/^CapEff:[[:space:]]*//p' "/proc/$daemon/status")"
+kill -TERM "$daemon"
+wait "$daemon"
+check "the idle daemon exits cleanly on SIGTERM" 0 "$?"
 
 # ---- guard only: rules absent, so the kernel sends vlan102's traffic out untagged eth0 ----
 # lan_name ADDR: which router's LAN echo answers TCP from ADDR to 192.168.0.1 (on-link: the
@@ -206,10 +295,54 @@ step "scenario 2 (baseline): the parent device without the guard"
 check "TCP from vlan102's address leaves untagged eth0: lost" "no answer" "$(lan_name "$ADDR_B")"
 check "frame tagged 101 from vlan102's address reaches router A" router-a "$(raw_frame 101 40002 "$MAC_A")"
 
-step "scenario 2: guard only (--no-rules), attached by $ATTACH on $KERNEL_ABI"
-# For information (its verdicts are asserted elsewhere): what `multihome check` says here.
-multihome check $UPLINKS 2>&1 | sed 's/^/VM-INFO: multihome check: /'
+# ---- `multihome check`: what it says must be what the daemon then does ----
+# run_check [WRAPPER...]: runs `multihome check` on the uplinks (under WRAPPER), shows its
+# output as VM-INFO lines, and leaves it in $check_out, its exit status in $check_rc.
+run_check() {
+    check_out=$("$@" multihome check $UPLINKS 2>&1)
+    check_rc=$?
+    echo "$check_out" | sed 's/^/VM-INFO: multihome check: /'
+}
+# The uplinks' findings: every line but the ones of fixed words (docs/operations.md).
+findings() { echo "$check_out" | grep -Ev '^(kernel|guard|uplinks|note|no findings): '; }
+# Clsact works wherever the guard loads; TCX from 6.6.
+case $ATTACH in
+tcx) WAYS="tcx and clsact" ;;
+*) WAYS=clsact ;;
+esac
+GUARD_LINE="guard: loads; attaches by $WAYS (auto uses $ATTACH); redirect helper ok"
+# check_guard LABEL: the guard line, and the note about TCX exactly where TCX is missing.
+check_guard() {
+    check "$1: check's guard line" "$GUARD_LINE" "$(echo "$check_out" | grep '^guard: ')"
+    tcx_note=$(echo "$check_out" | grep -c '^note: tcx: .*; auto uses clsact$')
+    [ "$ATTACH" = tcx ] && want=0 || want=1
+    check "$1: check notes that TCX is missing only where it is" "$want" "$tcx_note"
+}
+
+step "multihome check on $KERNEL_ABI, then the guard only (--no-rules)"
+run_check
+check_guard "check"
+check "check: no note about BTF, which this kernel has" "" "$(echo "$check_out" | grep '^note: .*BTF')"
+check "check: the uplinks checked" "uplinks: $UPLINKS" "$(echo "$check_out" | grep '^uplinks: ')"
+# The seed's two VLANs share a subnet and answer ARP for each other's addresses: two findings,
+# exit 1; then check's own fixes applied, nothing to find, exit 0.
+check "check: exit status 1 with findings" 1 "$check_rc"
+check "check: the findings are the two VLANs' ARP flux" "vlan101 ARP flux, vlan102 ARP flux, " \
+    "$(findings | sed -n 's/^\(vlan10[12]\): .*(ARP flux): .*/\1 ARP flux/p' | tr '\n' ',' | sed 's/,/, /g')"
+check "check: nothing else found" 2 "$(findings | wc -l)"
+arp_before=$(for u in $UPLINKS; do cat /proc/sys/net/ipv4/conf/$u/arp_ignore /proc/sys/net/ipv4/conf/$u/arp_announce; done)
+findings | sed -n 's/.*: \(sysctl -w .*\)$/\1/p' | while read -r fix; do $fix >/dev/null; done
+run_check
+check "check: exit status 0 once its fixes are applied" 0 "$check_rc"
+check "check: no findings then" 1 "$(echo "$check_out" | grep -c '^no findings: ')"
+set -- $arp_before
+for u in $UPLINKS; do
+    sysctl -qw "net.ipv4.conf.$u.arp_ignore=$1" "net.ipv4.conf.$u.arp_announce=$2"
+    shift 2
+done
+CHECK_AUTO=$(echo "$check_out" | sed -n 's/^guard: .*(auto uses \([a-z]*\)).*/\1/p')
 start_daemon --no-rules
+check "the daemon attaches as check said auto would ($CHECK_AUTO)" "$CHECK_AUTO $CHECK_AUTO " "$(modes vlan101)"
 check "vlan101 guard attached by $ATTACH (uplink, parent)" "$ATTACH $ATTACH " "$(modes vlan101)"
 check "vlan102 guard attached by $ATTACH (uplink, parent)" "$ATTACH $ATTACH " "$(modes vlan102)"
 bpftool net show dev eth0 | grep -q "multihome" && ok "bpftool shows the guard on eth0's egress" ||
@@ -241,6 +374,7 @@ ip neigh del 192.168.0.1 dev eth0
 step "scenario 1: the seed's own check, rules and guard"
 start_daemon
 check "rules for both uplinks" 4 "$(owned_rules)"
+check "ip names the rules' protocol from the package's rt_protos.d" 4 "$(ip rule show | grep -c 'proto multihome')"
 check "curl --interface vlan102 answered as ISP B" "$ISP_B" "$(caller --interface vlan102)"
 check "socket bound to vlan102's address answered as ISP B" "$ISP_B" "$(caller --interface "host!$ADDR_B")"
 check "curl --interface vlan101 answered as ISP A" "$ISP_A" "$(caller --interface vlan101)"
@@ -261,7 +395,7 @@ dhclient -4 -sf /vm/dhclient-script -cf /vm/dhclient.conf -lf /run/vlan102.lease
 ADDR_B=$(addr4 vlan102)
 [ -n "$ADDR_B" ] || { cat /run/rb.dnsmasq.log; ip -d addr show vlan102; ns rb ip addr; }
 check "vlan102 renumbered" 192.168.0.101 "$ADDR_B"
-wait_for 40 sh -c "ip route show table all | grep 'proto 77' | grep -q 'default via 192.168.0.254 dev vlan102'" &&
+wait_for 40 sh -c "ip route show table all | grep -E '$OURS' | grep -q 'default via 192.168.0.254 dev vlan102'" &&
     ok "vlan102's table follows the new gateway" ||
     fail "vlan102's table follows the new gateway" "$(owned | tr '\n' ';')"
 wait_for 40 healthy && ok "healthy after renumbering" || fail "healthy after renumbering" "$(multihome status $UPLINKS)"
@@ -275,7 +409,7 @@ step "scenario 4: vlan102 deleted and re-created"
 old_index=$(cat /sys/class/net/vlan102/ifindex)
 stop_dhclient vlan102
 ip link del vlan102
-wait_for 40 sh -c "[ \"\$(ip rule show | grep -c 'proto 77')\" = 2 ]" && ok "vlan102's rules removed with it" ||
+wait_for 40 sh -c "[ \"\$(ip rule show | grep -Ec '$OURS')\" = 2 ]" && ok "vlan102's rules removed with it" ||
     fail "vlan102's rules removed with it" "$(owned | tr '\n' ';')"
 check "vlan101 untouched" "$ISP_A" "$(caller --interface "host!$ADDR_A")"
 uplink vlan102 102 20
@@ -301,6 +435,12 @@ stop_daemon
 step "scenario 5: no /sys/kernel/btf (as on Raspberry Pi OS), guard only"
 hidden=$(unshare -m sh -c 'mount -t tmpfs nobtf /sys/kernel/btf && ls -A /sys/kernel/btf')
 check "no BTF: the private namespace hides /sys/kernel/btf" "" "$hidden"
+run_check unshare -m /vm/no-btf
+check_guard "no BTF"
+check "no BTF: check notes that BTF is not needed" \
+    "note: no kernel BTF (/sys/kernel/btf/vmlinux): not needed, the guard loaded without it (it carries its own BTF and uses no CO-RE)" \
+    "$(echo "$check_out" | grep '^note: .*BTF')"
+check "no BTF: no finding about BTF" "" "$(findings | grep BTF)"
 DAEMON_WRAPPER="unshare -m /vm/no-btf"
 start_daemon --no-rules
 DAEMON_WRAPPER=

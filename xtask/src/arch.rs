@@ -31,11 +31,14 @@ impl Arch {
         }
     }
 
-    /// The Rust target triple of a glibc Linux binary.
+    /// The Rust target multihome is built for: musl, linked statically (a static PIE), so the
+    /// one binary runs on any Linux of the architecture whatever its C library: Debian 11's
+    /// glibc 2.31 as well as the build machine's newer one (a glibc build would need the build
+    /// machine's glibc or newer).
     pub(crate) fn triple(self) -> &'static str {
         match self {
-            Arch::Amd64 => "x86_64-unknown-linux-gnu",
-            Arch::Arm64 => "aarch64-unknown-linux-gnu",
+            Arch::Amd64 => "x86_64-unknown-linux-musl",
+            Arch::Arm64 => "aarch64-unknown-linux-musl",
         }
     }
 
@@ -53,24 +56,24 @@ impl Arch {
         }
     }
 
-    /// Debian packages that cross-build for this architecture on another one: the C compiler
-    /// cargo links with and the target's C library and start files it links against.
-    pub(crate) fn cross_packages(self) -> [String; 2] {
-        [
-            format!("gcc-{}", self.gnu().replace('_', "-")),
-            format!("libc6-dev-{}-cross", self.debian()),
-        ]
+    /// The Debian package of this architecture's binutils when it is not the host's: the
+    /// package strips its binary with `<gnu>-strip` (linking needs no cross toolchain, see
+    /// [`Self::linker_env`]). Debian spells the x86-64 triplet with a dash in package names.
+    pub(crate) fn cross_binutils(self) -> String {
+        format!("binutils-{}", self.gnu().replace('_', "-"))
     }
 
-    /// The environment variable naming cargo's linker for this target, and its value (Debian's
-    /// cross gcc), for a build on another architecture.
+    /// The environment variable naming cargo's linker for this target, and its value: the
+    /// toolchain's own `rust-lld`, with the C library and start files the Rust target ships
+    /// (musl's, self-contained), so that every architecture links the same way, with nothing
+    /// from the host's C toolchain.
     pub(crate) fn linker_env(self) -> (String, String) {
         (
             format!(
                 "CARGO_TARGET_{}_LINKER",
                 self.triple().to_uppercase().replace('-', "_")
             ),
-            format!("{}-gcc", self.gnu()),
+            "rust-lld".to_owned(),
         )
     }
 
@@ -94,23 +97,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn arm64_cross_build_uses_debians_cross_gcc() {
+    fn every_architecture_links_with_rust_lld_and_strips_with_its_binutils() {
         assert_eq!(
             Arch::Arm64.linker_env(),
             (
-                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER".to_string(),
-                "aarch64-linux-gnu-gcc".to_string()
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER".to_string(),
+                "rust-lld".to_string()
             )
         );
         assert_eq!(
-            Arch::Arm64.cross_packages(),
-            ["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"]
+            Arch::Amd64.linker_env().0,
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER"
         );
-        // Debian spells the x86-64 triplet with a dash in package names.
-        assert_eq!(
-            Arch::Amd64.cross_packages(),
-            ["gcc-x86-64-linux-gnu", "libc6-dev-amd64-cross"]
-        );
+        assert_eq!(Arch::Arm64.cross_binutils(), "binutils-aarch64-linux-gnu");
+        assert_eq!(Arch::Amd64.cross_binutils(), "binutils-x86-64-linux-gnu");
     }
 
     #[test]
@@ -118,6 +118,8 @@ mod tests {
         for arch in Arch::ALL {
             assert_eq!(Arch::from_triple(arch.triple()), Some(arch));
         }
-        assert_eq!(Arch::from_triple("riscv64gc-unknown-linux-gnu"), None);
+        assert_eq!(Arch::from_triple("riscv64gc-unknown-linux-musl"), None);
+        // A glibc build is not what the package ships.
+        assert_eq!(Arch::from_triple("aarch64-unknown-linux-gnu"), None);
     }
 }

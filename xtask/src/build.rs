@@ -1,13 +1,15 @@
 //! `cargo xtask build`: builds the workspace; multihome's build script builds the eBPF object
 //! with nightly, so this one command yields a loadable `multihome`. With `--arch`/`--target` it
-//! builds `multihome` alone for that architecture, cross-compiling when it is not the host's.
+//! builds `multihome` alone for that architecture as the package ships it (static, musl), the
+//! host's or another one alike.
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use anyhow::Result;
 
 use crate::arch::Arch;
-use crate::{proc, run, setup};
+use crate::{proc, requirements, run, setup};
 
 pub(crate) fn run(release: bool, arch: Option<Arch>) -> Result<()> {
     let Some(arch) = arch else {
@@ -23,22 +25,27 @@ pub(crate) fn run(release: bool, arch: Option<Arch>) -> Result<()> {
 }
 
 /// Builds the `multihome` binary (the guard's eBPF object inside) for `arch` and returns its
-/// path. Another architecture than the host's is cross-compiled with Debian's cross gcc as the
-/// linker, after `setup` made sure the Rust target and the cross toolchain are installed.
+/// path: for the architecture's musl target, statically linked by rust-lld (`Arch::triple`,
+/// `Arch::linker_env`), the host's as well as another one, after `setup` made sure the Rust
+/// target (and for another architecture its binutils) is installed. The package ships this
+/// binary and the VM matrix boots it.
 pub(crate) fn binary(arch: Arch, release: bool) -> Result<PathBuf> {
-    let mut cmd = proc::cargo(["build", "--package", "multihome"]);
+    // Another architecture also needs its binutils (the package strips with them); the host's
+    // only its Rust target, looked up quietly.
+    let installed =
+        proc::stdout_of(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if arch != Arch::host() || !requirements::parse_rust_targets(&installed).contains(arch.triple())
+    {
+        setup::run()?;
+    }
+    let mut cmd = proc::cargo(["build", "--package", "multihome", "--target", arch.triple()]);
     if release {
         cmd.arg("--release");
     }
-    let mut dir = run::target_dir()?;
-    if arch != Arch::host() {
-        setup::run()?;
-        let (variable, linker) = arch.linker_env();
-        cmd.args(["--target", arch.triple()]).env(variable, linker);
-        dir.push(arch.triple());
-    }
-    proc::run(&mut cmd)?;
-    Ok(dir
+    let (variable, linker) = arch.linker_env();
+    proc::run(cmd.env(variable, linker))?;
+    Ok(run::target_dir()?
+        .join(arch.triple())
         .join(if release { "release" } else { "debug" })
         .join("multihome"))
 }

@@ -33,14 +33,16 @@ enum Task {
     /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker).
     Setup,
     /// Build the workspace (the eBPF object included), or with --arch/--target the multihome
-    /// binary alone for that architecture (cross-compiled, installing the toolchain it needs).
+    /// binary alone for that architecture, static (musl) as the package ships it, installing the
+    /// Rust target it needs.
     Build {
         #[arg(long)]
         release: bool,
         /// Build multihome for this architecture (Debian's name).
         #[arg(long, value_enum, conflicts_with = "target")]
         arch: Option<Arch>,
-        /// Build multihome for this Rust target triple (e.g. aarch64-unknown-linux-gnu).
+        /// Build multihome for this Rust target triple (aarch64-unknown-linux-musl or
+        /// x86_64-unknown-linux-musl).
         #[arg(long, value_name = "TRIPLE", value_parser = parse_triple)]
         target: Option<Arch>,
     },

@@ -32,8 +32,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "cpio",                // tier 4: packs the VM's initramfs
     "xz-utils",            // tier 4: unpacks Debian 13's kernel modules (.ko.xz) for the guest
     "strace",   // tier 3: the unit test holds the daemon's system calls to the unit's filter
-    "binutils", // tier 4: strips multihome's debug info, readelf finds the guests' libraries
-    "dpkg-dev", // package: dpkg-shlibdeps and dpkg-gencontrol write the control file
+    "binutils", // package: strips the binary; tier 4: readelf finds the guests' libraries
+    "dpkg-dev", // package: dpkg-gencontrol writes the control file
     "lintian",  // package tier: the packages' policy check
     "golang-go", // tier 3: a Go program (no libc sockets) steered by `multihome exec`
     "gcc",      // tier 3: builds the LD_PRELOAD socket shim the steering test compares with
@@ -43,8 +43,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
 
 /// The Debian packages for nightly's LLVM major `llvm` on a `host` machine: the common ones,
 /// then per architecture the qemu that boots its VM cells (tier 4) and, for every architecture
-/// but the host's, the cross compiler and C library that link its `multihome`
-/// (`cargo xtask build --arch`, the arm64 VM cell, the packages).
+/// but the host's, the binutils that strip its `multihome` for the package (linking needs no
+/// cross toolchain: rust-lld and the musl target's own C library, see `Arch::linker_env`).
 #[allow(
     clippy::literal_string_with_formatting_args,
     reason = "`{llvm}` is the package list's placeholder, replaced here"
@@ -54,7 +54,7 @@ pub(crate) fn debian_packages(llvm: u32, host: Arch) -> Vec<String> {
         .iter()
         .map(|p| p.replace("{llvm}", &llvm.to_string()));
     let qemu = Arch::ALL.into_iter().map(|a| a.qemu().1.to_string());
-    let cross = foreign(host).flat_map(Arch::cross_packages);
+    let cross = foreign(host).map(Arch::cross_binutils);
     common.chain(qemu).chain(cross).collect()
 }
 
@@ -222,8 +222,9 @@ pub(crate) fn plan(observed: &Observed) -> Plan {
         },
         note: None,
     });
+    // Every architecture's, the host's too: multihome is always built for its musl target.
     let mut missing_targets = Vec::new();
-    for arch in foreign(observed.host) {
+    for arch in Arch::ALL {
         let present = observed.rust_targets.contains(arch.triple());
         if !present {
             missing_targets.push(arch.triple().to_string());
@@ -340,7 +341,7 @@ mod tests {
             llvm,
             packages: Some(debian_packages(llvm, Arch::Amd64).into_iter().collect()),
             rust_src: true,
-            rust_targets: ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"]
+            rust_targets: ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"]
                 .map(String::from)
                 .into(),
             linker: Linker::Cargo {
@@ -371,20 +372,21 @@ mod tests {
     }
 
     #[test]
-    fn every_architectures_qemu_and_the_other_ones_cross_compiler() {
+    fn every_architectures_qemu_and_the_other_ones_binutils() {
         let on_amd64 = debian_packages(22, Arch::Amd64);
         for package in [
             "qemu-system-x86",
             "qemu-system-arm",
-            "gcc-aarch64-linux-gnu",
-            "libc6-dev-arm64-cross",
+            "binutils-aarch64-linux-gnu",
         ] {
             assert!(on_amd64.contains(&package.to_string()), "{package}");
         }
         assert!(!on_amd64.iter().any(|p| p.contains("x86-64-linux-gnu")));
+        // No cross compiler: rust-lld links every architecture.
+        assert!(!on_amd64.iter().any(|p| p.starts_with("gcc-")));
         let on_arm64 = debian_packages(22, Arch::Arm64);
-        assert!(on_arm64.contains(&"gcc-x86-64-linux-gnu".to_string()));
-        assert!(!on_arm64.contains(&"gcc-aarch64-linux-gnu".to_string()));
+        assert!(on_arm64.contains(&"binutils-x86-64-linux-gnu".to_string()));
+        assert!(!on_arm64.contains(&"binutils-aarch64-linux-gnu".to_string()));
     }
 
     #[test]
@@ -395,19 +397,26 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_cross_target_is_added_to_the_workspace_toolchain() {
+    fn a_missing_target_is_added_to_the_workspace_toolchain() {
         let mut observed = all_present(22);
-        observed.rust_targets.remove("aarch64-unknown-linux-gnu");
+        observed.rust_targets.remove("aarch64-unknown-linux-musl");
         let plan = plan(&observed);
         assert_eq!(
             rendered(&plan),
-            ["rustup target add aarch64-unknown-linux-gnu"]
+            ["rustup target add aarch64-unknown-linux-musl"]
         );
         assert!(plan
             .checks
             .iter()
-            .any(|c| c.what == "rustup target aarch64-unknown-linux-gnu"
+            .any(|c| c.what == "rustup target aarch64-unknown-linux-musl"
                 && c.state == State::Missing));
+        // The host's own musl target too: the host's binary is built for it as well.
+        let mut observed = all_present(22);
+        observed.rust_targets.remove("x86_64-unknown-linux-musl");
+        assert_eq!(
+            rendered(&super::plan(&observed)),
+            ["rustup target add x86_64-unknown-linux-musl"]
+        );
     }
 
     #[test]
@@ -449,10 +458,10 @@ mod tests {
         let plan = plan(&all_present(22));
         assert!(plan.commands.is_empty());
         assert!(plan.checks.iter().all(|c| c.state == State::Present));
-        // Packages, rust-src, the arm64 target, bpf-linker.
+        // Packages, rust-src, both musl targets, bpf-linker.
         assert_eq!(
             plan.checks.len(),
-            debian_packages(22, Arch::Amd64).len() + 3
+            debian_packages(22, Arch::Amd64).len() + 4
         );
     }
 
@@ -524,7 +533,10 @@ mod tests {
             commands[2],
             "rustup component add rust-src --toolchain nightly"
         );
-        assert_eq!(commands[3], "rustup target add aarch64-unknown-linux-gnu");
+        assert_eq!(
+            commands[3],
+            "rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl"
+        );
         assert!(commands[4].contains("--features llvm-22 --force"));
         assert!(plan
             .checks

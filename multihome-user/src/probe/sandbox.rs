@@ -46,8 +46,23 @@ fn enter() -> Result<(), Failure> {
         .map_err(|e| Failure::os("cannot make the private mount namespace private", e))?;
     mount(Some("bpf"), BPFFS, Some("bpf"), 0, Some("mode=0700"))
         .map_err(|e| Failure::os(&format!("cannot mount a private bpffs at {BPFFS}"), e))?;
+    unlimited_memlock();
     privileges::restrict_thread(&privileges::DAEMON)
         .map_err(|e| Failure::os("cannot drop to the daemon's capabilities", e))
+}
+
+/// The memlock limit the unit gives the daemon (`LimitMEMLOCK=infinity`): kernels before 5.11
+/// charge BPF maps to it, and without CAP_SYS_RESOURCE, which the daemon's capabilities lack,
+/// it cannot be raised later. rlimits belong to the process, not the thread: `check` keeps
+/// this limit to its end. Without the privilege to raise it the limit stays as it is, and the
+/// probe reports what the kernel then says.
+fn unlimited_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit only reads the struct, which outlives the call.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
 fn mount(

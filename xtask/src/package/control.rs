@@ -1,9 +1,9 @@
 //! The package's DEBIAN/ tree, as debhelper would leave it: `conffiles` (every file under
 //! /etc, as dh_installdeb marks them), the maintainer scripts from dist/debian/, `control`
-//! from dist/debian/control by dpkg-gencontrol (Version, Architecture, Installed-Size) with
-//! Depends from dpkg-shlibdeps (the libraries the binary links at run time, and nothing used to
-//! build it; for a foreign architecture, read from its own libraries: `foreign`), and
-//! `md5sums`.
+//! from dist/debian/control by dpkg-gencontrol (Version, Architecture, Installed-Size), and
+//! `md5sums`. No Depends: the binary is static (musl), which `static_binary` makes sure of, so
+//! the package needs nothing on the host, not even a C library (no dpkg-shlibdeps either: it has
+//! nothing to read in a static binary).
 //!
 //! The dpkg tools read a source tree's debian/control and debian/changelog: `work/debian/`
 //! holds them, beside the package's root `work/root/`.
@@ -16,7 +16,6 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use super::docs::{dist, Release};
-use super::foreign;
 use crate::arch::Arch;
 use crate::proc;
 
@@ -42,28 +41,12 @@ pub(crate) fn write(work: &Path, root: &Path, arch: Arch, release: &Release) -> 
         put(&meta.join(script), &text, 0o755)?;
     }
 
-    // The tools take the host architecture from the environment, as dpkg-buildpackage -a sets it.
-    let mut shlibdeps = Command::new("dpkg-shlibdeps");
-    shlibdeps.arg("-Tdebian/substvars");
-    if arch != Arch::host() {
-        for tree in foreign::runtime_libraries(work, arch)? {
-            shlibdeps.arg(format!("-S{}", tree.display()));
-        }
-    }
-    proc::run(
-        shlibdeps
-            .arg("root/usr/bin/multihome")
-            .current_dir(work)
-            .env("DEB_HOST_ARCH", arch.debian()),
-    )?;
+    static_binary(&root.join("usr/bin/multihome"))?;
+    // dpkg-gencontrol takes the host architecture from the environment, as dpkg-buildpackage -a
+    // sets it.
     proc::run(
         Command::new("dpkg-gencontrol")
-            .args([
-                "-pmultihome",
-                "-Tdebian/substvars",
-                "-fdebian/files",
-                "-Proot",
-            ])
+            .args(["-pmultihome", "-fdebian/files", "-Proot"])
             .arg(format!("-v{}", release.version))
             .current_dir(work)
             .env("DEB_HOST_ARCH", arch.debian()),
@@ -83,6 +66,24 @@ pub(crate) fn write(work: &Path, root: &Path, arch: Arch, release: &Release) -> 
         anyhow::bail!("md5sum failed: {}", String::from_utf8_lossy(&sums.stderr));
     }
     put(&meta.join("md5sums"), &sums.stdout, 0o644)
+}
+
+/// Fails unless `binary` is static: no program interpreter, no library (`readelf` reads any
+/// architecture). A package that depended on the build machine's C library would not install
+/// on the older systems it supports (Debian 11's glibc 2.31).
+fn static_binary(binary: &Path) -> Result<()> {
+    let headers = proc::stdout_of(Command::new("readelf").args(["-d", "-l", "-W"]).arg(binary))?;
+    if let Some(line) = headers
+        .lines()
+        .find(|l| l.contains("(NEEDED)") || l.contains("program interpreter"))
+    {
+        anyhow::bail!(
+            "{} is not static ({}): build it with `build::binary`, for the musl target",
+            binary.display(),
+            line.trim()
+        );
+    }
+    Ok(())
 }
 
 fn put(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {

@@ -4,13 +4,13 @@
 //! compile first): `install::Layout::debian` stages the files (the one table of what goes
 //! where, shared with `cargo xtask install`), this module adds what Debian policy asks of a
 //! package (stripped binary, gzipped man pages, copyright and changelog), `control` writes the
-//! DEBIAN/ tree (dpkg-shlibdeps and dpkg-gencontrol compute Depends and Installed-Size, the
+//! DEBIAN/ tree (dpkg-gencontrol computes Installed-Size; no Depends, the binary is static; the
 //! maintainer scripts come from dist/debian/), and `dpkg-deb --build` makes the archive.
 //! `--test` then runs the package tier (tests/tests/package.rs) against what was built.
 
 mod control;
 mod docs;
-mod foreign;
+mod fresh;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -81,7 +81,7 @@ pub(crate) fn run(request: &Request) -> Result<()> {
     let release = docs::Release::read(request.version.as_deref())?;
     let out_dir = match &request.out_dir {
         Some(dir) => dir.clone(),
-        None => crate::run::target_dir()?.join("package"),
+        None => default_dir()?,
     };
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let generator = crate::build::binary(host, true)?;
@@ -171,6 +171,68 @@ fn run_tier(debs: &[PathBuf], native: &Path, previous: &Path) -> Result<()> {
     )
 }
 
+/// Where packages go unless told otherwise, and where [`current`] looks for them.
+fn default_dir() -> Result<PathBuf> {
+    Ok(crate::run::target_dir()?.join("package"))
+}
+
+/// The package of `arch` in the default directory, built from the sources as they are now:
+/// the one `cargo xtask package` wrote if it was made from the same inputs (see `fresh`),
+/// else built here. The VM tier boots what it holds.
+pub(crate) fn current(arch: Arch) -> Result<PathBuf> {
+    let release = docs::Release::read(None)?;
+    let out_dir = default_dir()?;
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    // cargo brings both binaries up to date (quick when nothing changed).
+    let generator = crate::build::binary(Arch::host(), true)?;
+    let binary = crate::build::binary(arch, true)?;
+    let build = Build {
+        arch,
+        binary: &binary,
+        generator: &generator,
+        release: &release,
+        out_dir: &out_dir,
+    };
+    let deb = build.deb();
+    if fresh::is_current(&deb, &build.manifest()?) {
+        println!(
+            "package: {} is current (made from these sources)",
+            deb.display()
+        );
+        return Ok(deb);
+    }
+    let deb = self::build(&build)?;
+    println!("package: wrote {}", deb.display());
+    Ok(deb)
+}
+
+impl Build<'_> {
+    /// `OUT_DIR/multihome_VERSION_ARCH.deb`.
+    fn deb(&self) -> PathBuf {
+        self.out_dir.join(format!(
+            "multihome_{}_{}.deb",
+            self.release.version,
+            self.arch.debian()
+        ))
+    }
+
+    /// What the package is made from: the binaries, the xtask that packs them (the unit and
+    /// configuration are compiled into it), dist/ and the crates' versions.
+    fn manifest(&self) -> Result<String> {
+        let root = proc::workspace_root();
+        fresh::manifest(
+            &self.release.version,
+            &[
+                self.binary.to_owned(),
+                self.generator.to_owned(),
+                std::env::current_exe().context("the running xtask's path")?,
+                root.join("dist"),
+                root.join("Cargo.lock"),
+            ],
+        )
+    }
+}
+
 /// The architecture in a package's file name (`multihome_V_ARCH.deb`).
 fn deb_arch(deb: &Path) -> Option<Arch> {
     let stem = deb.file_stem()?.to_str()?;
@@ -190,13 +252,12 @@ fn build(build: &Build) -> Result<PathBuf> {
     strip(arch, &layout.staged(&layout.binary()))?;
     docs::compress_man_pages(&layout.staged(&layout.man_dir()))?;
     docs::write(&layout, build.release, &docs::crates(arch.triple())?)?;
+    lintian_overrides(&layout)?;
     normalise_permissions(&root)?;
     control::write(&work, &root, arch, build.release)?;
-    let deb = build.out_dir.join(format!(
-        "multihome_{}_{}.deb",
-        build.release.version,
-        arch.debian()
-    ));
+    let deb = build.deb();
+    let manifest = build.manifest()?;
+    fresh::forget(&deb)?;
     proc::run(
         Command::new("dpkg-deb")
             .args(["--root-owner-group", "-Zxz", "--build"])
@@ -204,7 +265,20 @@ fn build(build: &Build) -> Result<PathBuf> {
             .arg(&deb)
             .env("SOURCE_DATE_EPOCH", build.release.timestamp.to_string()),
     )?;
+    fresh::record(&deb, &manifest)?;
     Ok(deb)
+}
+
+/// dist/debian/lintian-overrides where dh_lintian puts a package's overrides: lintian's verdict
+/// on the static binary, with the reason, for whoever lints the package.
+fn lintian_overrides(layout: &Layout) -> Result<()> {
+    let dir = layout.staged(Path::new("/usr/share/lintian/overrides"));
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("multihome");
+    fs::copy(docs::dist("lintian-overrides"), &path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    Ok(())
 }
 
 /// Strips the binary as dh_strip does an executable's (the guard's eBPF object is data inside
@@ -234,6 +308,8 @@ fn normalise_permissions(dir: &Path) -> Result<()> {
 
 /// Where `extract` put the parts the VM matrix runs.
 pub(crate) struct Extracted {
+    /// The package's whole tree, as dpkg would unpack it into `/`.
+    pub(crate) root: PathBuf,
     pub(crate) binary: PathBuf,
     pub(crate) unit: PathBuf,
 }
@@ -248,6 +324,7 @@ pub(crate) fn extract(deb: &Path, dir: &Path) -> Result<Extracted> {
     proc::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir))?;
     let layout = Layout::debian(dir);
     let extracted = Extracted {
+        root: dir.to_owned(),
         binary: layout.staged(&layout.binary()),
         unit: layout.staged(&layout.unit(Unit::Daemon)),
     };

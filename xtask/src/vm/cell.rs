@@ -47,11 +47,15 @@ pub(crate) struct Line {
     pub(crate) prefix: &'static str,
     pub(crate) fallback: Fallback,
     pub(crate) attach: Attach,
+    /// The release whose user space the guest runs (`userspace`).
+    pub(crate) userspace: Suite,
 }
 
 /// The kernel lines, oldest first. Pins are the current packages of Debian's archive (checked
 /// when they were set); 5.10.0-30 is the point release whose verifier refused the guard's
-/// reads of uninitialised stack (issue 13), which 5.10.0-32 accepted.
+/// reads of uninitialised stack (issue 13), which 5.10.0-32 accepted. Debian 11's cells run
+/// Debian 11's user space (glibc 2.31, iproute2 5.10, bpftool 5.10), the oldest system the
+/// package supports, whole; the others Debian 13's, whose tools know TCX as well as clsact.
 pub(crate) const LINES: &[Line] = &[
     Line {
         name: "5.10-early",
@@ -60,6 +64,7 @@ pub(crate) const LINES: &[Line] = &[
         prefix: "5.10.0-",
         fallback: Fallback::Oldest,
         attach: Attach::Clsact,
+        userspace: Suite::Bullseye,
     },
     Line {
         name: "5.10",
@@ -68,6 +73,7 @@ pub(crate) const LINES: &[Line] = &[
         prefix: "5.10.0-",
         fallback: Fallback::Newest,
         attach: Attach::Clsact,
+        userspace: Suite::Bullseye,
     },
     Line {
         name: "6.1",
@@ -76,6 +82,7 @@ pub(crate) const LINES: &[Line] = &[
         prefix: "6.1.0-",
         fallback: Fallback::Newest,
         attach: Attach::Clsact,
+        userspace: Suite::Trixie,
     },
     Line {
         name: "6.12",
@@ -84,6 +91,7 @@ pub(crate) const LINES: &[Line] = &[
         prefix: "6.12.",
         fallback: Fallback::Newest,
         attach: Attach::Tcx,
+        userspace: Suite::Trixie,
     },
 ];
 
@@ -218,6 +226,10 @@ mod tests {
         // TCX (6.6+) and clsact are both exercised.
         assert!(cells.iter().any(|c| c.line.attach == Attach::Tcx));
         assert!(cells.iter().any(|c| c.line.attach == Attach::Clsact));
+        // The package's floor, Debian 11, is tested on its own user space.
+        assert!(cells
+            .iter()
+            .any(|c| c.line.userspace == Suite::Bullseye && c.arch == Arch::Amd64));
         let slugs: std::collections::BTreeSet<String> = cells.iter().map(Cell::slug).collect();
         assert_eq!(slugs.len(), cells.len(), "work directories are distinct");
     }

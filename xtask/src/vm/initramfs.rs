@@ -1,7 +1,8 @@
 //! A cell's initramfs: busybox and the tools the scenarios drive, taken with their shared
-//! libraries from the cell architecture's user space (`userspace`), the project's binary built
-//! for that architecture, the kernel modules the scenarios need, the guest scripts of
-//! `tests/vm/` and the cell's description. Rebuilt on every run (a few seconds): nothing stale
+//! libraries from the cell architecture's user space (`userspace`), every file of the project's
+//! package for that architecture where dpkg would put it (the binary and unit the scenarios run
+//! are the package's, byte for byte), the kernel modules the scenarios need, the guest scripts
+//! of `tests/vm/` and the cell's description. Rebuilt on every run (a few seconds): nothing stale
 //! from an earlier build can be tested.
 
 use std::collections::BTreeSet;
@@ -13,15 +14,17 @@ use anyhow::{bail, Context, Result};
 
 use super::kernel::Kernel;
 use super::userspace::Sysroot;
+use crate::package::Extracted;
 use crate::proc;
 
 /// Programs the guest scripts run. Busybox runs its own applet before any program of the same
 /// name (its shell and its exec-ing applets prefer applets), so the shell is dash and the
 /// applets that exec other programs (nsenter, unshare, timeout) are the real ones: with
-/// /usr/bin first on PATH, `ip` then means iproute2, not busybox's.
+/// /usr/bin first on PATH, `ip` then means iproute2, not busybox's. setpriv and prlimit start
+/// the daemon with its unit's capability bounding set and memlock limit.
 const TOOLS: &[&str] = &[
-    "dash", "nsenter", "unshare", "timeout", "ip", "bridge", "tc", "dnsmasq", "dhclient",
-    "bpftool", "nft", "curl", "socat",
+    "dash", "nsenter", "unshare", "timeout", "setpriv", "prlimit", "ip", "bridge", "tc", "dnsmasq",
+    "dhclient", "bpftool", "nft", "curl", "socat",
 ];
 
 /// Where the guest's programs are looked up in the user space.
@@ -44,8 +47,8 @@ const MODULES: &[&str] = &[
 pub(crate) struct Guest<'a> {
     pub(crate) kernel: &'a Kernel,
     pub(crate) sysroot: &'a Sysroot,
-    /// The `multihome` binary built for the sysroot's architecture.
-    pub(crate) multihome: &'a Path,
+    /// The package for the sysroot's architecture, unpacked.
+    pub(crate) package: &'a Extracted,
     /// `/vm/cell.env`: the cell's name and expectations, read by the scenarios.
     pub(crate) cell_env: String,
 }
@@ -62,25 +65,45 @@ pub(crate) fn build(guest: &Guest, tree: &Path, out: &Path) -> Result<()> {
     copy(&program(sysroot, "busybox")?, &tree.join("bin/busybox"))?;
     // /init and the scripts run under dash (see TOOLS); busybox fills in the small tools.
     std::os::unix::fs::symlink("/usr/bin/dash", tree.join("bin/sh"))?;
-    let guest_multihome = tree.join("usr/bin/multihome");
-    // A debug build carries ~100 MB of debug info the guest never reads.
+    // As dpkg unpacks it (no maintainer script runs: the guest has no systemd to enable for).
+    let package = &guest.package.root;
     proc::run(
-        Command::new(format!("{}-strip", sysroot.arch.gnu()))
-            .arg("--strip-debug")
-            .arg("-o")
-            .arg(&guest_multihome)
-            .arg(guest.multihome),
+        Command::new("cp")
+            .arg("-a")
+            .arg(package.join("."))
+            .arg(tree),
     )?;
-    let mut binaries = vec![guest_multihome];
+    let binary = guest.package.binary.strip_prefix(package)?;
+    let mut binaries = vec![tree.join(binary)];
     for tool in TOOLS {
         let guest = tree.join("usr/bin").join(tool);
         copy(&program(sysroot, tool)?, &guest)?;
         binaries.push(guest);
     }
+    nss_files(sysroot, tree)?;
     libraries(sysroot, tree, binaries)?;
     modules(guest.kernel, tree)?;
     guest_files(sysroot, tree, &guest.cell_env)?;
     pack(tree, out)
+}
+
+/// glibc before 2.34 (Debian 11's 2.31) loads its `files` NSS module with dlopen, which
+/// `readelf` cannot see: without it dnsmasq finds no user `root` in /etc/passwd. Copied where
+/// the user space has it (later glibc has the module built in), with an nsswitch.conf that
+/// names only `files`.
+fn nss_files(sysroot: &Sysroot, tree: &Path) -> Result<()> {
+    fs::create_dir_all(tree.join("etc"))?;
+    fs::write(
+        tree.join("etc/nsswitch.conf"),
+        "passwd: files\ngroup: files\nshadow: files\nhosts: files\n",
+    )?;
+    for dir in sysroot.library_dirs() {
+        let path = format!("{dir}/libnss_files.so.2");
+        if let Some(host) = sysroot.resolve(&path) {
+            return copy(&host, &tree.join(path.trim_start_matches('/')));
+        }
+    }
+    Ok(())
 }
 
 /// A program of the user space, by name.
@@ -91,7 +114,7 @@ fn program(sysroot: &Sysroot, name: &str) -> Result<PathBuf> {
         .with_context(|| {
             format!(
                 "vm: the {} user space has no `{name}` (see PACKAGES in xtask/src/vm/userspace.rs)",
-                sysroot.arch
+                sysroot.name()
             )
         })
 }
@@ -114,7 +137,7 @@ fn libraries(sysroot: &Sysroot, tree: &Path, mut todo: Vec<PathBuf>) -> Result<(
                     format!(
                         "vm: {} wants the loader {interp}, which the {} user space lacks",
                         binary.display(),
-                        sysroot.arch
+                        sysroot.name()
                     )
                 })?;
                 copy(&from, &tree.join(interp.trim_start_matches('/')))?;
@@ -130,7 +153,7 @@ fn libraries(sysroot: &Sysroot, tree: &Path, mut todo: Vec<PathBuf>) -> Result<(
                     "vm: {} needs {name}, which the {} user space lacks (add its package to \
                      xtask/src/vm/userspace.rs)",
                     binary.display(),
-                    sysroot.arch
+                    sysroot.name()
                 );
             };
             if copied.insert(path.clone()) {

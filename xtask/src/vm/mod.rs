@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 
 use crate::arch::Arch;
+use crate::package;
 use crate::proc::{self, OperatorError};
-use crate::{build, run as cargo_run};
+use crate::run as cargo_run;
 
 use cell::Cell;
 pub(crate) use qemu::Accel;
@@ -82,13 +83,13 @@ pub(crate) fn run(options: &Options) -> Result<()> {
 
     // Downloads and builds one after the other (they share the caches and the CPUs); a cell
     // that cannot be prepared fails, and the others still run.
-    let mut binaries: BTreeMap<Arch, PathBuf> = BTreeMap::new();
-    let mut sysroots: BTreeMap<Arch, userspace::Sysroot> = BTreeMap::new();
+    let mut packages: BTreeMap<Arch, Package> = BTreeMap::new();
+    let mut sysroots: BTreeMap<(apt::Suite, Arch), userspace::Sysroot> = BTreeMap::new();
     let mut ready = Vec::new();
     let mut outcomes = Vec::new();
     for cell in cells {
         let began = Instant::now();
-        match prepare(&cell, &cache, &work, &mut binaries, &mut sysroots) {
+        match prepare(&cell, &cache, &work, &mut packages, &mut sysroots) {
             Ok(mut prepared) => {
                 prepared.preparation = began.elapsed();
                 ready.push(prepared);
@@ -183,27 +184,67 @@ fn lock(work: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
+/// The package a cell's guest gets, unpacked.
+struct Package {
+    /// Its file name, `multihome_0.1.0-1_arm64.deb`.
+    name: String,
+    /// Its version, `0.1.0-1`.
+    version: String,
+    contents: package::Extracted,
+    /// The SHA-256 of its `/usr/bin/multihome`, which the guest checks it runs.
+    sha256: String,
+}
+
+/// The package of `arch` as the package step built it (or built now, see
+/// `package::current`), unpacked under `work`.
+fn unpack_package(arch: Arch, work: &Path) -> Result<Package> {
+    let deb = package::current(arch)?;
+    let contents = package::extract(&deb, &work.join(format!("package-{arch}")))?;
+    let sum = proc::stdout_of(std::process::Command::new("sha256sum").arg(&contents.binary))?;
+    let field = |name: &str| {
+        proc::stdout_of(
+            std::process::Command::new("dpkg-deb")
+                .arg("-f")
+                .arg(&deb)
+                .arg(name),
+        )
+        .map(|v| v.trim().to_owned())
+    };
+    Ok(Package {
+        name: deb
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        version: field("Version")?,
+        contents,
+        sha256: sum.split_whitespace().next().unwrap_or_default().to_owned(),
+    })
+}
+
 /// Fetches and builds what `cell` boots: its kernel, its architecture's user space and
-/// `multihome` (each built once per run), and its initramfs.
+/// package (each once per run), and its initramfs.
 fn prepare(
     cell: &Cell,
     cache: &Path,
     work: &Path,
-    binaries: &mut BTreeMap<Arch, PathBuf>,
-    sysroots: &mut BTreeMap<Arch, userspace::Sysroot>,
+    packages: &mut BTreeMap<Arch, Package>,
+    sysroots: &mut BTreeMap<(apt::Suite, Arch), userspace::Sysroot>,
 ) -> Result<Prepared> {
     println!("vm: == preparing {}", cell.name());
-    let multihome = once(binaries, cell.arch, || build::binary(cell.arch, false))?.clone();
+    let package = once(packages, cell.arch, || unpack_package(cell.arch, work))?;
     let kernel = kernel::fetch(cache, cell)?;
-    let sysroot = once(sysroots, cell.arch, || userspace::fetch(cache, cell.arch))?;
+    let userspace = (cell.line.userspace, cell.arch);
+    let sysroot = once(sysroots, userspace, || {
+        userspace::fetch(cache, cell.line.userspace, cell.arch)
+    })?;
     let dir = work.join(cell.slug());
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initramfs.cpio");
     let guest = initramfs::Guest {
         kernel: &kernel,
         sysroot,
-        multihome: &multihome,
-        cell_env: cell_env(cell, &kernel),
+        package: &package.contents,
+        cell_env: cell_env(cell, &kernel, package),
     };
     initramfs::build(&guest, &dir.join("root"), &initrd)?;
     println!(
@@ -228,20 +269,30 @@ fn prepare(
 }
 
 /// The value for `key`, made (and kept) on first use.
-fn once<T>(map: &mut BTreeMap<Arch, T>, key: Arch, make: impl FnOnce() -> Result<T>) -> Result<&T> {
+fn once<K: Ord, T>(
+    map: &mut BTreeMap<K, T>,
+    key: K,
+    make: impl FnOnce() -> Result<T>,
+) -> Result<&T> {
     Ok(match map.entry(key) {
         Entry::Occupied(e) => e.into_mut(),
         Entry::Vacant(e) => e.insert(make()?),
     })
 }
 
-/// `/vm/cell.env`, sourced by the scenarios: the cell and what the guard must do there.
-fn cell_env(cell: &Cell, kernel: &kernel::Kernel) -> String {
+/// `/vm/cell.env`, sourced by the scenarios: the cell, what the guard must do there, and the
+/// package the guest holds.
+fn cell_env(cell: &Cell, kernel: &kernel::Kernel, package: &Package) -> String {
     format!(
-        "CELL='{}'\nKERNEL_ABI='{}'\nATTACH='{}'\n",
+        "CELL='{}'\nKERNEL_ABI='{}'\nATTACH='{}'\nUSERSPACE='{}'\nPACKAGE='{}'\n\
+         PACKAGE_VERSION='{}'\nPACKAGE_SHA256='{}'\n",
         cell.name(),
         kernel.abi,
-        cell.line.attach.name()
+        cell.line.attach.name(),
+        cell.line.userspace.name(),
+        package.name,
+        package.version,
+        package.sha256,
     )
 }
 

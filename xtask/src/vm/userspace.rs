@@ -1,7 +1,8 @@
-//! The guests' user space: Debian 13's packages of the tools the scenarios drive, for the
-//! cell's architecture, fetched with their whole closure into a private apt state and unpacked
-//! into a sysroot. Every cell's guest takes its programs and libraries from there (never from
-//! the host), so amd64 and arm64 guests are built the same way; the kernel is what a cell varies.
+//! The guests' user space: the packages of the tools the scenarios drive, from the Debian
+//! release the cell's line names (`cell::Line::userspace`) for the cell's architecture, fetched
+//! with their whole closure into a private apt state and unpacked into a sysroot. Every cell's
+//! guest takes its programs and libraries from there (never from the host), so amd64 and arm64
+//! guests, Debian 11 and Debian 13 ones, are built the same way.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -14,12 +15,9 @@ use super::apt::{Apt, Suite};
 use crate::arch::Arch;
 use crate::proc;
 
-/// The release the guests' user space comes from: the current Debian stable, whose bpftool and
-/// iproute2 know TCX (6.6+) as well as clsact.
-const SUITE: Suite = Suite::Trixie;
-
-/// The packages of the programs in `initramfs::TOOLS`, the C library multihome links against,
-/// and netbase's /etc/protocols and /etc/services.
+/// The packages of the programs in `initramfs::TOOLS` and netbase's /etc/protocols and
+/// /etc/services (multihome itself is static: it needs no library of the guest's). The same
+/// names in Debian 11 and 13.
 const PACKAGES: &[&str] = &[
     "busybox-static",  // the guest's small tools and /init's mounts
     "dash",            // /bin/sh
@@ -33,21 +31,34 @@ const PACKAGES: &[&str] = &[
     "curl",            // `curl --interface`, as in the seed
     "socat",           // echo services and raw 802.1Q frames
     "netbase",         // /etc/protocols, /etc/services
-    "libc6",           // multihome's C library
-    "libgcc-s1",       // multihome's unwinder
 ];
+
+/// [`PACKAGES`] as apt is asked for them in `suite`. Debian 11's bpftool comes from its point
+/// release (`bpftool/bullseye`): bullseye-security lists a newer build (5.10.262-1) that the
+/// archive mirror used here does not serve (404), while the point release's is everywhere; any
+/// 5.10 bpftool shows clsact attachments alike.
+fn requested(suite: Suite) -> Vec<&'static str> {
+    PACKAGES
+        .iter()
+        .map(|&p| match (suite, p) {
+            (Suite::Bullseye, "bpftool") => "bpftool/bullseye",
+            _ => p,
+        })
+        .collect()
+}
 
 /// An unpacked closure of [`PACKAGES`].
 pub(crate) struct Sysroot {
     pub(crate) root: PathBuf,
+    pub(crate) suite: Suite,
     pub(crate) arch: Arch,
 }
 
-/// The sysroot for `arch`, unpacked into the cache once per closure: its directory is named
+/// The sysroot of `suite` for `arch`, unpacked into the cache once per closure: its directory is named
 /// by a hash of every package and version in it, and the list itself is kept beside it and
 /// compared, so a cache is never taken for another set of versions.
-pub(crate) fn fetch(cache: &Path, arch: Arch) -> Result<Sysroot> {
-    let apt = Apt::new(cache, SUITE, arch)?;
+pub(crate) fn fetch(cache: &Path, suite: Suite, arch: Arch) -> Result<Sysroot> {
+    let apt = Apt::new(cache, suite, arch)?;
     apt.ensure_lists()?;
     unpack(cache, &apt, arch).or_else(|err| {
         // Lists older than the archive name files it has since replaced.
@@ -58,23 +69,25 @@ pub(crate) fn fetch(cache: &Path, arch: Arch) -> Result<Sysroot> {
 }
 
 fn unpack(cache: &Path, apt: &Apt, arch: Arch) -> Result<Sysroot> {
-    let closure = apt.closure(PACKAGES)?;
+    let suite = apt.suite();
+    let packages = requested(suite);
+    let closure = apt.closure(&packages)?;
     let manifest = manifest(&closure);
     let root = cache.join(format!(
         "userspace/{}-{arch}-{:016x}",
-        SUITE.name(),
+        suite.name(),
         fnv1a(manifest.as_bytes())
     ));
     let done = root.join(".complete");
     if fs::read_to_string(&done).is_ok_and(|m| m == manifest) {
-        return Ok(Sysroot { root, arch });
+        return Ok(Sysroot { root, suite, arch });
     }
     println!(
         "vm: fetching the {arch} guest user space ({} packages of Debian {})",
         closure.len(),
-        SUITE.name()
+        suite.name()
     );
-    apt.download(PACKAGES)?;
+    apt.download(&packages)?;
     if root.exists() {
         fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
     }
@@ -84,10 +97,15 @@ fn unpack(cache: &Path, apt: &Apt, arch: Arch) -> Result<Sysroot> {
         proc::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
     }
     fs::write(&done, &manifest)?;
-    Ok(Sysroot { root, arch })
+    Ok(Sysroot { root, suite, arch })
 }
 
 impl Sysroot {
+    /// `Debian bullseye arm64`, for messages.
+    pub(crate) fn name(&self) -> String {
+        format!("Debian {} {}", self.suite.name(), self.arch)
+    }
+
     /// The directories the guest's dynamic loader searches by default (Debian's multiarch
     /// ones first), as paths inside the sysroot.
     pub(crate) fn library_dirs(&self) -> [String; 4] {
@@ -175,6 +193,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn debian_11s_bpftool_is_its_point_releases() {
+        assert!(requested(Suite::Bullseye).contains(&"bpftool/bullseye"));
+        assert!(requested(Suite::Trixie).contains(&"bpftool"));
+        assert_eq!(requested(Suite::Trixie), PACKAGES);
+    }
+
+    #[test]
     fn the_cache_key_changes_with_any_version() {
         let a = manifest(&[
             ("libc6".into(), "2.41-12".into()),
@@ -204,6 +229,7 @@ mod tests {
         std::os::unix::fs::symlink("/usr/bin/dash", dir.join("usr/bin/sh")).unwrap();
         let sysroot = Sysroot {
             root: dir.clone(),
+            suite: Suite::Trixie,
             arch: Arch::Arm64,
         };
         assert_eq!(
