@@ -206,6 +206,25 @@ pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The seed's two uplinks without DHCP: namespaces `host` and two routers (named from
+/// `names`), wan1 (192.168.0.10/24) and wan2 (192.168.0.20/24) to routers that are both
+/// 192.168.0.1, with wan1's default route preferred (metric 10 against 20).
+pub fn two_static_uplinks(names: [&str; 3]) -> Result<(Netns, [Netns; 2])> {
+    let [host, a, b] = names;
+    let host = Netns::new(host)?;
+    let routers = [Netns::new(a)?, Netns::new(b)?];
+    for (router, wan) in routers.iter().zip(["wan1", "wan2"]) {
+        veth(&host, wan, router, "lan")?;
+        router.run(&["ip", "addr", "add", "192.168.0.1/24", "dev", "lan"])?;
+    }
+    host.sh(
+        "ip addr add 192.168.0.10/24 dev wan1 && ip addr add 192.168.0.20/24 dev wan2 &&
+         ip route add default via 192.168.0.1 dev wan1 metric 10 proto dhcp &&
+         ip route add default via 192.168.0.1 dev wan2 metric 20 proto dhcp",
+    )?;
+    Ok((host, routers))
+}
+
 /// A process started in a namespace, killed and reaped on drop.
 #[derive(Debug)]
 pub struct Process {

@@ -266,17 +266,7 @@ fn the_claim_cannot_be_taken_by_an_unprivileged_user_and_a_refusal_names_the_hol
     let mut squat = nobody.to_vec();
     squat.extend(["socat", "ABSTRACT-LISTEN:multihome/77,fork", "/dev/null"]);
     let squatter = host.spawn(&squat).unwrap();
-    wait_for(
-        "the squatter to listen",
-        WAIT,
-        || {
-            host.run(&["ss", "-xlH", "src", "@multihome/77"])
-                .ok()
-                .filter(|out| !out.trim().is_empty())
-                .map(drop)
-        },
-        String::new,
-    );
+    wait_for_old_claim(&host, "the squatter to listen");
     let daemon = Daemon::start(&host, &["wan1"]).unwrap();
     assert!(
         daemon
@@ -335,17 +325,7 @@ fn an_older_daemon_holding_the_old_claim_as_root_is_refused() {
     let older: Process = host
         .spawn(&["socat", "ABSTRACT-LISTEN:multihome/77,fork", "/dev/null"])
         .unwrap();
-    wait_for(
-        "the older claim",
-        WAIT,
-        || {
-            host.run(&["ss", "-xlH", "src", "@multihome/77"])
-                .ok()
-                .filter(|out| !out.trim().is_empty())
-                .map(drop)
-        },
-        String::new,
-    );
+    wait_for_old_claim(&host, "the older claim");
     let out = host
         .command(multihome_bin().to_str().unwrap())
         .args(["run", "--pin-dir", host.pin_dir().to_str().unwrap(), "wan1"])
@@ -811,4 +791,19 @@ fn a_bare_sigterm_removes_everything_and_so_does_an_unexplained_stop_under_syste
         assert_eq!(everything_owned(&bed.host), "", "{log}");
         assert!(!pin_dir.exists(), "{log}");
     }
+}
+
+/// Waits until something listens on the old claim, the abstract socket @multihome/77.
+fn wait_for_old_claim(host: &Netns, what: &str) {
+    wait_for(
+        what,
+        WAIT,
+        || {
+            host.run(&["ss", "-xlH", "src", "@multihome/77"])
+                .ok()
+                .filter(|out| !out.trim().is_empty())
+                .map(drop)
+        },
+        String::new,
+    );
 }

@@ -9,7 +9,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use multihome_tests::daemon::{multihome_bin, wait_for, Daemon};
-use multihome_tests::netns::{require_root, veth, Netns};
+use multihome_tests::netns::{require_root, two_static_uplinks, Netns};
 use serde_json::{json, Value};
 
 /// The host with uplinks wan1 (192.168.0.10/24) and wan2 (192.168.0.20/24) to two routers that
@@ -21,20 +21,7 @@ struct Bed {
 
 fn bed() -> Bed {
     require_root();
-    let host = Netns::new("op").unwrap();
-    let routers = [Netns::new("oa").unwrap(), Netns::new("ob").unwrap()];
-    for (router, wan) in routers.iter().zip(["wan1", "wan2"]) {
-        veth(&host, wan, router, "lan").unwrap();
-        router
-            .run(&["ip", "addr", "add", "192.168.0.1/24", "dev", "lan"])
-            .unwrap();
-    }
-    host.sh(
-        "ip addr add 192.168.0.10/24 dev wan1 && ip addr add 192.168.0.20/24 dev wan2 &&
-         ip route add default via 192.168.0.1 dev wan1 metric 10 proto dhcp &&
-         ip route add default via 192.168.0.1 dev wan2 metric 20 proto dhcp",
-    )
-    .unwrap();
+    let (host, routers) = two_static_uplinks(["op", "oa", "ob"]).unwrap();
     Bed {
         host,
         _routers: routers,

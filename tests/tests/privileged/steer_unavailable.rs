@@ -5,28 +5,13 @@
 use std::process::Output;
 
 use multihome_tests::daemon::{multihome_bin, wait_for, Daemon};
-use multihome_tests::netns::{require_root, veth, Netns};
+use multihome_tests::netns::{require_root, two_static_uplinks, Netns};
 use serde_json::Value;
 use std::time::Duration;
 
-/// wan1 (192.168.0.10/24) and wan2 (192.168.0.20/24) to two routers that are both 192.168.0.1.
 fn bed() -> (Netns, [Netns; 2]) {
     require_root();
-    let host = Netns::new("su").unwrap();
-    let routers = [Netns::new("sa").unwrap(), Netns::new("sb").unwrap()];
-    for (router, wan) in routers.iter().zip(["wan1", "wan2"]) {
-        veth(&host, wan, router, "lan").unwrap();
-        router
-            .run(&["ip", "addr", "add", "192.168.0.1/24", "dev", "lan"])
-            .unwrap();
-    }
-    host.sh(
-        "ip addr add 192.168.0.10/24 dev wan1 && ip addr add 192.168.0.20/24 dev wan2 &&
-         ip route add default via 192.168.0.1 dev wan1 metric 10 proto dhcp &&
-         ip route add default via 192.168.0.1 dev wan2 metric 20 proto dhcp",
-    )
-    .unwrap();
-    (host, routers)
+    two_static_uplinks(["su", "sa", "sb"]).unwrap()
 }
 
 fn run(host: &Netns, env: &[(&str, &str)], args: &[&str]) -> Output {
