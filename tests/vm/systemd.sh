@@ -173,6 +173,41 @@ check "reload: still active" active "$(systemctl is-active multihome)"
 journal | grep -A3 'reloaded: ' | tail -n 4 | sed 's/^/VM-INFO: /'
 check "reload: rules kept" "$RULES" "$(rules)"
 
+step "a unit on up2's slice (Slice=multihome-up2.slice): picked up without a restart of either"
+mkdir -p /etc/systemd/system/multihome-.slice.d
+cat >/etc/systemd/system/multihome-.slice.d/10-multihome.conf <<'UNIT'
+[Unit]
+Wants=multihome.service
+After=multihome.service
+UNIT
+cat >/etc/systemd/system/mh-steered.service <<UNIT
+[Service]
+Slice=multihome-up2.slice
+ExecStart=/usr/bin/ping -q -i 0.01 $DEST
+UNIT
+systemctl daemon-reload
+pid=$(main_pid)
+for r in ra rb; do ns "$r" nft reset counter ip count stream >/dev/null; done
+systemctl start mh-steered
+check "slice: the unit runs" active "$(systemctl is-active mh-steered)"
+check "slice: the unit's cgroup is below up2's slice" \
+    /multihome.slice/multihome-up2.slice/mh-steered.service \
+    "$(systemctl show -p ControlGroup --value mh-steered)"
+wait_for 30 sh -c 'multihome status --json | grep -q mh-steered.service' &&
+    ok "slice: multihome status lists the unit" ||
+    fail "slice: multihome status lists the unit" "$(multihome status 2>&1 | tr '\n' ' ')"
+check "slice: multihome was not restarted" "$pid" "$(main_pid)"
+systemctl restart multihome
+check "slice: systemctl restart multihome under the steered unit" 0 "$?"
+wait_for 120 healthy
+sleep 1
+systemctl stop mh-steered
+step "slice: router A $(at ra), router B $(at rb)"
+check "slice: the unit's unbound pings reached the wrong router (A) 0 times" 0 "$(at ra)"
+[ "$(at rb)" -gt 0 ] && ok "slice: the unit's unbound pings reached router B" ||
+    fail "slice: the unit's unbound pings reached router B" "router B $(at rb)"
+check "slice: rules kept" "$RULES" "$(rules)"
+
 step "systemctl stop"
 systemctl stop multihome
 check "stop: systemctl stop" 0 "$?"
