@@ -5,7 +5,9 @@
 //! The refusal is real, not simulated: the daemon runs as root of a user namespace (with a
 //! network namespace of its own, so that its netlink changes are allowed), where the kernel
 //! refuses every BPF map and program (CAP_BPF counts only in the initial user namespace). Its
-//! bpffs is a fresh one in a private mount namespace, whatever the machine has mounted.
+//! bpffs is a fresh one in a private mount namespace, whatever the machine has mounted, and so
+//! is its /run (its log and its claim; a tmpfs over /tmp would hide the binary of a checkout
+//! under /tmp).
 
 use std::process::Command;
 
@@ -23,7 +25,7 @@ ip link set wan1 up
 ip link set lan up
 ip addr add 192.168.0.10/24 dev wan1
 ip route add default via 192.168.0.1 dev wan1 metric 10 proto dhcp
-"$MULTIHOME" run --pin-dir /sys/fs/bpf/refused wan1 2>/tmp/daemon.log &
+"$MULTIHOME" run --pin-dir /sys/fs/bpf/refused wan1 2>/run/daemon.log &
 daemon=$!
 for _ in $(seq 50); do
     [ "$(ip -N rule show | grep -c 'proto 77')" = 2 ] && break
@@ -31,12 +33,12 @@ for _ in $(seq 50); do
 done
 sleep 3
 echo "RULES $(ip -N rule show | grep -c 'proto 77')"
-kill -TERM "$daemon"
 set +e
+kill -TERM "$daemon"
 wait "$daemon"
 echo "EXIT $?"
 echo "LEFT $(ip -N rule show | grep -c 'proto 77')"
-cat /tmp/daemon.log
+cat /run/daemon.log
 "#;
 
 #[test]
@@ -45,7 +47,7 @@ fn a_refused_guard_is_reported_once_and_the_rules_run_alone() {
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(
-            "mount -t bpf bpf /sys/fs/bpf && mount -t tmpfs tmp /tmp && \
+            "mount -t bpf bpf /sys/fs/bpf && mount -t tmpfs run /run && \
              exec unshare --user --map-root-user --net sh -c \"$0\"",
         )
         .arg(SCRIPT)

@@ -486,7 +486,8 @@ fn renumbering_and_recreation_under_exec_leak_nothing() {
     flows_at_b(&bed, b0, "at first");
 
     let old = bed.v4(Isp::B);
-    bed.renumber(Isp::B, "192.168.0.177".parse().unwrap())
+    // Outside B's pool (150-199), which may have given wan2 any of its addresses at first.
+    bed.renumber(Isp::B, "192.168.0.230".parse().unwrap())
         .unwrap();
     bed.wait_address(Isp::B, false, |a| a != old);
     let b1 = bed.b.forwarded().unwrap();
