@@ -49,10 +49,7 @@ const CONFFILES: &[&str] = &[
 const KEPT_WARNINGS: &[&str] = &["initial-upload-closes-no-bugs"];
 
 /// The informational tags lintian gives, each explained in docs/packaging.md.
-const KNOWN_INFO: &[&str] = &[
-    "package-supports-alternative-init-but-no-init.d-script",
-    "systemd-service-file-missing-install-key",
-];
+const KNOWN_INFO: &[&str] = &["package-supports-alternative-init-but-no-init.d-script"];
 
 const WANTS: &str = "/etc/systemd/system/multi-user.target.wants/multihome.service";
 const DSH_STATE: &str = "/var/lib/systemd/deb-systemd-helper-enabled/multihome.service.dsh-also";
