@@ -304,7 +304,8 @@ run_check() {
     echo "$check_out" | sed 's/^/VM-INFO: multihome check: /'
 }
 # The uplinks' findings: every line but the ones of fixed words (docs/operations.md).
-findings() { echo "$check_out" | grep -Ev '^(kernel|guard|uplinks|note|no findings): '; }
+# Findings: check's lines but its summary lines and log lines (`[TIME LEVEL ] ...`, stderr).
+findings() { echo "$check_out" | grep -Ev '^(kernel|guard|steer|uplinks|note|no findings): |^\[[0-9TZ:.-]+ +[A-Z]+ *\] '; }
 # Clsact works wherever the guard loads; TCX from 6.6.
 case $ATTACH in
 tcx) WAYS="tcx and clsact" ;;
