@@ -164,3 +164,19 @@ fn unique() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+/// `multihome ARGS` run to completion in `ns`, which must succeed (its stderr otherwise):
+/// its standard output.
+pub fn multihome_ok(ns: &Netns, args: &[&str]) -> String {
+    let out = ns
+        .command(multihome_bin().to_str().unwrap())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{tc::TcAttachType, SchedClassifier};
 use multihome_tests::bed::*;
-use multihome_tests::daemon::{multihome_bin, wait_for, Daemon};
+use multihome_tests::daemon::{multihome_bin, multihome_ok, wait_for, Daemon};
 use multihome_tests::guard::pose_as_an_older_layout;
 use multihome_tests::netns::{Netns, Process};
 use multihome_tests::traffic::{arrivals, count_arrivals, Sender};
@@ -561,20 +561,7 @@ fn an_older_map_layout_is_migrated_with_no_packet_misrouted() {
 #[test]
 fn cleanup_orphaned_removes_only_what_nobody_looks_after() {
     let bed = bed();
-    let orphaned = || {
-        let out = bed
-            .host
-            .command(multihome_bin().to_str().unwrap())
-            .args(["cleanup", "--orphaned"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let orphaned = || multihome_ok(&bed.host, &["cleanup", "--orphaned"]);
     let daemon = Daemon::start(&bed.host, &["wan1", "wan2"]).unwrap();
     wait_rules(&bed.host, RULES_BOTH);
     let pin_dir = daemon.pin_dir().to_path_buf();

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use multihome_tests::bed::*;
-use multihome_tests::daemon::{multihome_bin, wait_for, Daemon};
+use multihome_tests::daemon::{multihome_bin, multihome_ok, wait_for, Daemon};
 use multihome_tests::netns::veth;
 
 #[test]
@@ -295,19 +295,7 @@ fn keep_on_exit_then_cleanup_removes_everything_once() {
         "kept on exit"
     );
     assert!(pin_dir.exists());
-    let cleanup = || {
-        let out = host
-            .command(multihome_bin().to_str().unwrap())
-            .args(["cleanup", "--pin-dir", pin_dir.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let cleanup = || multihome_ok(host, &["cleanup", "--pin-dir", pin_dir.to_str().unwrap()]);
     let first = cleanup();
     assert!(
         first.lines().filter(|l| l.starts_with("removed")).count() >= 16,
